@@ -1,0 +1,172 @@
+"""The cluster config file (TOML): regions, their projects and accounts, where each process
+listens and keeps its data. Loaded once in each process's __main__ and passed down."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+ADDRESS_FILE = "address"
+
+
+class ConfigError(ValueError):
+    """The config file is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    project_id: str
+    name: str
+    account_id: str
+    main: bool
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    region_id: str
+    display_name: str
+    listen: str
+    accepts_replication: bool
+    projects: tuple[ProjectConfig, ...]
+    data_dir: Path
+
+    def main_project(self, account_id: str) -> ProjectConfig:
+        return next(p for p in self.projects if p.account_id == account_id and p.main)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    account_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path
+    data_dir: Path
+    chunk_size: int
+    simulated_clock: bool
+    accounts: tuple[AccountConfig, ...]
+    regions: tuple[RegionConfig, ...]
+    coordinator: CoordinatorConfig
+
+    def region(self, region_id: str) -> RegionConfig:
+        for region in self.regions:
+            if region.region_id == region_id:
+                return region
+        raise KeyError(region_id)
+
+    @property
+    def default_account(self) -> AccountConfig:
+        return self.accounts[0]
+
+
+def _require(table: dict[str, Any], key: str, where: str, kind: type) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing key {key!r}")
+    value = table[key]
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}")
+    return value
+
+
+def load_cluster_config(path: Path | str) -> ClusterConfig:
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    cluster = raw.get("cluster", {})
+    data_dir = (path.parent / cluster.get("data_dir", "var")).resolve()
+    chunk_size = int(cluster.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    if chunk_size < 64 * 1024 or chunk_size > 4 << 20 or chunk_size & (chunk_size - 1):
+        raise ConfigError("cluster.chunk_size: a power of two from 64 KiB to 4 MiB")
+    accounts = tuple(
+        AccountConfig(_require(a, "id", f"accounts[{i}]", str), str(a.get("name", a["id"])))
+        for i, a in enumerate(raw.get("accounts", [{"id": "default"}]))
+    )
+    if not accounts:
+        raise ConfigError("accounts: at least one account")
+    account_ids = {a.account_id for a in accounts}
+    regions = []
+    seen_projects: set[str] = set()
+    for i, r in enumerate(raw.get("regions", [])):
+        where = f"regions[{i}]"
+        region_id = _require(r, "id", where, str)
+        projects = []
+        for j, p in enumerate(r.get("projects", [])):
+            pwhere = f"{where}.projects[{j}]"
+            project = ProjectConfig(
+                project_id=_require(p, "id", pwhere, str),
+                name=str(p.get("name", p["id"])),
+                account_id=str(p.get("account", accounts[0].account_id)),
+                main=bool(p.get("main", False)),
+            )
+            if project.account_id not in account_ids:
+                raise ConfigError(f"{pwhere}.account: unknown account {project.account_id!r}")
+            if project.project_id in seen_projects:
+                raise ConfigError(f"{pwhere}.id: project {project.project_id!r} appears twice")
+            seen_projects.add(project.project_id)
+            projects.append(project)
+        for account in accounts:
+            mains = [p for p in projects if p.account_id == account.account_id and p.main]
+            if len(mains) != 1:
+                raise ConfigError(
+                    f"{where}: account {account.account_id!r} must have exactly one main "
+                    f"project in region {region_id!r} (P3), found {len(mains)}"
+                )
+        regions.append(
+            RegionConfig(
+                region_id=region_id,
+                display_name=str(r.get("name", region_id)),
+                listen=str(r.get("listen", "127.0.0.1:0")),
+                accepts_replication=bool(r.get("accepts_replication", False)),
+                projects=tuple(projects),
+                data_dir=data_dir / region_id,
+            )
+        )
+    if len({r.region_id for r in regions}) != len(regions):
+        raise ConfigError("regions: region IDs must be unique")
+    coordinator = raw.get("coordinator", {})
+    return ClusterConfig(
+        path=path,
+        data_dir=data_dir,
+        chunk_size=chunk_size,
+        simulated_clock=str(cluster.get("clock", "wall")) == "simulated",
+        accounts=accounts,
+        regions=tuple(regions),
+        coordinator=CoordinatorConfig(
+            listen=str(coordinator.get("listen", "127.0.0.1:0")),
+            data_dir=data_dir / "coordinator",
+        ),
+    )
+
+
+def write_address_file(data_dir: Path, address: str) -> None:
+    """Publishes the address a process actually bound (atomically), for ports chosen as 0."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".address.")
+    with os.fdopen(fd, "w") as f:
+        f.write(address)
+    os.replace(tmp, data_dir / ADDRESS_FILE)
+
+
+def resolve_address(listen: str, data_dir: Path) -> str:
+    """Where to reach a process: its configured address, or the one it published if port 0."""
+    if not listen.endswith(":0"):
+        return listen
+    try:
+        return (data_dir / ADDRESS_FILE).read_text().strip()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no address published in {data_dir}: is the process running?") from exc

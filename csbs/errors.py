@@ -1,0 +1,96 @@
+"""The domain error hierarchy, in the product's words. Nothing here knows gRPC: `csbs.rpc`
+maps each kind to a status code in one table."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    PERMISSION_DENIED = "permission_denied"
+    UNAUTHENTICATED = "unauthenticated"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    DATA_LOSS = "data_loss"
+
+
+class CsbsError(Exception):
+    """A refusal a user can act on; the message names the rule or the field."""
+
+    kind: ErrorKind = ErrorKind.FAILED_PRECONDITION
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(CsbsError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class NotFound(CsbsError):
+    kind = ErrorKind.NOT_FOUND
+
+    def __init__(self, resource: str, resource_id: str) -> None:
+        super().__init__(f"{resource} {resource_id!r} not found")
+        self.resource = resource
+        self.resource_id = resource_id
+
+
+class AlreadyExists(CsbsError):
+    kind = ErrorKind.ALREADY_EXISTS
+
+
+class FailedPrecondition(CsbsError):
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class PermissionDenied(CsbsError):
+    kind = ErrorKind.PERMISSION_DENIED
+
+
+class Unauthenticated(CsbsError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class ResourceExhausted(CsbsError):
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class Unavailable(CsbsError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ChunkCorrupted(CsbsError):
+    """A stored chunk does not match its hash: never hand out wrong bytes."""
+
+    kind = ErrorKind.DATA_LOSS
+
+
+class ServerNotFound(NotFound):
+    def __init__(self, server_id: str) -> None:
+        super().__init__("server", server_id)
+
+
+class BackupNotFound(NotFound):
+    def __init__(self, backup_id: str) -> None:
+        super().__init__("backup", backup_id)
+
+
+class ImageNotFound(NotFound):
+    def __init__(self, image_id: str) -> None:
+        super().__init__("image", image_id)
+
+
+class ProjectNotFound(NotFound):
+    def __init__(self, project_id: str) -> None:
+        super().__init__("project", project_id)
+
+
+class RegionNotFound(NotFound):
+    def __init__(self, region_id: str) -> None:
+        super().__init__("region", region_id)

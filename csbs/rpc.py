@@ -1,0 +1,135 @@
+"""The gRPC edge shared by every process: the one table that turns domain errors into status
+codes, the decorator that applies it around every RPC body, and server plumbing (health,
+reflection, signals)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from csbs.errors import CsbsError, ErrorKind
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_KIND: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
+}
+
+# The largest message any csbs service accepts or sends (limits in the .proto).
+MAX_MESSAGE_BYTES = 8 << 20
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, name: str) -> None:
+    if isinstance(exc, CsbsError):
+        context.abort(STATUS_FOR_KIND[exc.kind], exc.message)
+    log.exception("unexpected error in %s", name)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the process log")
+
+
+def rpc_method(method: F) -> F:
+    """Wraps a servicer method (unary or streaming response) so that domain errors become their
+    status code and anything unexpected becomes INTERNAL with a plain message."""
+    name = method.__name__
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                _abort(context, exc, name)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            _abort(context, exc, name)
+
+    return unary  # type: ignore[return-value]
+
+
+def new_server(max_workers: int = 64, interceptors: Iterable[Any] = ()) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=max_workers * 4,
+    )
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def add_health_and_reflection(
+    server: grpc.Server, service_full_names: Iterable[str]
+) -> health.HealthServicer:
+    """Every csbs server serves the standard health service and server reflection."""
+    names = list(service_full_names)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*names, ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return health_servicer
+
+
+def bind(server: grpc.Server, listen: str) -> str:
+    """Binds `listen` (port 0 for an ephemeral port) and returns the address actually bound."""
+    host, _, _ = listen.rpartition(":")
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"could not bind {listen}")
+    return f"{host}:{port}"
+
+
+def serve_until_signal(
+    server: grpc.Server,
+    health_servicer: health.HealthServicer,
+    on_stop: Callable[[], None] = lambda: None,
+    grace: float = 5.0,
+) -> None:
+    """Runs until SIGTERM or SIGINT: then health goes NOT_SERVING and the server drains."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace).wait()
+    on_stop()

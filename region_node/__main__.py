@@ -1,0 +1,43 @@
+"""Starts one region node: `csbs-region-node --config cluster.toml --region REGION`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from csbs.clock import WallClock
+from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.rpc import serve_until_signal
+from region_node.config import NodeConfig
+from region_node.server import build_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="csbs-region-node", description=__doc__)
+    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--region", required=True, help="the region this node serves")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cluster = load_cluster_config(args.config)
+        region = cluster.region(args.region)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError:
+        print(f"error: region {args.region!r} is not in {args.config}", file=sys.stderr)
+        return 2
+    config = NodeConfig.from_cluster(cluster, region)
+    server, address, service, health_servicer = build_server(config, WallClock())
+    server.start()
+    write_address_file(config.data_dir, address)
+    logging.getLogger("region_node").info("region %s serving on %s", config.region_id, address)
+    serve_until_signal(server, health_servicer, on_stop=service.close)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

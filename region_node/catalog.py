@@ -1,0 +1,220 @@
+"""The node's catalog: one SQLite database (WAL) holding servers, disks, written-chunk epochs,
+backups and their manifests, the chunk index, images and replication records.
+
+One connection guarded by one lock; every logical step is one transaction. The schema carries
+a version and is migrated on start."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE servers (
+        server_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        server_type INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        image_id TEXT NOT NULL DEFAULT '',
+        restoring_backup_id TEXT NOT NULL DEFAULT '',
+        error_reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX servers_by_project ON servers(project_id, seq);
+    CREATE TABLE disks (
+        disk_id TEXT PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        disk_index INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        epoch INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (server_id, disk_index)
+    );
+    -- The last epoch in which each chunk of a disk was written. A write commits its row before
+    -- it is acknowledged, so an incremental backup never misses it.
+    CREATE TABLE written_chunks (
+        disk_id TEXT NOT NULL,
+        chunk_index INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        PRIMARY KEY (disk_id, chunk_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE backups (
+        backup_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        server_id TEXT NOT NULL,
+        server_type INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        error_reason TEXT NOT NULL DEFAULT '',
+        bytes_to_read INTEGER NOT NULL DEFAULT 0,
+        bytes_read INTEGER NOT NULL DEFAULT 0,
+        bytes_stored INTEGER NOT NULL DEFAULT 0,
+        policy_id TEXT NOT NULL DEFAULT '',
+        origin_replicated INTEGER NOT NULL DEFAULT 0,
+        origin_region_id TEXT NOT NULL DEFAULT '',
+        origin_project_id TEXT NOT NULL DEFAULT '',
+        origin_backup_id TEXT NOT NULL DEFAULT '',
+        origin_way INTEGER NOT NULL DEFAULT 0,
+        origin_policy_id TEXT NOT NULL DEFAULT '',
+        origin_job_id TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        completed_at REAL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX backups_by_project ON backups(project_id, seq);
+    CREATE INDEX backups_by_server ON backups(server_id, seq);
+    CREATE UNIQUE INDEX replica_by_job ON backups(origin_job_id) WHERE origin_job_id != '';
+    CREATE TABLE backup_disks (
+        backup_id TEXT NOT NULL,
+        disk_index INTEGER NOT NULL,
+        disk_id TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        PRIMARY KEY (backup_id, disk_index)
+    ) WITHOUT ROWID;
+    -- Every non-zero chunk of every disk of every backup, absent means all zeros.
+    CREATE TABLE manifest (
+        backup_id TEXT NOT NULL,
+        disk_index INTEGER NOT NULL,
+        chunk_index INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (backup_id, disk_index, chunk_index)
+    ) WITHOUT ROWID;
+    CREATE INDEX manifest_by_hash ON manifest(hash);
+    -- Where each stored chunk lives: its data is at [offset, offset + length) of a pack file.
+    CREATE TABLE chunks (
+        hash BLOB PRIMARY KEY,
+        pack_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_by_pack ON chunks(pack_id, offset);
+    CREATE TABLE images (
+        image_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        backup_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX images_by_backup ON images(backup_id);
+    CREATE INDEX images_by_project ON images(project_id, seq);
+    CREATE TABLE replication_records (
+        backup_id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        target_region_id TEXT NOT NULL,
+        target_project_id TEXT NOT NULL,
+        replica_id TEXT NOT NULL,
+        way INTEGER NOT NULL,
+        policy_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        failure_reason TEXT NOT NULL,
+        replica_deleted INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (backup_id, job_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE holds (
+        backup_id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (backup_id, job_id)
+    ) WITHOUT ROWID;
+    -- Idempotency: a create retried with the same request ID returns the first resource.
+    CREATE TABLE requests (
+        kind TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        PRIMARY KEY (kind, project_id, request_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sequence (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+}
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+class Catalog:
+    """The SQLite catalog. `transaction()` gives the connection inside one transaction under
+    the catalog lock; `read()` gives it for reads under the same lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"catalog schema version {version} is newer than this node's {SCHEMA_VERSION}"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _MIGRATIONS[target].split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version = {target}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
+
+    def next_seq(self, conn: sqlite3.Connection, name: str) -> int:
+        """A monotonically increasing number, for stable list order (inside a transaction)."""
+        row = conn.execute("SELECT value FROM sequence WHERE name = ?", (name,)).fetchone()
+        value = (row[0] if row else 0) + 1
+        conn.execute(
+            "INSERT INTO sequence(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+        return int(value)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,337 @@
+"""The content-addressed chunk store.
+
+Chunks are appended to pack files (as restic does): each record is a 40-byte header (the chunk's
+blake3 hash, its length, the record format version) followed by the data, so the index can be
+rebuilt from the packs alone. The index (the `chunks` table of the catalog) is committed only
+after the pack data is fsynced, in the same transaction as the manifest that references it: a
+chunk is either fully there or not there at all. Space of chunks no manifest references is
+given back by punching holes in their pack; a pack with no chunks left is deleted. Every read is
+verified against the hash: a mismatch is ChunkCorrupted, never wrong bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from csbs.errors import ChunkCorrupted
+from region_node.catalog import Catalog
+from region_node.fileio import drop_cache, fsync_dir, punch_hole
+
+log = logging.getLogger(__name__)
+
+HASH_BYTES = 32
+PACK_MAGIC = b"CSBSPACK"
+PACK_VERSION = 1
+PACK_HEADER = struct.Struct("<8sI4x")  # magic, version, padding: 16 bytes
+RECORD_VERSION = 1
+RECORD_HEADER = struct.Struct("<32sII")  # hash, length, record version: 40 bytes
+MAX_PACK_BYTES = 512 << 20
+SYNC_EVERY_BYTES = 64 << 20
+
+
+def chunk_hash(data: bytes | bytearray | memoryview) -> bytes:
+    """The content address of a chunk (blake3; releases the GIL, so threads hash in parallel)."""
+    return bytes(blake3.blake3(data).digest())
+
+
+@dataclass(frozen=True)
+class ChunkLocation:
+    pack_id: int
+    offset: int  # of the data, after the record header
+    length: int
+
+
+class _Pack:
+    def __init__(self, pack_id: int, path: Path, fd: int, tail: int) -> None:
+        self.pack_id = pack_id
+        self.path = path
+        self.fd = fd
+        self.tail = tail
+        self.unsynced = 0
+        self.synced_to = tail
+
+
+class ChunkStore:
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self._root = root
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._catalog = catalog
+        self._lock = threading.Condition()
+        self._active: _Pack | None = None
+        self._dirty: dict[int, _Pack] = {}  # packs with writes not yet fsynced
+        self._inflight = 0
+        self._pending: dict[bytes, ChunkLocation] = {}  # written, not yet in the index
+        self._read_fds: dict[int, int] = {}
+        # Pack IDs come from the files, never the catalog: the store lock is never held while
+        # taking the catalog's (lock order: catalog, then store).
+        self._next_pack_id = max(self._pack_ids_on_disk(), default=0) + 1
+
+    # -- paths --------------------------------------------------------------------------------
+    def _pack_path(self, pack_id: int) -> Path:
+        return self._root / f"{pack_id:012d}.pack"
+
+    def _pack_ids_on_disk(self) -> list[int]:
+        ids = []
+        for entry in self._root.iterdir():
+            if entry.suffix == ".pack" and entry.stem.isdigit():
+                ids.append(int(entry.stem))
+        return sorted(ids)
+
+    # -- writing ------------------------------------------------------------------------------
+    def _new_pack(self) -> _Pack:
+        pack_id = self._next_pack_id
+        self._next_pack_id += 1
+        path = self._pack_path(pack_id)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.pwrite(fd, PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION), 0)
+        os.fsync(fd)
+        fsync_dir(str(self._root))
+        return _Pack(pack_id, path, fd, PACK_HEADER.size)
+
+    def is_stored(self, digest: bytes) -> bool:
+        """Whether the store holds this chunk (indexed, or written and about to be)."""
+        with self._lock:
+            if digest in self._pending:
+                return True
+        with self._catalog.read() as conn:
+            row = conn.execute("SELECT 1 FROM chunks WHERE hash = ?", (digest,)).fetchone()
+        return row is not None
+
+    def put(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
+        """Writes a chunk unless the store has it. Returns the bytes newly written. The chunk
+        is durable and indexed only after `sync()` and `index()` in the caller's transaction."""
+        if self.is_stored(digest):
+            return 0
+        length = len(data)
+        with self._lock:
+            if digest in self._pending:
+                return 0
+            pack = self._active
+            if pack is None or pack.tail >= MAX_PACK_BYTES:
+                pack = self._active = self._new_pack()
+            record_at = pack.tail
+            pack.tail += RECORD_HEADER.size + length
+            self._pending[digest] = ChunkLocation(
+                pack.pack_id, record_at + RECORD_HEADER.size, length
+            )
+            self._dirty[pack.pack_id] = pack
+            self._inflight += 1
+        try:
+            header = RECORD_HEADER.pack(digest, length, RECORD_VERSION)
+            os.pwritev(pack.fd, [header, data], record_at)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(digest, None)
+                self._inflight -= 1
+                self._lock.notify_all()
+            raise
+        flush = False
+        with self._lock:
+            self._inflight -= 1
+            pack.unsynced += RECORD_HEADER.size + length
+            if pack.unsynced >= SYNC_EVERY_BYTES:
+                pack.unsynced = 0
+                flush = True
+            self._lock.notify_all()
+        if flush:
+            # Bounded dirty memory: flush what was written so far and drop it from the cache.
+            os.fdatasync(pack.fd)
+            drop_cache(pack.fd, 0, record_at)
+        return length
+
+    def sync(self) -> None:
+        """Makes every chunk written so far durable (waits for writes in flight)."""
+        with self._lock:
+            while self._inflight:
+                self._lock.wait()
+            packs = list(self._dirty.values())
+            self._dirty.clear()
+        for pack in packs:
+            os.fdatasync(pack.fd)
+            drop_cache(pack.fd)
+
+    def index(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> None:
+        """Inside the caller's transaction, after `sync()`: indexes the written chunks among
+        `digests` (chunks already indexed are left as they are)."""
+        with self._lock:
+            rows = [
+                (d, loc.pack_id, loc.offset, loc.length)
+                for d in digests
+                if (loc := self._pending.get(d)) is not None
+            ]
+        conn.executemany(
+            "INSERT OR IGNORE INTO chunks(hash, pack_id, offset, length) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+
+    def forget_pending(self, digests: Iterable[bytes]) -> None:
+        """After the transaction that indexed them has committed."""
+        with self._lock:
+            for d in digests:
+                self._pending.pop(d, None)
+
+    # -- reading ------------------------------------------------------------------------------
+    def locate(self, digest: bytes) -> ChunkLocation | None:
+        with self._lock:
+            loc = self._pending.get(digest)
+        if loc is not None:
+            return loc
+        with self._catalog.read() as conn:
+            row = conn.execute(
+                "SELECT pack_id, offset, length FROM chunks WHERE hash = ?", (digest,)
+            ).fetchone()
+        return ChunkLocation(*row) if row else None
+
+    def _read_fd(self, pack_id: int) -> int:
+        with self._lock:
+            fd = self._read_fds.get(pack_id)
+            if fd is None:
+                fd = os.open(self._pack_path(pack_id), os.O_RDONLY)
+                self._read_fds[pack_id] = fd
+            return fd
+
+    def read(self, digest: bytes, buffer: bytearray | None = None) -> memoryview:
+        """The chunk's bytes, verified against its hash. Reads into `buffer` when given (it must
+        be at least as long as the chunk), so that streaming reuses one buffer."""
+        loc = self.locate(digest)
+        if loc is None:
+            raise ChunkCorrupted(f"chunk {digest.hex()} is missing from the store")
+        if buffer is None or len(buffer) < loc.length:
+            buffer = bytearray(loc.length)
+        view = memoryview(buffer)[: loc.length]
+        fd = self._read_fd(loc.pack_id)
+        got = os.preadv(fd, [view], loc.offset)
+        if got != loc.length or chunk_hash(view) != digest:
+            raise ChunkCorrupted(
+                f"chunk {digest.hex()} in pack {loc.pack_id} does not match its hash"
+            )
+        return view
+
+    def drop_read_cache(self) -> None:
+        with self._lock:
+            fds = list(self._read_fds.values())
+        for fd in fds:
+            drop_cache(fd)
+
+    # -- freeing ------------------------------------------------------------------------------
+    def unreferenced(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[bytes]:
+        """Of `digests`, those no manifest references any more and no writer holds pending."""
+        with self._lock:
+            pending = set(self._pending)
+        out = []
+        for d in set(digests):
+            if d in pending:
+                continue
+            if conn.execute("SELECT 1 FROM manifest WHERE hash = ? LIMIT 1", (d,)).fetchone():
+                continue
+            out.append(d)
+        return out
+
+    def unindex(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[ChunkLocation]:
+        """Inside the caller's transaction: removes chunks from the index and returns where they
+        were, for `release()` once the transaction has committed."""
+        locations = []
+        for d in digests:
+            row = conn.execute(
+                "SELECT pack_id, offset, length FROM chunks WHERE hash = ?", (d,)
+            ).fetchone()
+            if row:
+                locations.append(ChunkLocation(*row))
+                conn.execute("DELETE FROM chunks WHERE hash = ?", (d,))
+        return locations
+
+    def release(self, locations: Iterable[ChunkLocation]) -> None:
+        """Gives back the space of unindexed chunks; deletes packs that hold nothing any more."""
+        packs: set[int] = set()
+        for loc in locations:
+            packs.add(loc.pack_id)
+            fd = self._read_fd(loc.pack_id)
+            # The record header goes too; punching is by whole blocks, the rest reads as zeros.
+            punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size)
+        for pack_id in packs:
+            self._delete_pack_if_empty(pack_id)
+
+    def _delete_pack_if_empty(self, pack_id: int) -> None:
+        with self._catalog.read() as conn, self._lock:
+            if self._active is not None and self._active.pack_id == pack_id:
+                return
+            if any(loc.pack_id == pack_id for loc in self._pending.values()):
+                return
+            if conn.execute(
+                "SELECT 1 FROM chunks WHERE pack_id = ? LIMIT 1", (pack_id,)
+            ).fetchone():
+                return
+            fd = self._read_fds.pop(pack_id, None)
+            if fd is not None:
+                os.close(fd)
+            self._pack_path(pack_id).unlink(missing_ok=True)
+
+    def collect_garbage(self) -> int:
+        """At start, before anything is written: removes what a crash left behind (chunks
+        indexed but unreferenced, pack space never indexed). Returns bytes given back."""
+        with self._catalog.transaction() as conn:
+            orphans = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT hash FROM chunks WHERE NOT EXISTS "
+                    "(SELECT 1 FROM manifest WHERE manifest.hash = chunks.hash)"
+                )
+            ]
+            freed_locations = self.unindex(conn, orphans)
+        self.release(freed_locations)
+        freed = sum(loc.length for loc in freed_locations)
+        for pack_id in self._pack_ids_on_disk():
+            with self._catalog.read() as conn:
+                extents = conn.execute(
+                    "SELECT offset, length FROM chunks WHERE pack_id = ? ORDER BY offset",
+                    (pack_id,),
+                ).fetchall()
+            path = self._pack_path(pack_id)
+            if not extents:
+                freed += path.stat().st_size
+                path.unlink()
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                position = PACK_HEADER.size
+                for offset, length in extents:
+                    start = offset - RECORD_HEADER.size
+                    if start > position:
+                        punch_hole(fd, position, start - position)
+                        freed += start - position
+                    position = offset + length
+                size = os.fstat(fd).st_size
+                if size > position:
+                    os.ftruncate(fd, position)
+                    os.fsync(fd)
+                    freed += size - position
+            finally:
+                os.close(fd)
+        return freed
+
+    def stored_bytes(self) -> int:
+        """Bytes the packs take on disk (allocated blocks), for tests and reports."""
+        total = 0
+        for pack_id in self._pack_ids_on_disk():
+            with contextlib.suppress(FileNotFoundError):
+                total += self._pack_path(pack_id).stat().st_blocks * 512
+        return total
+
+    def close(self) -> None:
+        self.sync()
+        with self._lock:
+            if self._active is not None:
+                os.close(self._active.fd)
+                self._active = None
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()

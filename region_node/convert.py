@@ -1,0 +1,146 @@
+"""Domain objects to and from csbs.v1 protobuf messages: the only place that knows both."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from csbs.v1 import common_pb2
+from csbs.v1 import region_node_pb2 as pb
+from region_node import models
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def region_info_to_proto(info: models.RegionInfo) -> common_pb2.RegionInfo:
+    return common_pb2.RegionInfo(
+        region_id=info.region_id,
+        display_name=info.display_name,
+        accepts_replication=info.accepts_replication,
+        projects=[
+            common_pb2.Project(
+                project_id=p.project_id, name=p.name, account_id=p.account_id, main=p.main
+            )
+            for p in info.projects
+        ],
+        chunk_size_bytes=info.chunk_size,
+    )
+
+
+def disk_to_proto(disk: models.Disk) -> pb.Disk:
+    return pb.Disk(
+        disk_index=disk.disk_index,
+        disk_id=disk.disk_id,
+        size_bytes=disk.size_bytes,
+        system=disk.system,
+    )
+
+
+def backup_disk_to_proto(disk: models.Disk) -> pb.BackupDisk:
+    return pb.BackupDisk(
+        disk_index=disk.disk_index,
+        disk_id=disk.disk_id,
+        size_bytes=disk.size_bytes,
+        system=disk.system,
+    )
+
+
+def server_to_proto(server: models.Server) -> pb.Server:
+    return pb.Server(
+        server_id=server.server_id,
+        project_id=server.project_id,
+        name=server.name,
+        server_type=int(server.server_type),  # type: ignore[arg-type]
+        status=int(server.status),  # type: ignore[arg-type]
+        disks=[disk_to_proto(d) for d in server.disks],
+        image_id=server.image_id,
+        error_reason=server.error_reason,
+        progress_bytes_total=server.progress_total,
+        progress_bytes_done=server.progress_done,
+        created_at=timestamp(server.created_at),
+        updated_at=timestamp(server.updated_at),
+    )
+
+
+def origin_to_proto(origin: models.Origin) -> pb.BackupOrigin:
+    return pb.BackupOrigin(
+        replicated=origin.replicated,
+        source_region_id=origin.source_region_id,
+        source_project_id=origin.source_project_id,
+        source_backup_id=origin.source_backup_id,
+        way=int(origin.way),  # type: ignore[arg-type]
+        policy_id=origin.policy_id,
+        replication_job_id=origin.job_id,
+    )
+
+
+def origin_from_proto(origin: pb.BackupOrigin) -> models.Origin:
+    return models.Origin(
+        replicated=origin.replicated,
+        source_region_id=origin.source_region_id,
+        source_project_id=origin.source_project_id,
+        source_backup_id=origin.source_backup_id,
+        way=models.ReplicationWay(int(origin.way)),
+        policy_id=origin.policy_id,
+        job_id=origin.replication_job_id,
+    )
+
+
+def record_to_proto(record: models.ReplicationRecord) -> pb.ReplicationRecord:
+    return pb.ReplicationRecord(
+        target_region_id=record.target_region_id,
+        target_project_id=record.target_project_id,
+        replica_id=record.replica_id,
+        way=int(record.way),  # type: ignore[arg-type]
+        policy_id=record.policy_id,
+        job_id=record.job_id,
+        status=int(record.status),  # type: ignore[arg-type]
+        failure_reason=record.failure_reason,
+        updated_at=timestamp(record.updated_at),
+        replica_deleted=record.replica_deleted,
+    )
+
+
+def backup_to_proto(backup: models.Backup) -> pb.Backup:
+    return pb.Backup(
+        backup_id=backup.backup_id,
+        project_id=backup.project_id,
+        name=backup.name,
+        description=backup.description,
+        server_id=backup.server_id,
+        server_type=int(backup.server_type),  # type: ignore[arg-type]
+        disks=[backup_disk_to_proto(d) for d in backup.disks],
+        status=int(backup.status),  # type: ignore[arg-type]
+        error_reason=backup.error_reason,
+        bytes_to_read=backup.bytes_to_read,
+        bytes_read=backup.bytes_read,
+        bytes_stored=backup.bytes_stored,
+        size_bytes=backup.size_bytes,
+        policy_id=backup.policy_id,
+        origin=origin_to_proto(backup.origin),
+        replications=[record_to_proto(r) for r in backup.replications],
+        image_ids=list(backup.image_ids),
+        created_at=timestamp(backup.created_at),
+        updated_at=timestamp(backup.updated_at),
+        completed_at=timestamp(backup.completed_at),
+    )
+
+
+def image_to_proto(image: models.Image) -> pb.Image:
+    return pb.Image(
+        image_id=image.image_id,
+        project_id=image.project_id,
+        name=image.name,
+        description=image.description,
+        backup_id=image.backup_id,
+        status=pb.IMAGE_STATUS_AVAILABLE,
+        disks=[backup_disk_to_proto(d) for d in image.disks],
+        created_at=timestamp(image.created_at),
+    )

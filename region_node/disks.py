@@ -1,0 +1,72 @@
+"""A server's disks as real sparse files, with the write tracking that makes backups
+incremental and the copy-on-write that makes them point-in-time.
+
+Each disk has a gate: a write holds it while it durably marks its chunks as written in the
+current epoch, preserves chunks a running backup has not read yet, and writes. A backup starts
+under the gates of its disks: it bumps each disk's epoch and takes the set of chunks written
+since its base backup, so writes that arrive after that point are not in it, and not lost."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+STRIPES = 64
+
+
+class BackupSession:
+    """The chunks of one disk a running backup has still to read. Whoever takes a chunk out of
+    `todo` (the backup's reader, or a writer about to overwrite it) reads it and hands it to
+    `capture`, under the chunk's stripe lock."""
+
+    def __init__(
+        self,
+        todo: set[int],
+        capture: Callable[[int, memoryview], None],
+    ) -> None:
+        self.todo = todo
+        self.capture = capture
+        self.locks = [threading.Lock() for _ in range(STRIPES)]
+
+
+class DiskState:
+    def __init__(self, disk_id: str, path: Path, size_bytes: int, epoch: int) -> None:
+        self.disk_id = disk_id
+        self.path = path
+        self.size_bytes = size_bytes
+        self.gate = threading.Lock()
+        self.epoch = epoch
+        self.marked: set[int] = set()  # chunks already marked written in this epoch
+        self.session: BackupSession | None = None
+        self.busy = ""  # non-empty while a restore owns the disk: why writes are refused
+        self._fd: int | None = None
+        self._fd_lock = threading.Lock()
+
+    @property
+    def fd(self) -> int:
+        with self._fd_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR)
+            return self._fd
+
+    def create_file(self) -> None:
+        """A new, sparse disk: no block is allocated until written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, self.size_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def remove_file(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)

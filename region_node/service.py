@@ -1,0 +1,1334 @@
+"""The region node's domain: servers and their disks, backups, restores and images.
+
+Plain Python: no grpc here. Every refusal is a csbs.errors domain error naming the rule or
+field; every catalog change is one transaction; long work (backups, restores, creating a server
+from an image) runs in the background and reports progress that watchers follow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from csbs.clock import Clock
+from csbs.errors import (
+    BackupNotFound,
+    FailedPrecondition,
+    ImageNotFound,
+    InvalidArgument,
+    ProjectNotFound,
+    ServerNotFound,
+)
+from csbs.names import validate_description, validate_name, validate_request_id
+from region_node.catalog import Catalog
+from region_node.chunk_store import ChunkStore, chunk_hash
+from region_node.config import NodeConfig
+from region_node.disks import STRIPES, BackupSession, DiskState
+from region_node.fileio import drop_cache, zero_range
+from region_node.models import (
+    Backup,
+    BackupStatus,
+    Disk,
+    Image,
+    Origin,
+    Page,
+    Project,
+    RecordStatus,
+    RegionInfo,
+    ReplicationRecord,
+    ReplicationWay,
+    Server,
+    ServerStatus,
+    ServerType,
+)
+from region_node.notifier import Notifier
+from region_node.paging import PageTokens, page_size
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+MAX_DISKS = 24
+MAX_DISK_BYTES = 16 << 40
+MAX_WRITE_BYTES = 4 * MIB
+READ_PIECE_BYTES = MIB
+FLUSH_EVERY_BYTES = 64 * MIB
+
+T = TypeVar("T")
+Row = tuple[Any, ...]  # a catalog row
+_END = object()
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class _Progress:
+    total: int = 0
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+
+
+@dataclass
+class _DiskPlan:
+    """One disk of a running backup."""
+
+    disk_index: int
+    disk: DiskState
+    todo: list[int]
+    session: BackupSession | None = None
+
+
+class RegionNodeService:
+    def __init__(self, config: NodeConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+        self._cs = config.chunk_size
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._catalog = Catalog(config.data_dir / "catalog.db")
+        self._store = ChunkStore(config.data_dir / "chunks", self._catalog)
+        self._disk_dir = config.data_dir / "disks"
+        self._disk_dir.mkdir(parents=True, exist_ok=True)
+        self._zero_hash = {self._cs: chunk_hash(bytes(self._cs))}
+        self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
+        self._workers = ThreadPoolExecutor(
+            max_workers=config.workers * 4, thread_name_prefix="chunk"
+        )
+        self._local = threading.local()
+        self._disks: dict[str, DiskState] = {}
+        self._disks_lock = threading.Lock()
+        self._progress: dict[str, _Progress] = {}
+        # Per running backup: (disk, chunk) -> (hash, length, bytes newly stored).
+        self._entries: dict[str, dict[tuple[int, int], tuple[bytes, int, int]]] = {}
+        self.notifier = Notifier()
+        self._tokens = PageTokens(
+            self._setting("page_token_secret", secrets.token_hex(32)).encode()
+        )
+        self._accepts_replication = (
+            self._setting("accepts_replication", "1" if config.accepts_replication else "0") == "1"
+        )
+        self._projects = {
+            p.project_id: Project(p.project_id, p.name, p.account_id, p.main)
+            for p in config.projects
+        }
+        self._recover()
+
+    # -- settings and start-up ----------------------------------------------------------------
+    def _setting(self, key: str, default: str) -> str:
+        """A persisted setting, written with `default` the first time it is read."""
+        with self._catalog.transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            if row:
+                return str(row[0])
+            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, default))
+            return default
+
+    def _recover(self) -> None:
+        """Brings the catalog back to a consistent state after any stop, clean or not."""
+        now = _ts(self._clock.now())
+        with self._catalog.transaction() as conn:
+            interrupted = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT backup_id FROM backups WHERE status = ?", (BackupStatus.CREATING,)
+                )
+            ]
+            for backup_id in interrupted:
+                conn.execute("DELETE FROM manifest WHERE backup_id = ?", (backup_id,))
+                conn.execute(
+                    "UPDATE backups SET status = ?, error_reason = ?, updated_at = ? "
+                    "WHERE backup_id = ?",
+                    (
+                        BackupStatus.ERROR,
+                        "the region node stopped while this backup was being taken",
+                        now,
+                        backup_id,
+                    ),
+                )
+            conn.execute(
+                "UPDATE backups SET status = ? WHERE status = ?",
+                (BackupStatus.AVAILABLE, BackupStatus.RESTORING),
+            )
+        freed = self._store.collect_garbage()
+        if interrupted or freed:
+            log.info(
+                "recovered: %d interrupted backups marked error, %d bytes of garbage freed",
+                len(interrupted),
+                freed,
+            )
+        with self._catalog.read() as conn:
+            unfinished = conn.execute(
+                "SELECT server_id, status, image_id, restoring_backup_id FROM servers "
+                "WHERE status IN (?, ?, ?)",
+                (ServerStatus.CREATING, ServerStatus.RESTORING, ServerStatus.DELETING),
+            ).fetchall()
+        for server_id, status, image_id, restoring_backup_id in unfinished:
+            if status == ServerStatus.DELETING:
+                self._jobs.submit(self._finish_delete_server, server_id)
+            elif status == ServerStatus.CREATING:
+                backup_id = self._image_backup_id(image_id)
+                self._start_fill(server_id, backup_id, zero_first=False)
+            else:
+                self._start_fill(server_id, restoring_backup_id, zero_first=True)
+
+    def close(self) -> None:
+        self._jobs.shutdown(wait=True, cancel_futures=False)
+        self._workers.shutdown(wait=True)
+        with self._disks_lock:
+            for disk in self._disks.values():
+                disk.close()
+        self._store.close()
+        self._catalog.close()
+
+    # -- region -------------------------------------------------------------------------------
+    def region_info(self) -> RegionInfo:
+        return RegionInfo(
+            region_id=self._config.region_id,
+            display_name=self._config.display_name,
+            accepts_replication=self._accepts_replication,
+            projects=tuple(self._projects.values()),
+            chunk_size=self._cs,
+        )
+
+    def set_replication_capability(self, accepts: bool) -> RegionInfo:
+        """R5: the region's own word on whether it accepts replication, advertised at once."""
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES ('accepts_replication', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                ("1" if accepts else "0",),
+            )
+        self._accepts_replication = accepts
+        return self.region_info()
+
+    def resolve_project(self, project_id: str) -> str:
+        """The project a call acts in: the given one, or the main project when empty."""
+        if not project_id:
+            return next(p.project_id for p in self._projects.values() if p.main)
+        if project_id not in self._projects:
+            raise ProjectNotFound(project_id)
+        return project_id
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _buffer(self) -> bytearray:
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(self._cs)
+        return buf
+
+    def _zero_hash_for(self, length: int) -> bytes:
+        digest = self._zero_hash.get(length)
+        if digest is None:
+            digest = self._zero_hash[length] = chunk_hash(bytes(length))
+        return digest
+
+    def _chunk_length(self, size_bytes: int, chunk_index: int) -> int:
+        return min(self._cs, size_bytes - chunk_index * self._cs)
+
+    def _chunks_in(self, size_bytes: int) -> int:
+        return -(-size_bytes // self._cs)
+
+    def _parallel(self, items: Iterable[T], work: Callable[[T], None]) -> None:
+        """Runs `work` over `items` on the chunk workers; the first error stops the rest."""
+        iterator = iter(items)
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            while not errors:
+                with lock:
+                    item = next(iterator, _END)
+                if item is _END:
+                    return
+                try:
+                    work(item)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        runners = [self._workers.submit(run) for _ in range(self._config.workers)]
+        for runner in runners:
+            runner.result()
+        if errors:
+            raise errors[0]
+
+    def _disk_state(self, disk_id: str) -> DiskState:
+        with self._disks_lock:
+            state = self._disks.get(disk_id)
+            if state is None:
+                with self._catalog.read() as conn:
+                    row = conn.execute(
+                        "SELECT size_bytes, epoch FROM disks WHERE disk_id = ?", (disk_id,)
+                    ).fetchone()
+                if row is None:
+                    raise ServerNotFound(disk_id)
+                state = DiskState(disk_id, self._disk_dir / f"{disk_id}.disk", row[0], row[1])
+                self._disks[disk_id] = state
+            return state
+
+    def _check_request(
+        self, conn: sqlite3.Connection, kind: str, project_id: str, request_id: str
+    ) -> str | None:
+        if not request_id:
+            return None
+        row = conn.execute(
+            "SELECT resource_id FROM requests WHERE kind = ? AND project_id = ? AND request_id = ?",
+            (kind, project_id, request_id),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def _remember_request(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        project_id: str,
+        request_id: str,
+        resource_id: str,
+    ) -> None:
+        if request_id:
+            conn.execute(
+                "INSERT INTO requests(kind, project_id, request_id, resource_id) "
+                "VALUES (?, ?, ?, ?)",
+                (kind, project_id, request_id, resource_id),
+            )
+
+    # -- servers ------------------------------------------------------------------------------
+    def create_server(
+        self,
+        project_id: str,
+        name: str,
+        server_type: int,
+        disk_sizes: list[int],
+        image_id: str,
+        request_id: str,
+    ) -> Server:
+        project_id = self.resolve_project(project_id)
+        validate_request_id(request_id)
+        name = validate_name(name) if name else f"server-{secrets.token_hex(4)}"
+        if server_type == 0:
+            server_type = ServerType.ECS
+        if server_type not in (ServerType.ECS, ServerType.BMS):
+            raise InvalidArgument(f"server_type {server_type} is not ECS or BMS")
+        backup_id = ""
+        if image_id:
+            if disk_sizes:
+                raise InvalidArgument(
+                    "disks must be empty when image_id is set: the image gives the disks"
+                )
+            image = self.get_image(project_id, image_id)
+            backup_id = image.backup_id
+            disk_sizes = [d.size_bytes for d in image.disks]
+        else:
+            if not 1 <= len(disk_sizes) <= MAX_DISKS:
+                raise InvalidArgument(
+                    f"disks: a server has 1 to {MAX_DISKS} disks, {len(disk_sizes)} were given"
+                )
+            for i, size in enumerate(disk_sizes):
+                if size <= 0 or size > MAX_DISK_BYTES or size % MIB:
+                    raise InvalidArgument(
+                        f"disks[{i}].size_bytes {size}: must be 1 MiB to 16 TiB, a multiple "
+                        "of 1 MiB"
+                    )
+        now = _ts(self._clock.now())
+        server_id = _new_id()
+        disks = [Disk(i, _new_id(), size) for i, size in enumerate(disk_sizes)]
+        states = [
+            DiskState(d.disk_id, self._disk_dir / f"{d.disk_id}.disk", d.size_bytes, 1)
+            for d in disks
+        ]
+        for state in states:
+            state.create_file()
+        status = ServerStatus.CREATING if image_id else ServerStatus.ACTIVE
+        with self._catalog.transaction() as conn:
+            existing = self._check_request(conn, "server", project_id, request_id)
+            if existing is None:
+                seq = self._catalog.next_seq(conn, "server")
+                conn.execute(
+                    "INSERT INTO servers(server_id, project_id, name, server_type, status, "
+                    "image_id, created_at, updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (server_id, project_id, name, server_type, status, image_id, now, now, seq),
+                )
+                conn.executemany(
+                    "INSERT INTO disks(disk_id, server_id, disk_index, size_bytes) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(d.disk_id, server_id, d.disk_index, d.size_bytes) for d in disks],
+                )
+                self._remember_request(conn, "server", project_id, request_id, server_id)
+        if existing is not None:
+            for state in states:
+                state.remove_file()
+            return self.get_server(project_id, existing)
+        with self._disks_lock:
+            for state in states:
+                self._disks[state.disk_id] = state
+        if image_id:
+            self._start_fill(server_id, backup_id, zero_first=False)
+        return self.get_server(project_id, server_id)
+
+    def _server_row(self, conn: sqlite3.Connection, project_id: str, server_id: str) -> Row:
+        row = conn.execute(
+            "SELECT server_id, project_id, name, server_type, status, image_id, error_reason, "
+            "created_at, updated_at FROM servers WHERE server_id = ? AND project_id = ?",
+            (server_id, project_id),
+        ).fetchone()
+        if row is None:
+            raise ServerNotFound(server_id)
+        return tuple(row)
+
+    def _server_disks(self, conn: sqlite3.Connection, server_id: str) -> tuple[Disk, ...]:
+        return tuple(
+            Disk(r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT disk_index, disk_id, size_bytes FROM disks WHERE server_id = ? "
+                "ORDER BY disk_index",
+                (server_id,),
+            )
+        )
+
+    def _to_server(self, conn: sqlite3.Connection, row: Row) -> Server:
+        progress = self._progress.get(row[0])
+        return Server(
+            server_id=row[0],
+            project_id=row[1],
+            name=row[2],
+            server_type=ServerType(row[3]),
+            status=ServerStatus(row[4]),
+            disks=self._server_disks(conn, row[0]),
+            image_id=row[5],
+            error_reason=row[6],
+            progress_total=progress.total if progress else 0,
+            progress_done=progress.done if progress else 0,
+            created_at=_dt(row[7]) or self._clock.now(),
+            updated_at=_dt(row[8]) or self._clock.now(),
+        )
+
+    def get_server(self, project_id: str, server_id: str) -> Server:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.read() as conn:
+            return self._to_server(conn, self._server_row(conn, project_id, server_id))
+
+    def list_servers(self, project_id: str, size: int, token: str) -> Page[Server]:
+        project_id = self.resolve_project(project_id)
+        limit = page_size(size)
+        scope = f"servers/{project_id}"
+        after = self._tokens.open(scope, token)
+        with self._catalog.read() as conn:
+            rows = conn.execute(
+                "SELECT server_id, project_id, name, server_type, status, image_id, "
+                "error_reason, created_at, updated_at, seq FROM servers "
+                "WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (project_id, after, limit + 1),
+            ).fetchall()
+            items = [self._to_server(conn, tuple(r[:9])) for r in rows[:limit]]
+        next_token = self._tokens.issue(scope, rows[limit - 1][9]) if len(rows) > limit else ""
+        return Page(items, next_token)
+
+    def _set_server_status(
+        self, server_id: str, status: ServerStatus, reason: str = "", restoring_backup_id: str = ""
+    ) -> None:
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "UPDATE servers SET status = ?, error_reason = ?, restoring_backup_id = ?, "
+                "updated_at = ? WHERE server_id = ?",
+                (status, reason, restoring_backup_id, _ts(self._clock.now()), server_id),
+            )
+        self.notifier.changed(server_id)
+
+    def delete_server(self, project_id: str, server_id: str) -> Server:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.transaction() as conn:
+            row = self._server_row(conn, project_id, server_id)
+            status = ServerStatus(row[4])
+            if status not in (ServerStatus.ACTIVE, ServerStatus.ERROR):
+                raise FailedPrecondition(
+                    f"server {server_id} is {status.name.lower()}; it can be deleted when it "
+                    "is active or in error"
+                )
+            creating = conn.execute(
+                "SELECT backup_id FROM backups WHERE server_id = ? AND status IN (?, ?)",
+                (server_id, BackupStatus.CREATING, BackupStatus.RESTORING),
+            ).fetchone()
+            if creating:
+                raise FailedPrecondition(
+                    f"server {server_id} has backup {creating[0]} in progress; delete it after "
+                    "the backup ends"
+                )
+            disks = self._server_disks(conn, server_id)
+            for disk in disks:
+                self._disk_state(disk.disk_id).busy = "the server is being deleted"
+            conn.execute(
+                "UPDATE servers SET status = ?, updated_at = ? WHERE server_id = ?",
+                (ServerStatus.DELETING, _ts(self._clock.now()), server_id),
+            )
+        self.notifier.changed(server_id)
+        self._jobs.submit(self._finish_delete_server, server_id)
+        with self._catalog.read() as conn:
+            return self._to_server(conn, self._server_row(conn, project_id, server_id))
+
+    def _finish_delete_server(self, server_id: str) -> None:
+        with self._catalog.read() as conn:
+            disk_ids = [
+                r[0]
+                for r in conn.execute("SELECT disk_id FROM disks WHERE server_id = ?", (server_id,))
+            ]
+        for disk_id in disk_ids:
+            with self._disks_lock:
+                state = self._disks.pop(disk_id, None)
+            if state is None:
+                state = DiskState(disk_id, self._disk_dir / f"{disk_id}.disk", 0, 0)
+            with state.gate:
+                state.remove_file()
+        with self._catalog.transaction() as conn:
+            for disk_id in disk_ids:
+                conn.execute("DELETE FROM written_chunks WHERE disk_id = ?", (disk_id,))
+            conn.execute("DELETE FROM disks WHERE server_id = ?", (server_id,))
+            conn.execute("DELETE FROM servers WHERE server_id = ?", (server_id,))
+        self.notifier.changed(server_id)
+
+    def watch_server(
+        self, project_id: str, server_id: str, active: Callable[[], bool]
+    ) -> Iterator[Server]:
+        """The server now, then on every change, until it is active, in error, or gone."""
+        seen = -1
+        last: Server | None = None
+        while active():
+            version = self.notifier.version(server_id)
+            try:
+                server = self.get_server(project_id, server_id)
+            except ServerNotFound:
+                if last is not None:
+                    return
+                raise
+            if server != last:
+                yield server
+                last = server
+            if server.status in (ServerStatus.ACTIVE, ServerStatus.ERROR):
+                return
+            seen = self.notifier.wait(server_id, version, timeout=0.5)
+            del seen
+
+    # -- disk I/O -----------------------------------------------------------------------------
+    def _writable_disk(self, project_id: str, server_id: str, disk_index: int) -> DiskState:
+        with self._catalog.read() as conn:
+            row = self._server_row(conn, project_id, server_id)
+            status = ServerStatus(row[4])
+            if status != ServerStatus.ACTIVE:
+                raise FailedPrecondition(
+                    f"server {server_id} is {status.name.lower()}: its disks can be used when "
+                    "it is active"
+                )
+            disk = conn.execute(
+                "SELECT disk_id FROM disks WHERE server_id = ? AND disk_index = ?",
+                (server_id, disk_index),
+            ).fetchone()
+        if disk is None:
+            raise InvalidArgument(f"disk_index {disk_index}: server {server_id} has no such disk")
+        return self._disk_state(disk[0])
+
+    def write_disk(
+        self, project_id: str, server_id: str, disk_index: int, writes: Iterable[tuple[int, bytes]]
+    ) -> int:
+        """Applies (offset, data) writes to one disk. Each write first marks its chunks written
+        (durably), preserves what a running backup still needs, then writes. Returns bytes
+        written; the data is flushed to the disk file before returning."""
+        project_id = self.resolve_project(project_id)
+        disk = self._writable_disk(project_id, server_id, disk_index)
+        total = 0
+        for offset, data in writes:
+            self._write(disk, offset, data)
+            total += len(data)
+        if total:
+            os.fdatasync(disk.fd)
+        return total
+
+    def _write(self, disk: DiskState, offset: int, data: bytes) -> None:
+        length = len(data)
+        if length > MAX_WRITE_BYTES:
+            raise InvalidArgument(f"data: {length} bytes in one message, at most {MAX_WRITE_BYTES}")
+        if offset < 0 or offset + length > disk.size_bytes:
+            raise InvalidArgument(
+                f"offset {offset} + {length} bytes passes the end of the disk "
+                f"({disk.size_bytes} bytes)"
+            )
+        if not length:
+            return
+        first, last = offset // self._cs, (offset + length - 1) // self._cs
+        with disk.gate:
+            if disk.busy:
+                raise FailedPrecondition(f"disk {disk.disk_id}: {disk.busy}")
+            new = [i for i in range(first, last + 1) if i not in disk.marked]
+            if new:
+                with self._catalog.transaction() as conn:
+                    conn.executemany(
+                        "INSERT INTO written_chunks(disk_id, chunk_index, epoch) VALUES (?, ?, ?) "
+                        "ON CONFLICT(disk_id, chunk_index) DO UPDATE SET epoch = excluded.epoch",
+                        [(disk.disk_id, i, disk.epoch) for i in new],
+                    )
+                disk.marked.update(new)
+            session = disk.session
+            if session is not None:
+                for i in range(first, last + 1):
+                    self._preserve(disk, session, i)
+            os.pwrite(disk.fd, data, offset)
+
+    def _preserve(self, disk: DiskState, session: BackupSession, chunk_index: int) -> None:
+        """Copy-on-write: a chunk the running backup has not read yet is read now, before the
+        write that would change it."""
+        with session.locks[chunk_index % STRIPES]:
+            if chunk_index not in session.todo:
+                return
+            session.todo.discard(chunk_index)
+            length = self._chunk_length(disk.size_bytes, chunk_index)
+            buf = bytearray(length)
+            os.preadv(disk.fd, [buf], chunk_index * self._cs)
+        session.capture(chunk_index, memoryview(buf))
+
+    def read_disk(
+        self, project_id: str, server_id: str, disk_index: int, offset: int, length: int
+    ) -> Iterator[tuple[int, bytes]]:
+        project_id = self.resolve_project(project_id)
+        disk = self._writable_disk(project_id, server_id, disk_index)
+        if offset > disk.size_bytes:
+            raise InvalidArgument(
+                f"offset {offset} is past the end of the disk ({disk.size_bytes} bytes)"
+            )
+        if length == 0:
+            length = disk.size_bytes - offset
+        if offset + length > disk.size_bytes:
+            raise InvalidArgument(
+                f"offset {offset} + length {length} passes the end of the "
+                f"disk ({disk.size_bytes} bytes)"
+            )
+        return self._read_pieces(disk, offset, length)
+
+    def _read_pieces(
+        self, disk: DiskState, offset: int, length: int
+    ) -> Iterator[tuple[int, bytes]]:
+        end = offset + length
+        while offset < end:
+            n = min(READ_PIECE_BYTES, end - offset)
+            yield offset, os.pread(disk.fd, n, offset)
+            offset += n
+
+    # -- backups ------------------------------------------------------------------------------
+    def create_backup(
+        self,
+        project_id: str,
+        server_id: str,
+        name: str,
+        description: str,
+        disk_indexes: list[int],
+        request_id: str,
+        policy_id: str = "",
+    ) -> Backup:
+        project_id = self.resolve_project(project_id)
+        validate_request_id(request_id)
+        now_dt = self._clock.now()
+        name = (
+            validate_name(name)
+            if name
+            else f"manualbk_{now_dt:%Y%m%d%H%M%S}_{secrets.token_hex(2)}"
+        )
+        validate_description(description)
+        with self._catalog.read() as conn:
+            existing = self._check_request(conn, "backup", project_id, request_id)
+        if existing is not None:
+            return self.get_backup(project_id, existing)
+        with self._catalog.read() as conn:
+            row = self._server_row(conn, project_id, server_id)
+            server_disks = self._server_disks(conn, server_id)
+        status = ServerStatus(row[4])
+        if status != ServerStatus.ACTIVE:
+            raise FailedPrecondition(
+                f"server {server_id} is {status.name.lower()}: only an active server can be "
+                "backed up"
+            )
+        if not disk_indexes:
+            disk_indexes = [d.disk_index for d in server_disks]
+        if len(set(disk_indexes)) != len(disk_indexes):
+            raise InvalidArgument("disk_indexes: a disk is named twice")
+        by_index = {d.disk_index: d for d in server_disks}
+        for i in disk_indexes:
+            if i not in by_index:
+                raise InvalidArgument(f"disk_indexes: server {server_id} has no disk {i}")
+        chosen = [by_index[i] for i in sorted(disk_indexes)]
+        states = [self._disk_state(d.disk_id) for d in chosen]
+        backup_id = _new_id()
+        plans: list[_DiskPlan] = []
+        # Under the gates of all its disks (in index order), the backup's point in time.
+        for state in states:
+            state.gate.acquire()
+        try:
+            for state in states:
+                if state.session is not None:
+                    raise FailedPrecondition(
+                        f"server {server_id} is already being backed up; try again when that "
+                        "backup ends"
+                    )
+                if state.busy:
+                    raise FailedPrecondition(f"server {server_id}: {state.busy}")
+            with self._catalog.transaction() as conn:
+                existing = self._check_request(conn, "backup", project_id, request_id)
+                if existing is None:
+                    to_read = self._begin_backup(
+                        conn,
+                        backup_id,
+                        project_id,
+                        row,
+                        name,
+                        description,
+                        policy_id,
+                        chosen,
+                        states,
+                        plans,
+                        now_dt,
+                    )
+                    self._remember_request(conn, "backup", project_id, request_id, backup_id)
+            if existing is not None:
+                return self.get_backup(project_id, existing)
+            progress = self._progress[backup_id] = _Progress(total=to_read)
+            for plan in plans:
+                plan.session = BackupSession(
+                    set(plan.todo), self._capture_for(backup_id, plan, progress)
+                )
+                plan.disk.epoch += 1
+                plan.disk.marked.clear()
+                plan.disk.session = plan.session
+        finally:
+            for state in reversed(states):
+                state.gate.release()
+        self._entries[backup_id] = {}
+        self._jobs.submit(self._run_backup, backup_id, plans)
+        return self.get_backup(project_id, backup_id)
+
+    def _begin_backup(
+        self,
+        conn: sqlite3.Connection,
+        backup_id: str,
+        project_id: str,
+        server_row: Row,
+        name: str,
+        description: str,
+        policy_id: str,
+        disks: list[Disk],
+        states: list[DiskState],
+        plans: list[_DiskPlan],
+        now_dt: datetime,
+    ) -> int:
+        """Inside the start transaction: the backup row, its disks, the chunks to read, and the
+        manifest rows it shares with its base (the newest available backup of each disk)."""
+        now = _ts(now_dt)
+        seq = self._catalog.next_seq(conn, "backup")
+        conn.execute(
+            "INSERT INTO backups(backup_id, project_id, name, description, server_id, "
+            "server_type, status, policy_id, created_at, updated_at, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                backup_id,
+                project_id,
+                name,
+                description,
+                server_row[0],
+                server_row[3],
+                BackupStatus.CREATING,
+                policy_id,
+                now,
+                now,
+                seq,
+            ),
+        )
+        to_read = 0
+        for disk, state in zip(disks, states, strict=True):
+            conn.execute(
+                "INSERT INTO backup_disks(backup_id, disk_index, disk_id, size_bytes, epoch) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (backup_id, disk.disk_index, disk.disk_id, disk.size_bytes, state.epoch),
+            )
+            conn.execute(
+                "UPDATE disks SET epoch = ? WHERE disk_id = ?", (state.epoch + 1, disk.disk_id)
+            )
+            base = conn.execute(
+                "SELECT bd.backup_id, bd.epoch, bd.disk_index FROM backup_disks bd "
+                "JOIN backups b ON b.backup_id = bd.backup_id "
+                "WHERE bd.disk_id = ? AND b.status IN (?, ?) AND b.origin_replicated = 0 "
+                "AND bd.backup_id != ? ORDER BY bd.epoch DESC LIMIT 1",
+                (disk.disk_id, BackupStatus.AVAILABLE, BackupStatus.RESTORING, backup_id),
+            ).fetchone()
+            base_epoch = base[1] if base else 0
+            todo = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT chunk_index FROM written_chunks WHERE disk_id = ? AND epoch > ? "
+                    "ORDER BY chunk_index",
+                    (disk.disk_id, base_epoch),
+                )
+            ]
+            if base:
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS todo(i INTEGER PRIMARY KEY)")
+                conn.execute("DELETE FROM todo")
+                conn.executemany("INSERT INTO todo(i) VALUES (?)", [(i,) for i in todo])
+                conn.execute(
+                    "INSERT INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
+                    "SELECT ?, ?, chunk_index, hash, length FROM manifest "
+                    "WHERE backup_id = ? AND disk_index = ? "
+                    "AND chunk_index NOT IN (SELECT i FROM todo)",
+                    (backup_id, disk.disk_index, base[0], base[2]),
+                )
+            to_read += sum(self._chunk_length(disk.size_bytes, i) for i in todo)
+            plans.append(_DiskPlan(disk.disk_index, state, todo))
+        conn.execute(
+            "UPDATE backups SET bytes_to_read = ? WHERE backup_id = ?", (to_read, backup_id)
+        )
+        return to_read
+
+    def _capture_for(
+        self, backup_id: str, plan: _DiskPlan, progress: _Progress
+    ) -> Callable[[int, memoryview], None]:
+        def capture(chunk_index: int, data: memoryview) -> None:
+            digest = chunk_hash(data)
+            stored = 0
+            if digest != self._zero_hash_for(len(data)):
+                stored = self._store.put(digest, data)
+                self._entries[backup_id][(plan.disk_index, chunk_index)] = (
+                    digest,
+                    len(data),
+                    stored,
+                )
+            progress.add(len(data))
+
+        return capture
+
+    def _backup_read(self, plan: _DiskPlan, chunk_index: int) -> None:
+        session = plan.session
+        assert session is not None
+        buf = self._buffer()
+        with session.locks[chunk_index % STRIPES]:
+            if chunk_index not in session.todo:
+                return
+            session.todo.discard(chunk_index)
+            length = self._chunk_length(plan.disk.size_bytes, chunk_index)
+            view = memoryview(buf)[:length]
+            os.preadv(plan.disk.fd, [view], chunk_index * self._cs)
+        drop_cache(plan.disk.fd, chunk_index * self._cs, length)
+        session.capture(chunk_index, view)
+
+    def _run_backup(self, backup_id: str, plans: list[_DiskPlan]) -> None:
+        progress = self._progress[backup_id]
+        try:
+            for plan in plans:
+                self._parallel(plan.todo, lambda i, p=plan: self._backup_read(p, i))  # type: ignore[misc]
+            entries = self._entries[backup_id]
+            self._store.sync()
+            digests = [e[0] for e in entries.values()]
+            with self._catalog.transaction() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO manifest(backup_id, disk_index, chunk_index, hash, "
+                    "length) VALUES (?, ?, ?, ?, ?)",
+                    [(backup_id, d, c, e[0], e[1]) for (d, c), e in entries.items()],
+                )
+                self._store.index(conn, digests)
+                now = _ts(self._clock.now())
+                conn.execute(
+                    "UPDATE backups SET status = ?, bytes_read = ?, bytes_stored = ?, "
+                    "updated_at = ?, completed_at = ? WHERE backup_id = ?",
+                    (
+                        BackupStatus.AVAILABLE,
+                        progress.done,
+                        sum(e[2] for e in entries.values()),
+                        now,
+                        now,
+                        backup_id,
+                    ),
+                )
+            self._store.forget_pending(digests)
+        except Exception as exc:
+            log.exception("backup %s failed", backup_id)
+            self._fail_backup(backup_id, f"backup failed: {exc}")
+        finally:
+            for plan in plans:
+                with plan.disk.gate:
+                    plan.disk.session = None
+            self._entries.pop(backup_id, None)
+            self._progress.pop(backup_id, None)
+            self.notifier.changed(backup_id)
+
+    def _fail_backup(self, backup_id: str, reason: str) -> None:
+        with self._catalog.transaction() as conn:
+            hashes = [
+                r[0]
+                for r in conn.execute("SELECT hash FROM manifest WHERE backup_id = ?", (backup_id,))
+            ]
+            conn.execute("DELETE FROM manifest WHERE backup_id = ?", (backup_id,))
+            conn.execute(
+                "UPDATE backups SET status = ?, error_reason = ?, updated_at = ? "
+                "WHERE backup_id = ?",
+                (BackupStatus.ERROR, reason, _ts(self._clock.now()), backup_id),
+            )
+            freed = self._store.unindex(conn, self._store.unreferenced(conn, hashes))
+        self._store.release(freed)
+
+    def _backup_row(self, conn: sqlite3.Connection, project_id: str | None, backup_id: str) -> Row:
+        row = conn.execute(
+            "SELECT " + _BACKUP_COLUMNS + " FROM backups WHERE backup_id = ?", (backup_id,)
+        ).fetchone()
+        if row is None or (project_id is not None and row[1] != project_id):
+            raise BackupNotFound(backup_id)
+        return tuple(row)
+
+    def _to_backup(self, conn: sqlite3.Connection, row: Row) -> Backup:
+        backup_id = row[0]
+        disks = tuple(
+            Disk(r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT disk_index, disk_id, size_bytes FROM backup_disks WHERE backup_id = ? "
+                "ORDER BY disk_index",
+                (backup_id,),
+            )
+        )
+        records = tuple(
+            ReplicationRecord(
+                target_region_id=r[0],
+                target_project_id=r[1],
+                replica_id=r[2],
+                way=ReplicationWay(r[3]),
+                policy_id=r[4],
+                job_id=r[5],
+                status=RecordStatus(r[6]),
+                failure_reason=r[7],
+                replica_deleted=bool(r[8]),
+                updated_at=_dt(r[9]) or self._clock.now(),
+            )
+            for r in conn.execute(
+                "SELECT target_region_id, target_project_id, replica_id, way, policy_id, "
+                "job_id, status, failure_reason, replica_deleted, updated_at "
+                "FROM replication_records WHERE backup_id = ? ORDER BY updated_at",
+                (backup_id,),
+            )
+        )
+        image_ids = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT image_id FROM images WHERE backup_id = ? ORDER BY seq", (backup_id,)
+            )
+        )
+        status = BackupStatus(row[6])
+        progress = self._progress.get(backup_id)
+        bytes_read = progress.done if progress and status == BackupStatus.CREATING else row[9]
+        return Backup(
+            backup_id=backup_id,
+            project_id=row[1],
+            name=row[2],
+            description=row[3],
+            server_id=row[4],
+            server_type=ServerType(row[5]),
+            disks=disks,
+            status=status,
+            error_reason=row[7],
+            bytes_to_read=row[8],
+            bytes_read=bytes_read,
+            bytes_stored=row[10],
+            policy_id=row[11],
+            origin=Origin(
+                replicated=bool(row[12]),
+                source_region_id=row[13],
+                source_project_id=row[14],
+                source_backup_id=row[15],
+                way=ReplicationWay(row[16]),
+                policy_id=row[17],
+                job_id=row[18],
+            ),
+            replications=records,
+            image_ids=image_ids,
+            created_at=_dt(row[19]) or self._clock.now(),
+            updated_at=_dt(row[20]) or self._clock.now(),
+            completed_at=_dt(row[21]),
+        )
+
+    def get_backup(self, project_id: str, backup_id: str) -> Backup:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.read() as conn:
+            return self._to_backup(conn, self._backup_row(conn, project_id, backup_id))
+
+    def list_backups(
+        self, project_id: str, server_id: str, status: int, policy_id: str, size: int, token: str
+    ) -> Page[Backup]:
+        project_id = self.resolve_project(project_id)
+        limit = page_size(size)
+        if status and status not in BackupStatus.__members__.values():
+            raise InvalidArgument(f"status {status} is not a backup status")
+        scope = f"backups/{project_id}/{server_id}/{status}/{policy_id}"
+        after = self._tokens.open(scope, token)
+        where = ["project_id = ?", "seq > ?"]
+        args: list[object] = [project_id, after]
+        for column, value in (
+            ("server_id", server_id),
+            ("status", status),
+            ("policy_id", policy_id),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        with self._catalog.read() as conn:
+            rows = conn.execute(
+                "SELECT "
+                + _BACKUP_COLUMNS
+                + ", seq FROM backups WHERE "
+                + " AND ".join(where)
+                + " ORDER BY seq LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            items = [self._to_backup(conn, tuple(r[:-1])) for r in rows[:limit]]
+        next_token = self._tokens.issue(scope, rows[limit - 1][-1]) if len(rows) > limit else ""
+        return Page(items, next_token)
+
+    def watch_backup(
+        self, project_id: str, backup_id: str, active: Callable[[], bool]
+    ) -> Iterator[Backup]:
+        """The backup now, then as it changes (progress at most twice a second), until it is
+        available or in error."""
+        last: Backup | None = None
+        while active():
+            version = self.notifier.version(backup_id)
+            backup = self.get_backup(project_id, backup_id)
+            if backup != last:
+                yield backup
+                last = backup
+            if backup.status in (BackupStatus.AVAILABLE, BackupStatus.ERROR):
+                return
+            self.notifier.wait(backup_id, version, timeout=0.5)
+
+    def delete_backup(self, project_id: str, backup_id: str) -> int:
+        """Deletes a backup and frees the chunks no other backup needs. Returns bytes freed."""
+        project_id = self.resolve_project(project_id)
+        with self._catalog.transaction() as conn:
+            row = self._backup_row(conn, project_id, backup_id)
+            status = BackupStatus(row[6])
+            if status in (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.REPLICATING):
+                raise FailedPrecondition(
+                    f"backup {backup_id} is {status.name.lower()}; it can be deleted once that ends"
+                )
+            image = conn.execute(
+                "SELECT image_id FROM images WHERE backup_id = ? LIMIT 1", (backup_id,)
+            ).fetchone()
+            if image:
+                raise FailedPrecondition(
+                    f"backup {backup_id} has image {image[0]}; delete the image first"
+                )
+            hold = conn.execute(
+                "SELECT job_id FROM holds WHERE backup_id = ? LIMIT 1", (backup_id,)
+            ).fetchone()
+            if hold:
+                raise FailedPrecondition(
+                    f"backup {backup_id} is being replicated by job {hold[0]}; it can be "
+                    "deleted once the replication ends"
+                )
+            hashes = [
+                r[0]
+                for r in conn.execute("SELECT hash FROM manifest WHERE backup_id = ?", (backup_id,))
+            ]
+            for table in ("manifest", "backup_disks", "replication_records", "backups"):
+                conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
+            conn.execute(
+                "DELETE FROM requests WHERE kind = 'backup' AND resource_id = ?", (backup_id,)
+            )
+            freed = self._store.unindex(conn, self._store.unreferenced(conn, hashes))
+        self._store.release(freed)
+        self.notifier.changed(backup_id)
+        return sum(loc.length for loc in freed)
+
+    # -- restore and filling disks from a backup ----------------------------------------------
+    def restore_backup(self, project_id: str, backup_id: str) -> Server:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.transaction() as conn:
+            row = self._backup_row(conn, project_id, backup_id)
+            if row[12]:
+                raise FailedPrecondition(
+                    f"R2: backup {backup_id} was replicated in from another region; a replica "
+                    "can only be used to create images, not to restore a server"
+                )
+            if BackupStatus(row[6]) != BackupStatus.AVAILABLE:
+                raise FailedPrecondition(
+                    f"backup {backup_id} is {BackupStatus(row[6]).name.lower()}; only an "
+                    "available backup can be restored"
+                )
+            server_id = row[4]
+            try:
+                server = self._server_row(conn, project_id, server_id)
+            except ServerNotFound as exc:
+                raise FailedPrecondition(
+                    f"server {server_id} of backup {backup_id} no longer exists; create a "
+                    "server from an image of the backup instead"
+                ) from exc
+            if ServerStatus(server[4]) != ServerStatus.ACTIVE:
+                raise FailedPrecondition(
+                    f"server {server_id} is {ServerStatus(server[4]).name.lower()}; a backup "
+                    "can be restored onto an active server"
+                )
+            server_disks = {d.disk_id for d in self._server_disks(conn, server_id)}
+            for disk_id in conn.execute(
+                "SELECT disk_id FROM backup_disks WHERE backup_id = ?", (backup_id,)
+            ):
+                if disk_id[0] not in server_disks:
+                    raise FailedPrecondition(f"server {server_id} no longer has disk {disk_id[0]}")
+                state = self._disk_state(disk_id[0])
+                if state.session is not None:
+                    raise FailedPrecondition(
+                        f"server {server_id} is being backed up; restore when that ends"
+                    )
+            conn.execute(
+                "UPDATE servers SET status = ?, restoring_backup_id = ?, updated_at = ? "
+                "WHERE server_id = ?",
+                (ServerStatus.RESTORING, backup_id, _ts(self._clock.now()), server_id),
+            )
+            conn.execute(
+                "UPDATE backups SET status = ? WHERE backup_id = ?",
+                (BackupStatus.RESTORING, backup_id),
+            )
+        self._start_fill(server_id, backup_id, zero_first=True)
+        self.notifier.changed(backup_id)
+        return self.get_server(project_id, server_id)
+
+    def _start_fill(self, server_id: str, backup_id: str, zero_first: bool) -> None:
+        progress = self._progress[server_id] = _Progress()
+        with self._catalog.read() as conn:
+            total = conn.execute(
+                "SELECT COALESCE(SUM(length), 0) FROM manifest WHERE backup_id = ?", (backup_id,)
+            ).fetchone()[0]
+        progress.total = int(total)
+        self._jobs.submit(self._fill, server_id, backup_id, zero_first, progress)
+
+    def _fill(self, server_id: str, backup_id: str, zero_first: bool, progress: _Progress) -> None:
+        """Writes a backup's disks onto a server's disks: a restore (zero_first: every chunk
+        the backup does not hold becomes zeros) or a new server from an image."""
+        try:
+            with self._catalog.read() as conn:
+                pairs = conn.execute(
+                    "SELECT bd.disk_index, d.disk_id FROM backup_disks bd JOIN disks d "
+                    "ON d.server_id = ? AND d.disk_index = bd.disk_index "
+                    "WHERE bd.backup_id = ? ORDER BY bd.disk_index",
+                    (server_id, backup_id),
+                ).fetchall()
+            for disk_index, disk_id in pairs:
+                self._fill_disk(
+                    backup_id, disk_index, self._disk_state(disk_id), zero_first, progress
+                )
+            self._set_server_status(server_id, ServerStatus.ACTIVE)
+        except Exception as exc:
+            log.exception("writing backup %s onto server %s failed", backup_id, server_id)
+            self._set_server_status(server_id, ServerStatus.ERROR, f"{exc}")
+        finally:
+            if zero_first:
+                with self._catalog.transaction() as conn:
+                    conn.execute(
+                        "UPDATE backups SET status = ? WHERE backup_id = ? AND status = ?",
+                        (BackupStatus.AVAILABLE, backup_id, BackupStatus.RESTORING),
+                    )
+                self.notifier.changed(backup_id)
+            self._progress.pop(server_id, None)
+            self.notifier.changed(server_id)
+
+    def _fill_disk(
+        self,
+        backup_id: str,
+        disk_index: int,
+        disk: DiskState,
+        zero_first: bool,
+        progress: _Progress,
+    ) -> None:
+        with self._catalog.read() as conn:
+            entries = conn.execute(
+                "SELECT chunk_index, hash FROM manifest WHERE backup_id = ? AND disk_index = ? "
+                "ORDER BY chunk_index",
+                (backup_id, disk_index),
+            ).fetchall()
+            written = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT chunk_index FROM written_chunks WHERE disk_id = ?", (disk.disk_id,)
+                )
+            ]
+        with disk.gate:
+            disk.busy = "the server's disks are being written from a backup"
+            # Marked before they change, so that the next backup reads them again.
+            changing = sorted({e[0] for e in entries} | set(written))
+            with self._catalog.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO written_chunks(disk_id, chunk_index, epoch) VALUES (?, ?, ?) "
+                    "ON CONFLICT(disk_id, chunk_index) DO UPDATE SET epoch = excluded.epoch",
+                    [(disk.disk_id, i, disk.epoch) for i in changing],
+                )
+        try:
+            fd = disk.fd
+            if zero_first:
+                held = {e[0] for e in entries}
+                for i in range(self._chunks_in(disk.size_bytes)):
+                    if i not in held:
+                        zero_range(
+                            fd,
+                            i * self._cs,
+                            self._chunk_length(disk.size_bytes, i),
+                            bytes(self._cs),
+                        )
+            flushed = [0]
+            flush_lock = threading.Lock()
+
+            def write(entry: tuple[int, bytes]) -> None:
+                chunk_index, digest = entry
+                view = self._store.read(digest, self._buffer())
+                os.pwrite(fd, view, chunk_index * self._cs)
+                progress.add(len(view))
+                with flush_lock:
+                    flushed[0] += len(view)
+                    due = flushed[0] >= FLUSH_EVERY_BYTES
+                    if due:
+                        flushed[0] = 0
+                if due:
+                    os.fdatasync(fd)
+                    drop_cache(fd)
+
+            self._parallel(entries, write)
+            os.fdatasync(fd)
+            drop_cache(fd)
+            self._store.drop_read_cache()
+        finally:
+            with disk.gate:
+                disk.busy = ""
+
+    # -- images -------------------------------------------------------------------------------
+    def create_image(
+        self, project_id: str, backup_id: str, name: str, description: str, request_id: str
+    ) -> Image:
+        project_id = self.resolve_project(project_id)
+        validate_request_id(request_id)
+        name = validate_name(name) if name else f"image-{secrets.token_hex(4)}"
+        validate_description(description)
+        image_id = _new_id()
+        with self._catalog.transaction() as conn:
+            existing = self._check_request(conn, "image", project_id, request_id)
+            if existing is None:
+                row = self._backup_row(conn, project_id, backup_id)
+                status = BackupStatus(row[6])
+                if status not in (BackupStatus.AVAILABLE, BackupStatus.RESTORING):
+                    raise FailedPrecondition(
+                        f"P4: backup {backup_id} is {status.name.lower()}; an image can be "
+                        "created only from an available backup"
+                    )
+                conn.execute(
+                    "INSERT INTO images(image_id, project_id, name, description, backup_id, "
+                    "created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        image_id,
+                        project_id,
+                        name,
+                        description,
+                        backup_id,
+                        _ts(self._clock.now()),
+                        self._catalog.next_seq(conn, "image"),
+                    ),
+                )
+                self._remember_request(conn, "image", project_id, request_id, image_id)
+        self.notifier.changed(backup_id)
+        return self.get_image(project_id, existing or image_id)
+
+    def _to_image(self, conn: sqlite3.Connection, row: Row) -> Image:
+        disks = tuple(
+            Disk(r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT disk_index, disk_id, size_bytes FROM backup_disks WHERE backup_id = ? "
+                "ORDER BY disk_index",
+                (row[4],),
+            )
+        )
+        return Image(
+            row[0], row[1], row[2], row[3], row[4], disks, _dt(row[5]) or self._clock.now()
+        )
+
+    def get_image(self, project_id: str, image_id: str) -> Image:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.read() as conn:
+            row = conn.execute(
+                "SELECT image_id, project_id, name, description, backup_id, created_at "
+                "FROM images WHERE image_id = ? AND project_id = ?",
+                (image_id, project_id),
+            ).fetchone()
+            if row is None:
+                raise ImageNotFound(image_id)
+            return self._to_image(conn, tuple(row))
+
+    def list_images(self, project_id: str, size: int, token: str) -> Page[Image]:
+        project_id = self.resolve_project(project_id)
+        limit = page_size(size)
+        scope = f"images/{project_id}"
+        after = self._tokens.open(scope, token)
+        with self._catalog.read() as conn:
+            rows = conn.execute(
+                "SELECT image_id, project_id, name, description, backup_id, created_at, seq "
+                "FROM images WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (project_id, after, limit + 1),
+            ).fetchall()
+            items = [self._to_image(conn, tuple(r[:6])) for r in rows[:limit]]
+        next_token = self._tokens.issue(scope, rows[limit - 1][6]) if len(rows) > limit else ""
+        return Page(items, next_token)
+
+    def delete_image(self, project_id: str, image_id: str) -> None:
+        project_id = self.resolve_project(project_id)
+        with self._catalog.transaction() as conn:
+            image = conn.execute(
+                "SELECT backup_id FROM images WHERE image_id = ? AND project_id = ?",
+                (image_id, project_id),
+            ).fetchone()
+            if image is None:
+                raise ImageNotFound(image_id)
+            creating = conn.execute(
+                "SELECT server_id FROM servers WHERE image_id = ? AND status = ?",
+                (image_id, ServerStatus.CREATING),
+            ).fetchone()
+            if creating:
+                raise FailedPrecondition(
+                    f"image {image_id} is being used to create server {creating[0]}; delete it "
+                    "once the server is active"
+                )
+            conn.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
+            conn.execute(
+                "DELETE FROM requests WHERE kind = 'image' AND resource_id = ?", (image_id,)
+            )
+        self.notifier.changed(image[0])
+
+    def _image_backup_id(self, image_id: str) -> str:
+        with self._catalog.read() as conn:
+            row = conn.execute(
+                "SELECT backup_id FROM images WHERE image_id = ?", (image_id,)
+            ).fetchone()
+        return str(row[0]) if row else ""
+
+    # -- for tests and reports ----------------------------------------------------------------
+    def stored_bytes(self) -> int:
+        return self._store.stored_bytes()
+
+
+_BACKUP_COLUMNS = (
+    "backup_id, project_id, name, description, server_id, server_type, status, error_reason, "
+    "bytes_to_read, bytes_read, bytes_stored, policy_id, origin_replicated, origin_region_id, "
+    "origin_project_id, origin_backup_id, origin_way, origin_policy_id, origin_job_id, "
+    "created_at, updated_at, completed_at"
+)

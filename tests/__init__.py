@@ -1,0 +1,1 @@
+"""csbs-sim's tests; `tests.harness` is also what the benchmarks run clusters with."""
