@@ -39,6 +39,7 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 20
+_RESUME_SETTLE = 0.2
 
 
 class ProcessFailed(RuntimeError):
@@ -231,6 +232,14 @@ class ChildProcess:
     def _on_stopping(self) -> None:
         """Called just before the process is sent SIGTERM or SIGKILL, while it still runs."""
 
+    def _is_paused(self) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        # The state is the field after the parenthesised command name, which may hold spaces.
+        return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"])
+
     def _signal(self, signum: int) -> None:
         if self._popen is None:
             return
@@ -240,10 +249,12 @@ class ChildProcess:
     def _terminate(self) -> None:
         if self._popen is not None and self._popen.poll() is None:
             self._on_stopping()
-            # A paused (SIGSTOPped) process runs again first: a SIGTERM that arrived while it was
-            # stopped could be taken by any of its threads on waking, not the main thread that
-            # waits for it, and then be noticed by nobody.
-            self._signal(signal.SIGCONT)
+            if self._is_paused():
+                # A paused (SIGSTOPped) process runs again first, and is given a moment to: a
+                # SIGTERM sent while its threads wake may be taken by a thread other than the
+                # main one that waits for it, and then go unnoticed until the SIGKILL.
+                self._signal(signal.SIGCONT)
+                time.sleep(_RESUME_SETTLE)
             self._signal(signal.SIGTERM)
 
     def _reap(self, deadline: float) -> int | None:

@@ -129,7 +129,9 @@ def serve_until_signal(
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    stop.wait()
+    # A bounded wait, so that a signal taken by another thread (e.g. after SIGCONT) is still seen.
+    while not stop.wait(1.0):
+        pass
     health_servicer.enter_graceful_shutdown()
     server.stop(grace).wait()
     on_stop()

@@ -195,7 +195,8 @@ class ChunkStore:
         with self._lock:
             fd = self._read_fds.get(pack_id)
             if fd is None:
-                fd = os.open(self._pack_path(pack_id), os.O_RDONLY)
+                # Read-write: freeing space punches holes through this descriptor too.
+                fd = os.open(self._pack_path(pack_id), os.O_RDWR)
                 self._read_fds[pack_id] = fd
             return fd
 
@@ -256,7 +257,12 @@ class ChunkStore:
             packs.add(loc.pack_id)
             fd = self._read_fd(loc.pack_id)
             # The record header goes too; punching is by whole blocks, the rest reads as zeros.
-            punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size)
+            if not punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size):
+                log.warning(
+                    "pack %d: the filesystem cannot punch holes; space stays in use "
+                    "until the pack is empty",
+                    loc.pack_id,
+                )
         for pack_id in packs:
             self._delete_pack_if_empty(pack_id)
 

@@ -1,0 +1,159 @@
+"""Helpers for driving a region node over gRPC in tests: write and read disks, wait for
+backups and servers to settle."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+
+import grpc
+
+from csbs.v1 import common_pb2
+from csbs.v1 import region_node_pb2 as pb
+from csbs.v1.region_node_pb2_grpc import RegionNodeStub
+
+MIB = 1 << 20
+WAIT_SECONDS = 120.0
+
+
+def node(channel: grpc.Channel) -> RegionNodeStub:
+    return RegionNodeStub(channel)
+
+
+def make_server(
+    stub: RegionNodeStub,
+    sizes_mib: list[int],
+    project_id: str = "",
+    server_type: common_pb2.ServerType.ValueType = common_pb2.SERVER_TYPE_UNSPECIFIED,
+    name: str = "",
+) -> pb.Server:
+    return stub.CreateServer(
+        pb.CreateServerRequest(
+            project_id=project_id,
+            name=name,
+            server_type=server_type,
+            disks=[pb.DiskSpec(size_bytes=s * MIB) for s in sizes_mib],
+        ),
+        timeout=30,
+    )
+
+
+def seeded_bytes(seed: int, length: int) -> bytes:
+    return random.Random(seed).randbytes(length)
+
+
+def write(
+    stub: RegionNodeStub,
+    server_id: str,
+    disk_index: int,
+    offset: int,
+    data: bytes,
+    project_id: str = "",
+    piece: int = 4 * MIB,
+) -> int:
+    def messages() -> Iterator[pb.WriteDiskRequest]:
+        for start in range(0, len(data), piece):
+            yield pb.WriteDiskRequest(
+                project_id=project_id,
+                server_id=server_id,
+                disk_index=disk_index,
+                offset=offset + start,
+                data=data[start : start + piece],
+            )
+
+    return int(stub.WriteDisk(messages(), timeout=WAIT_SECONDS).bytes_written)
+
+
+def read(
+    stub: RegionNodeStub,
+    server_id: str,
+    disk_index: int,
+    offset: int = 0,
+    length: int = 0,
+    project_id: str = "",
+) -> bytes:
+    request = pb.ReadDiskRequest(
+        project_id=project_id,
+        server_id=server_id,
+        disk_index=disk_index,
+        offset=offset,
+        length=length,
+    )
+    return b"".join(m.data for m in stub.ReadDisk(request, timeout=WAIT_SECONDS))
+
+
+def disk_sha256(stub: RegionNodeStub, server_id: str, disk_index: int, project_id: str = "") -> str:
+    digest = hashlib.sha256()
+    request = pb.ReadDiskRequest(project_id=project_id, server_id=server_id, disk_index=disk_index)
+    for message in stub.ReadDisk(request, timeout=WAIT_SECONDS):
+        digest.update(message.data)
+    return digest.hexdigest()
+
+
+def wait_backup(stub: RegionNodeStub, backup_id: str, project_id: str = "") -> pb.Backup:
+    """Follows a backup with WatchBackup until it is available or in error."""
+    last: pb.Backup | None = None
+    request = pb.GetBackupRequest(project_id=project_id, backup_id=backup_id)
+    for update in stub.WatchBackup(request, timeout=WAIT_SECONDS):
+        last = update
+    assert last is not None
+    assert last.status in (pb.BACKUP_STATUS_AVAILABLE, pb.BACKUP_STATUS_ERROR), last
+    return last
+
+
+def backup(
+    stub: RegionNodeStub,
+    server_id: str,
+    disk_indexes: list[int] | None = None,
+    project_id: str = "",
+) -> pb.Backup:
+    """Takes a backup and waits until it is available."""
+    created = stub.CreateBackup(
+        pb.CreateBackupRequest(
+            project_id=project_id, server_id=server_id, disk_indexes=disk_indexes or []
+        ),
+        timeout=30,
+    )
+    done = wait_backup(stub, created.backup_id, project_id)
+    assert done.status == pb.BACKUP_STATUS_AVAILABLE, done.error_reason
+    return done
+
+
+def wait_server(stub: RegionNodeStub, server_id: str, project_id: str = "") -> pb.Server:
+    """Follows a server with WatchServer until it is active or in error."""
+    last: pb.Server | None = None
+    request = pb.GetServerRequest(project_id=project_id, server_id=server_id)
+    for update in stub.WatchServer(request, timeout=WAIT_SECONDS):
+        last = update
+    assert last is not None
+    assert last.status == pb.SERVER_STATUS_ACTIVE, last.error_reason
+    return last
+
+
+def server_from_backup(stub: RegionNodeStub, backup_id: str, project_id: str = "") -> pb.Server:
+    image = stub.CreateImage(
+        pb.CreateImageRequest(project_id=project_id, backup_id=backup_id), timeout=30
+    )
+    created = stub.CreateServer(
+        pb.CreateServerRequest(project_id=project_id, image_id=image.image_id), timeout=30
+    )
+    return wait_server(stub, created.server_id, project_id)
+
+
+def restore(stub: RegionNodeStub, backup_id: str, project_id: str = "") -> pb.Server:
+    server = stub.RestoreBackup(
+        pb.RestoreBackupRequest(project_id=project_id, backup_id=backup_id), timeout=30
+    )
+    return wait_server(stub, server.server_id, project_id)
+
+
+def allocated_bytes(path: object) -> int:
+    """Blocks allocated under a directory (sparse files count what they really use)."""
+    from pathlib import Path
+
+    total = 0
+    for entry in Path(str(path)).rglob("*"):
+        if entry.is_file():
+            total += entry.stat().st_blocks * 512
+    return total

@@ -1,0 +1,94 @@
+"""Point in time: writes that arrive while a backup is being taken are not in it, and are not
+lost. A domain test against the real catalog and stores in a temp dir, with the backup's
+readers held on purpose so that the writes surely land mid-backup."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from csbs.clock import WallClock
+from csbs.config import ProjectConfig
+from region_node.config import NodeConfig
+from region_node.models import BackupStatus, ServerStatus
+from region_node.service import RegionNodeService
+from tests.node_helpers import MIB, seeded_bytes
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[RegionNodeService]:
+    config = NodeConfig(
+        region_id="cn-north-4",
+        display_name="CN North-Beijing4",
+        listen="127.0.0.1:0",
+        accepts_replication=True,
+        projects=(ProjectConfig("p1", "p1", "default", True),),
+        data_dir=tmp_path / "node",
+        chunk_size=MIB,
+    )
+    node = RegionNodeService(config, WallClock())
+    yield node
+    node.close()
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _read_all(node: RegionNodeService, server_id: str) -> bytes:
+    return b"".join(data for _, data in node.read_disk("", server_id, 0, 0, 0))
+
+
+def test_writes_during_a_backup_are_not_in_it_and_not_lost(
+    service: RegionNodeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = service.create_server("", "pit", 1, [16 * MIB], "", "")
+    before = seeded_bytes(1, 16 * MIB)
+    service.write_disk(
+        "", server.server_id, 0, [(o, before[o : o + 4 * MIB]) for o in range(0, 16 * MIB, 4 * MIB)]
+    )
+
+    release = threading.Event()
+    original = service._backup_read
+
+    def held_read(plan: object, chunk_index: int) -> None:
+        assert release.wait(30)
+        original(plan, chunk_index)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_backup_read", held_read)
+    started = service.create_backup("", server.server_id, "", "", [], "")
+    assert started.status == BackupStatus.CREATING
+
+    during = seeded_bytes(2, 3 * MIB + 100)
+    service.write_disk("", server.server_id, 0, [(5 * MIB - 50, during)])
+    after = bytearray(before)
+    after[5 * MIB - 50 : 5 * MIB - 50 + len(during)] = during
+    release.set()
+
+    _until(lambda: service.get_backup("", started.backup_id).status != BackupStatus.CREATING)
+    taken = service.get_backup("", started.backup_id)
+    assert taken.status == BackupStatus.AVAILABLE, taken.error_reason
+    assert _read_all(service, server.server_id) == bytes(after)
+
+    image = service.create_image("", taken.backup_id, "", "", "")
+    copy = service.create_server("", "", 0, [], image.image_id, "")
+    _until(lambda: service.get_server("", copy.server_id).status == ServerStatus.ACTIVE)
+    assert _read_all(service, copy.server_id) == before
+
+    # The writes made during the first backup are picked up by the next one.
+    monkeypatch.setattr(service, "_backup_read", original)
+    second = service.create_backup("", server.server_id, "", "", [], "")
+    _until(lambda: service.get_backup("", second.backup_id).status != BackupStatus.CREATING)
+    # The write spans chunks 4 to 8.
+    assert service.get_backup("", second.backup_id).bytes_read == 5 * MIB
+    image2 = service.create_image("", second.backup_id, "", "", "")
+    copy2 = service.create_server("", "", 0, [], image2.image_id, "")
+    _until(lambda: service.get_server("", copy2.server_id).status == ServerStatus.ACTIVE)
+    assert _read_all(service, copy2.server_id) == bytes(after)
