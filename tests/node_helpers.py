@@ -28,7 +28,7 @@ def make_server(
     server_type: common_pb2.ServerType.ValueType = common_pb2.SERVER_TYPE_UNSPECIFIED,
     name: str = "",
 ) -> pb.Server:
-    return stub.CreateServer(
+    server: pb.Server = stub.CreateServer(
         pb.CreateServerRequest(
             project_id=project_id,
             name=name,
@@ -37,6 +37,7 @@ def make_server(
         ),
         timeout=30,
     )
+    return server
 
 
 def seeded_bytes(seed: int, length: int) -> bytes:
