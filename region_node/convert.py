@@ -6,6 +6,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from csbs.errors import InvalidArgument
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from region_node import models
@@ -87,7 +88,7 @@ def origin_from_proto(origin: pb.BackupOrigin) -> models.Origin:
         source_region_id=origin.source_region_id,
         source_project_id=origin.source_project_id,
         source_backup_id=origin.source_backup_id,
-        way=models.ReplicationWay(int(origin.way)),
+        way=_way(int(origin.way)),
         policy_id=origin.policy_id,
         job_id=origin.replication_job_id,
     )
@@ -144,3 +145,62 @@ def image_to_proto(image: models.Image) -> pb.Image:
         disks=[backup_disk_to_proto(d) for d in image.disks],
         created_at=timestamp(image.created_at),
     )
+
+
+def manifest_part_to_proto(entries: list[models.ManifestEntry]) -> pb.ManifestPart:
+    return pb.ManifestPart(
+        entries=[
+            pb.ManifestEntry(
+                disk_index=e.disk_index, chunk_index=e.chunk_index, hash=e.hash, length=e.length
+            )
+            for e in entries
+        ]
+    )
+
+
+def manifest_entries_from_proto(part: pb.ManifestPart) -> list[models.ManifestEntry]:
+    return [
+        models.ManifestEntry(e.disk_index, e.chunk_index, e.hash, e.length) for e in part.entries
+    ]
+
+
+def replica_spec_from_proto(header: pb.CreateReplicaHeader) -> models.ReplicaSpec:
+    server_type = int(header.server_type)
+    if server_type not in (models.ServerType.ECS, models.ServerType.BMS):
+        raise InvalidArgument(f"server_type {server_type} is not ECS or BMS")
+    return models.ReplicaSpec(
+        project_id=header.project_id,
+        name=header.name,
+        description=header.description,
+        server_type=models.ServerType(server_type),
+        disks=tuple(
+            models.Disk(d.disk_index, d.disk_id or f"{header.job_id}-{d.disk_index}", d.size_bytes)
+            for d in header.disks
+        ),
+        origin=origin_from_proto(header.origin),
+        job_id=header.job_id,
+    )
+
+
+def record_from_proto(record: pb.ReplicationRecord) -> models.ReplicationRecord:
+    status = int(record.status)
+    if status not in (1, 2, 3):
+        raise InvalidArgument(f"record.status {status} is not a replication record status")
+    return models.ReplicationRecord(
+        target_region_id=record.target_region_id,
+        target_project_id=record.target_project_id,
+        replica_id=record.replica_id,
+        way=_way(int(record.way)),
+        policy_id=record.policy_id,
+        job_id=record.job_id,
+        status=models.RecordStatus(status),
+        failure_reason=record.failure_reason,
+        replica_deleted=record.replica_deleted,
+        updated_at=record.updated_at.ToDatetime(),
+    )
+
+
+def _way(value: int) -> models.ReplicationWay:
+    if value not in set(models.ReplicationWay):
+        raise InvalidArgument(f"way {value} is not a replication way")
+    return models.ReplicationWay(value)

@@ -10,7 +10,11 @@ from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
 from region_node.service import RegionNodeService
-from region_node.servicer import RegionNodeAdminServicer, RegionNodeServicer
+from region_node.servicer import (
+    RegionNodeAdminServicer,
+    RegionNodeInternalServicer,
+    RegionNodeServicer,
+)
 
 SERVICE_NAMES = [
     region_node_pb2.DESCRIPTOR.services_by_name[name].full_name
@@ -25,6 +29,9 @@ def build_server(
     service = RegionNodeService(config, clock)
     server = new_server()
     region_node_pb2_grpc.add_RegionNodeServicer_to_server(RegionNodeServicer(service), server)
+    region_node_pb2_grpc.add_RegionNodeInternalServicer_to_server(
+        RegionNodeInternalServicer(service), server
+    )
     region_node_pb2_grpc.add_RegionNodeAdminServicer_to_server(
         RegionNodeAdminServicer(service), server
     )

@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from csbs.clock import Clock
+from csbs.clock import Clock, SimulatedClock
 from csbs.errors import (
     BackupNotFound,
     FailedPrecondition,
     ImageNotFound,
     InvalidArgument,
+    NotFound,
     ProjectNotFound,
     ServerNotFound,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
 from region_node.catalog import Catalog
-from region_node.chunk_store import ChunkStore, chunk_hash
+from region_node.chunk_store import HASH_BYTES, ChunkStore, chunk_hash
 from region_node.config import NodeConfig
 from region_node.disks import STRIPES, BackupSession, DiskState
 from region_node.fileio import drop_cache, zero_range
@@ -38,11 +39,14 @@ from region_node.models import (
     BackupStatus,
     Disk,
     Image,
+    ManifestEntry,
+    MissingChunks,
     Origin,
     Page,
     Project,
     RecordStatus,
     RegionInfo,
+    ReplicaSpec,
     ReplicationRecord,
     ReplicationWay,
     Server,
@@ -59,6 +63,8 @@ MAX_DISKS = 24
 MAX_DISK_BYTES = 16 << 40
 MAX_WRITE_BYTES = 4 * MIB
 READ_PIECE_BYTES = MIB
+MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunks request
+COMMIT_EVERY = 32  # chunks received for a replica between two commits
 FLUSH_EVERY_BYTES = 64 * MIB
 
 T = TypeVar("T")
@@ -1320,6 +1326,343 @@ class RegionNodeService:
                 "SELECT backup_id FROM images WHERE image_id = ?", (image_id,)
             ).fetchone()
         return str(row[0]) if row else ""
+
+    # -- replication (internal: only the coordinator calls these) -----------------------------
+    def manifest(self, backup_id: str) -> Iterator[list[ManifestEntry]]:
+        """A backup's non-zero chunks, in order, in parts of at most MANIFEST_PART entries."""
+        with self._catalog.read() as conn:
+            self._backup_row(conn, None, backup_id)
+            rows = conn.execute(
+                "SELECT disk_index, chunk_index, hash, length FROM manifest WHERE backup_id = ? "
+                "ORDER BY disk_index, chunk_index",
+                (backup_id,),
+            ).fetchall()
+        for start in range(0, len(rows), MANIFEST_PART):
+            yield [ManifestEntry(*r) for r in rows[start : start + MANIFEST_PART]]
+
+    def read_chunks(self, hashes: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        if len(hashes) > MANIFEST_PART:
+            raise InvalidArgument(f"hashes: {len(hashes)} given, at most {MANIFEST_PART}")
+        for digest in hashes:
+            self._check_hash(digest)
+            if self._store.locate(digest) is None:
+                raise NotFound("chunk", digest.hex())
+        buf = bytearray(self._cs)
+        for digest in hashes:
+            yield digest, bytes(self._store.read(digest, buf))
+
+    def _check_hash(self, digest: bytes) -> None:
+        if len(digest) != HASH_BYTES:
+            raise InvalidArgument(f"hash: {len(digest)} bytes, a chunk hash has {HASH_BYTES}")
+
+    def create_replica(self, spec: ReplicaSpec, entries: Iterable[ManifestEntry]) -> Backup:
+        """A replica in status REPLICATING with its whole manifest; idempotent by job ID."""
+        with self._catalog.read() as conn:
+            existing = conn.execute(
+                "SELECT backup_id, project_id FROM backups WHERE origin_job_id = ?",
+                (spec.job_id,),
+            ).fetchone()
+        if existing:
+            with self._catalog.read() as conn:
+                return self._to_backup(conn, self._backup_row(conn, None, existing[0]))
+        if not self._accepts_replication:
+            raise FailedPrecondition(
+                f"R5: region {self._config.region_id} does not accept replication"
+            )
+        if not spec.job_id:
+            raise InvalidArgument("job_id: a replica is created for a replication job")
+        project_id = self.resolve_project(spec.project_id)
+        validate_name(spec.name)
+        validate_description(spec.description)
+        if not spec.origin.replicated or not spec.origin.source_backup_id:
+            raise InvalidArgument("origin: a replica records its source region and backup")
+        if not 1 <= len(spec.disks) <= MAX_DISKS:
+            raise InvalidArgument(f"disks: 1 to {MAX_DISKS}")
+        sizes: dict[int, int] = {}
+        for disk in spec.disks:
+            if disk.size_bytes <= 0 or disk.size_bytes > MAX_DISK_BYTES or disk.size_bytes % MIB:
+                raise InvalidArgument(f"disks[{disk.disk_index}].size_bytes {disk.size_bytes}")
+            if disk.disk_index in sizes or disk.disk_index >= MAX_DISKS:
+                raise InvalidArgument(f"disks: disk_index {disk.disk_index} is invalid or twice")
+            sizes[disk.disk_index] = disk.size_bytes
+        rows = []
+        seen: set[tuple[int, int]] = set()
+        for entry in entries:
+            size = sizes.get(entry.disk_index)
+            if size is None:
+                raise InvalidArgument(f"manifest: disk_index {entry.disk_index} is not a disk")
+            if not 0 <= entry.chunk_index < self._chunks_in(size):
+                raise InvalidArgument(
+                    f"manifest: chunk_index {entry.chunk_index} is past the end of its disk"
+                )
+            if entry.length != self._chunk_length(size, entry.chunk_index):
+                raise InvalidArgument(
+                    f"manifest: chunk {entry.chunk_index} has length "
+                    f"{entry.length}, expected its chunk's size"
+                )
+            self._check_hash(entry.hash)
+            key = (entry.disk_index, entry.chunk_index)
+            if key in seen:
+                raise InvalidArgument(f"manifest: chunk {key} appears twice")
+            seen.add(key)
+            rows.append((entry.disk_index, entry.chunk_index, entry.hash, entry.length))
+        now = _ts(self._clock.now())
+        backup_id = _new_id()
+        origin = spec.origin
+        with self._catalog.transaction() as conn:
+            again = conn.execute(
+                "SELECT backup_id FROM backups WHERE origin_job_id = ?", (spec.job_id,)
+            ).fetchone()
+            if again is None:
+                conn.execute(
+                    "INSERT INTO backups(backup_id, project_id, name, description, server_id, "
+                    "server_type, status, bytes_to_read, origin_replicated, origin_region_id, "
+                    "origin_project_id, origin_backup_id, origin_way, origin_policy_id, "
+                    "origin_job_id, created_at, updated_at, seq) "
+                    "VALUES (?, ?, ?, ?, '', ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        backup_id,
+                        project_id,
+                        spec.name,
+                        spec.description,
+                        int(spec.server_type),
+                        BackupStatus.REPLICATING,
+                        sum(r[3] for r in rows),
+                        origin.source_region_id,
+                        origin.source_project_id,
+                        origin.source_backup_id,
+                        int(origin.way),
+                        origin.policy_id,
+                        spec.job_id,
+                        now,
+                        now,
+                        self._catalog.next_seq(conn, "backup"),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO backup_disks(backup_id, disk_index, disk_id, size_bytes, epoch) "
+                    "VALUES (?, ?, ?, ?, 0)",
+                    [(backup_id, d.disk_index, d.disk_id, d.size_bytes) for d in spec.disks],
+                )
+                conn.executemany(
+                    "INSERT INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(backup_id, *r) for r in rows],
+                )
+            else:
+                backup_id = again[0]
+        self.notifier.changed(backup_id)
+        with self._catalog.read() as conn:
+            return self._to_backup(conn, self._backup_row(conn, None, backup_id))
+
+    def _replica_row(self, conn: sqlite3.Connection, replica_id: str) -> Row:
+        row = self._backup_row(conn, None, replica_id)
+        if not row[12]:
+            raise FailedPrecondition(f"backup {replica_id} is not a replica")
+        return row
+
+    def find_missing_chunks(self, replica_id: str) -> MissingChunks:
+        with self._catalog.read() as conn:
+            self._replica_row(conn, replica_id)
+            rows = conn.execute(
+                "SELECT m.hash, m.length, c.hash IS NOT NULL FROM manifest m "
+                "LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
+                "ORDER BY m.disk_index, m.chunk_index",
+                (replica_id,),
+            ).fetchall()
+        missing: dict[bytes, None] = {}
+        held = held_bytes = 0
+        for digest, length, present in rows:
+            if present:
+                held += 1
+                held_bytes += length
+            else:
+                missing[digest] = None
+        return MissingChunks(
+            missing=list(missing),
+            chunks_total=len(rows),
+            bytes_total=sum(r[1] for r in rows),
+            chunks_already_held=held,
+            bytes_already_held=held_bytes,
+        )
+
+    def write_chunks(
+        self, replica_id: str, chunks: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[int, int, int]:
+        """Stores chunks of a replica's manifest, each verified against its hash; commits every
+        COMMIT_EVERY chunks so that a cut stream keeps what arrived. Returns (chunks written,
+        bytes written, chunks already present)."""
+        with self._catalog.read() as conn:
+            row = self._replica_row(conn, replica_id)
+            if BackupStatus(row[6]) != BackupStatus.REPLICATING:
+                raise FailedPrecondition(f"replica {replica_id} is not being replicated")
+            wanted = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT hash, length FROM manifest WHERE backup_id = ?", (replica_id,)
+                )
+            }
+        written = written_bytes = present = 0
+        batch: list[bytes] = []
+        for digest, data in chunks:
+            self._check_hash(digest)
+            length = wanted.get(digest)
+            if length is None:
+                raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
+            if len(data) != length or chunk_hash(data) != digest:
+                raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
+            stored = self._store.put(digest, data)
+            if stored:
+                written += 1
+                written_bytes += stored
+                batch.append(digest)
+            else:
+                present += 1
+            if len(batch) >= COMMIT_EVERY:
+                self._commit_chunks(batch)
+                batch = []
+        self._commit_chunks(batch)
+        return written, written_bytes, present
+
+    def _commit_chunks(self, digests: list[bytes]) -> None:
+        if not digests:
+            return
+        self._store.sync()
+        with self._catalog.transaction() as conn:
+            self._store.index(conn, digests)
+        self._store.forget_pending(digests)
+
+    def complete_replica(self, replica_id: str) -> Backup:
+        with self._catalog.transaction() as conn:
+            row = self._replica_row(conn, replica_id)
+            status = BackupStatus(row[6])
+            if status == BackupStatus.REPLICATING:
+                missing, total = conn.execute(
+                    "SELECT SUM(c.hash IS NULL), COALESCE(SUM(m.length), 0) FROM manifest m "
+                    "LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ?",
+                    (replica_id,),
+                ).fetchone()
+                if missing:
+                    raise FailedPrecondition(
+                        f"replica {replica_id} still lacks {missing} chunks; it cannot be "
+                        "marked available"
+                    )
+                now = _ts(self._clock.now())
+                conn.execute(
+                    "UPDATE backups SET status = ?, bytes_read = ?, updated_at = ?, "
+                    "completed_at = ? WHERE backup_id = ?",
+                    (BackupStatus.AVAILABLE, total, now, now, replica_id),
+                )
+            elif status != BackupStatus.AVAILABLE:
+                raise FailedPrecondition(f"replica {replica_id} is {status.name.lower()}")
+            result = self._to_backup(conn, self._backup_row(conn, None, replica_id))
+        self.notifier.changed(replica_id)
+        return result
+
+    def remove_replica(self, replica_id: str, job_id: str) -> bool:
+        """Removes what a replication job left behind. Idempotent."""
+        with self._catalog.transaction() as conn:
+            if not replica_id and job_id:
+                found = conn.execute(
+                    "SELECT backup_id FROM backups WHERE origin_job_id = ?", (job_id,)
+                ).fetchone()
+                replica_id = found[0] if found else ""
+            row = conn.execute(
+                "SELECT origin_replicated FROM backups WHERE backup_id = ?", (replica_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                raise FailedPrecondition(f"backup {replica_id} is not a replica")
+            image = conn.execute(
+                "SELECT image_id FROM images WHERE backup_id = ? LIMIT 1", (replica_id,)
+            ).fetchone()
+            if image:
+                raise FailedPrecondition(f"replica {replica_id} has image {image[0]}")
+            hashes = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT hash FROM manifest WHERE backup_id = ?", (replica_id,)
+                )
+            ]
+            for table in ("manifest", "backup_disks", "replication_records", "backups"):
+                conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (replica_id,))
+            freed = self._store.unindex(conn, self._store.unreferenced(conn, hashes))
+        self._store.release(freed)
+        self.notifier.changed(replica_id)
+        return True
+
+    def record_replication(self, backup_id: str, record: ReplicationRecord) -> Backup:
+        if not record.job_id or not record.target_region_id:
+            raise InvalidArgument("record: job_id and target_region_id are required")
+        with self._catalog.transaction() as conn:
+            self._backup_row(conn, None, backup_id)
+            conn.execute(
+                "INSERT INTO replication_records(backup_id, job_id, target_region_id, "
+                "target_project_id, replica_id, way, policy_id, status, failure_reason, "
+                "replica_deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(backup_id, job_id) DO UPDATE SET "
+                "target_project_id = excluded.target_project_id, "
+                "replica_id = excluded.replica_id, status = excluded.status, "
+                "failure_reason = excluded.failure_reason, "
+                "replica_deleted = excluded.replica_deleted, updated_at = excluded.updated_at",
+                (
+                    backup_id,
+                    record.job_id,
+                    record.target_region_id,
+                    record.target_project_id,
+                    record.replica_id,
+                    int(record.way),
+                    record.policy_id,
+                    int(record.status),
+                    record.failure_reason,
+                    int(record.replica_deleted),
+                    _ts(self._clock.now()),
+                ),
+            )
+            result = self._to_backup(conn, self._backup_row(conn, None, backup_id))
+        self.notifier.changed(backup_id)
+        return result
+
+    def hold_backup(self, backup_id: str, job_id: str) -> Backup:
+        """Keeps a source backup from deletion while a job copies it (R1c, R2 checked)."""
+        if not job_id:
+            raise InvalidArgument("job_id is required")
+        with self._catalog.transaction() as conn:
+            row = self._backup_row(conn, None, backup_id)
+            held = conn.execute(
+                "SELECT 1 FROM holds WHERE backup_id = ? AND job_id = ?", (backup_id, job_id)
+            ).fetchone()
+            if not held:
+                if row[12]:
+                    raise FailedPrecondition(
+                        f"R2: backup {backup_id} was replicated in from another region; a "
+                        "replica cannot be replicated again"
+                    )
+                if BackupStatus(row[6]) != BackupStatus.AVAILABLE:
+                    raise FailedPrecondition(
+                        f"R1c: backup {backup_id} is {BackupStatus(row[6]).name.lower()}; only "
+                        "an available backup can be replicated"
+                    )
+                conn.execute(
+                    "INSERT INTO holds(backup_id, job_id) VALUES (?, ?)", (backup_id, job_id)
+                )
+            return self._to_backup(conn, row)
+
+    def release_backup(self, backup_id: str, job_id: str) -> Backup:
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "DELETE FROM holds WHERE backup_id = ? AND job_id = ?", (backup_id, job_id)
+            )
+            return self._to_backup(conn, self._backup_row(conn, None, backup_id))
+
+    def set_clock(self, instant: datetime) -> datetime:
+        """Simulated mode: the coordinator moves this node's clock (never backwards)."""
+        if not isinstance(self._clock, SimulatedClock):
+            raise FailedPrecondition(
+                "the cluster clock is not simulated; it follows the wall clock"
+            )
+        return self._clock.set(instant)
 
     # -- for tests and reports ----------------------------------------------------------------
     def stored_bytes(self) -> int:

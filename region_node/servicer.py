@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
 
 import grpc
 
@@ -11,6 +12,7 @@ from csbs.rpc import rpc_method
 from csbs.v1 import common_pb2, region_node_pb2_grpc
 from csbs.v1 import region_node_pb2 as pb
 from region_node import convert
+from region_node.models import ManifestEntry
 from region_node.service import RegionNodeService
 
 
@@ -217,3 +219,129 @@ class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
     ) -> common_pb2.RegionInfo:
         info = self._service.set_replication_capability(request.accepts_replication)
         return convert.region_info_to_proto(info)
+
+
+REPLICA_ID_METADATA = "x-csbs-replica-id"
+
+
+class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer):
+    """Calls only the coordinator makes: moving chunks and keeping replication state."""
+
+    def __init__(self, service: RegionNodeService) -> None:
+        self._service = service
+
+    @rpc_method
+    def GetBackupManifest(
+        self, request: pb.GetBackupManifestRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ManifestPart]:
+        for part in self._service.manifest(request.backup_id):
+            yield convert.manifest_part_to_proto(part)
+
+    @rpc_method
+    def ReadChunks(
+        self, request: pb.ReadChunksRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        for digest, data in self._service.read_chunks(list(request.hashes)):
+            yield pb.Chunk(hash=digest, data=data)
+
+    @rpc_method
+    def WriteChunks(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> pb.WriteChunksResponse:
+        metadata = dict(context.invocation_metadata())
+        replica_id = str(metadata.get(REPLICA_ID_METADATA, ""))
+        if not replica_id:
+            raise InvalidArgument(f"metadata {REPLICA_ID_METADATA!r} must name the replica")
+        written, written_bytes, present = self._service.write_chunks(
+            replica_id, ((c.hash, c.data) for c in request_iterator)
+        )
+        return pb.WriteChunksResponse(
+            chunks_written=written, bytes_written=written_bytes, chunks_present=present
+        )
+
+    @rpc_method
+    def CreateReplica(
+        self, request_iterator: Iterator[pb.CreateReplicaRequest], context: grpc.ServicerContext
+    ) -> pb.Backup:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("CreateReplica: the first message must be the header")
+        spec = convert.replica_spec_from_proto(first.header)
+
+        def entries() -> Iterator[ManifestEntry]:
+            for message in request_iterator:
+                if not message.HasField("manifest"):
+                    raise InvalidArgument("CreateReplica: only the first message is a header")
+                yield from convert.manifest_entries_from_proto(message.manifest)
+
+        return convert.backup_to_proto(self._service.create_replica(spec, entries()))
+
+    @rpc_method
+    def FindMissingChunks(
+        self, request: pb.FindMissingChunksRequest, context: grpc.ServicerContext
+    ) -> pb.FindMissingChunksResponse:
+        found = self._service.find_missing_chunks(request.replica_id)
+        return pb.FindMissingChunksResponse(
+            missing=found.missing,
+            chunks_total=found.chunks_total,
+            bytes_total=found.bytes_total,
+            chunks_already_held=found.chunks_already_held,
+            bytes_already_held=found.bytes_already_held,
+        )
+
+    @rpc_method
+    def CompleteReplica(
+        self, request: pb.CompleteReplicaRequest, context: grpc.ServicerContext
+    ) -> pb.Backup:
+        return convert.backup_to_proto(self._service.complete_replica(request.replica_id))
+
+    @rpc_method
+    def RemoveReplica(
+        self, request: pb.RemoveReplicaRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveReplicaResponse:
+        removed = self._service.remove_replica(request.replica_id, request.job_id)
+        return pb.RemoveReplicaResponse(removed=removed)
+
+    @rpc_method
+    def RecordReplication(
+        self, request: pb.RecordReplicationRequest, context: grpc.ServicerContext
+    ) -> pb.Backup:
+        record = convert.record_from_proto(request.record)
+        return convert.backup_to_proto(self._service.record_replication(request.backup_id, record))
+
+    @rpc_method
+    def HoldBackup(self, request: pb.HoldBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
+        return convert.backup_to_proto(self._service.hold_backup(request.backup_id, request.job_id))
+
+    @rpc_method
+    def ReleaseBackup(
+        self, request: pb.HoldBackupRequest, context: grpc.ServicerContext
+    ) -> pb.Backup:
+        return convert.backup_to_proto(
+            self._service.release_backup(request.backup_id, request.job_id)
+        )
+
+    @rpc_method
+    def CreatePolicyBackup(
+        self, request: pb.CreatePolicyBackupRequest, context: grpc.ServicerContext
+    ) -> pb.Backup:
+        b = request.backup
+        if not request.policy_id:
+            raise InvalidArgument("policy_id is required")
+        backup = self._service.create_backup(
+            b.project_id,
+            b.server_id,
+            b.name,
+            b.description,
+            list(b.disk_indexes),
+            b.request_id,
+            policy_id=request.policy_id,
+        )
+        return convert.backup_to_proto(backup)
+
+    @rpc_method
+    def SetClock(
+        self, request: pb.SetClockRequest, context: grpc.ServicerContext
+    ) -> pb.SetClockResponse:
+        now = self._service.set_clock(request.now.ToDatetime(tzinfo=UTC))
+        return pb.SetClockResponse(now=convert.timestamp(now))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
@@ -15,6 +17,8 @@ from csbs.v1.region_node_pb2_grpc import RegionNodeStub
 
 MIB = 1 << 20
 WAIT_SECONDS = 120.0
+
+T = TypeVar("T")
 
 
 def node(channel: grpc.Channel) -> RegionNodeStub:
@@ -41,7 +45,10 @@ def make_server(
 
 
 def seeded_bytes(seed: int, length: int) -> bytes:
-    return random.Random(seed).randbytes(length)
+    """Reproducible incompressible bytes (made in pieces: randbytes is limited to 256 MiB)."""
+    rng = random.Random(seed)
+    piece = 16 * MIB
+    return b"".join(rng.randbytes(min(piece, length - i)) for i in range(0, length, piece))
 
 
 def write(
@@ -158,3 +165,74 @@ def allocated_bytes(path: object) -> int:
         if entry.is_file():
             total += entry.stat().st_blocks * 512
     return total
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """Runs a call that must be refused and returns its status code and details. A streaming
+    answer is drained, so that a refusal that comes with (or instead of) the first message is
+    seen."""
+    try:
+        answer = call()
+        if isinstance(answer, Iterator):
+            for _ in answer:
+                pass
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError("the call was accepted; it should have been refused")
+
+
+def _pages(fetch: Callable[[str], tuple[list[T], str]], max_pages: int = 1000) -> list[T]:
+    items: list[T] = []
+    token = ""
+    for _ in range(max_pages):
+        page, token = fetch(token)
+        items += page
+        if not token:
+            return items
+    raise AssertionError(f"more than {max_pages} pages")
+
+
+def all_servers(stub: RegionNodeStub, project_id: str = "") -> list[pb.Server]:
+    def fetch(token: str) -> tuple[list[pb.Server], str]:
+        answer = stub.ListServers(
+            pb.ListServersRequest(project_id=project_id, page_size=1000, page_token=token),
+            timeout=30,
+        )
+        return list(answer.servers), answer.next_page_token
+
+    return _pages(fetch)
+
+
+def all_backups(stub: RegionNodeStub, project_id: str = "", server_id: str = "") -> list[pb.Backup]:
+    def fetch(token: str) -> tuple[list[pb.Backup], str]:
+        answer = stub.ListBackups(
+            pb.ListBackupsRequest(
+                project_id=project_id, server_id=server_id, page_size=1000, page_token=token
+            ),
+            timeout=30,
+        )
+        return list(answer.backups), answer.next_page_token
+
+    return _pages(fetch)
+
+
+def all_images(stub: RegionNodeStub, project_id: str = "") -> list[pb.Image]:
+    def fetch(token: str) -> tuple[list[pb.Image], str]:
+        answer = stub.ListImages(
+            pb.ListImagesRequest(project_id=project_id, page_size=1000, page_token=token),
+            timeout=30,
+        )
+        return list(answer.images), answer.next_page_token
+
+    return _pages(fetch)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Polls `predicate` until it holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not {what} after {timeout:.0f}s")
+        time.sleep(interval)
