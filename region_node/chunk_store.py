@@ -206,6 +206,12 @@ class ChunkStore:
         loc = self.locate(digest)
         if loc is None:
             raise ChunkCorrupted(f"chunk {digest.hex()} is missing from the store")
+        return self.read_at(digest, loc, buffer)
+
+    def read_at(
+        self, digest: bytes, loc: ChunkLocation, buffer: bytearray | None = None
+    ) -> memoryview:
+        """`read` for a caller that already knows where the chunk is."""
         if buffer is None or len(buffer) < loc.length:
             buffer = bytearray(loc.length)
         view = memoryview(buffer)[: loc.length]
@@ -216,6 +222,17 @@ class ChunkStore:
                 f"chunk {digest.hex()} in pack {loc.pack_id} does not match its hash"
             )
         return view
+
+    def forget_cached(self, loc: ChunkLocation) -> None:
+        """Drops a chunk that was read once from the page cache (streaming, not caching)."""
+        drop_cache(self._read_fd(loc.pack_id), loc.offset, loc.length)
+
+    def prefetch(self, locations: Iterable[ChunkLocation]) -> None:
+        """Asks the kernel to start reading these chunks now, so later reads find them cached."""
+        for loc in locations:
+            os.posix_fadvise(
+                self._read_fd(loc.pack_id), loc.offset, loc.length, os.POSIX_FADV_WILLNEED
+            )
 
     def drop_read_cache(self) -> None:
         with self._lock:

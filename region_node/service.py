@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from csbs.clock import Clock, SimulatedClock
 from csbs.errors import (
     BackupNotFound,
+    ChunkCorrupted,
     FailedPrecondition,
     ImageNotFound,
     InvalidArgument,
@@ -29,8 +30,10 @@ from csbs.errors import (
     ServerNotFound,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
+from csbs.notifier import Notifier
+from csbs.paging import PageTokens, page_size
 from region_node.catalog import Catalog
-from region_node.chunk_store import HASH_BYTES, ChunkStore, chunk_hash
+from region_node.chunk_store import HASH_BYTES, ChunkLocation, ChunkStore, chunk_hash
 from region_node.config import NodeConfig
 from region_node.disks import STRIPES, BackupSession, DiskState
 from region_node.fileio import drop_cache, zero_range
@@ -53,8 +56,6 @@ from region_node.models import (
     ServerStatus,
     ServerType,
 )
-from region_node.notifier import Notifier
-from region_node.paging import PageTokens, page_size
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ READ_PIECE_BYTES = MIB
 MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunks request
 COMMIT_EVERY = 32  # chunks received for a replica between two commits
 FLUSH_EVERY_BYTES = 64 * MIB
+PREFETCH_CHUNKS = 16  # chunks read ahead while writing a backup onto disks
 
 T = TypeVar("T")
 Row = tuple[Any, ...]  # a catalog row
@@ -254,8 +256,9 @@ class RegionNodeService:
     def _chunks_in(self, size_bytes: int) -> int:
         return -(-size_bytes // self._cs)
 
-    def _parallel(self, items: Iterable[T], work: Callable[[T], None]) -> None:
-        """Runs `work` over `items` on the chunk workers; the first error stops the rest."""
+    def _parallel(self, items: Iterable[T], work: Callable[[T], None], threads: int = 0) -> None:
+        """Runs `work` over `items` on `threads` chunk workers (default: the configured number);
+        the first error stops the rest."""
         iterator = iter(items)
         lock = threading.Lock()
         errors: list[BaseException] = []
@@ -272,7 +275,7 @@ class RegionNodeService:
                     errors.append(exc)
                     return
 
-        runners = [self._workers.submit(run) for _ in range(self._config.workers)]
+        runners = [self._workers.submit(run) for _ in range(threads or self._config.workers)]
         for runner in runners:
             runner.result()
         if errors:
@@ -1162,17 +1165,30 @@ class RegionNodeService:
         progress: _Progress,
     ) -> None:
         with self._catalog.read() as conn:
-            entries = conn.execute(
-                "SELECT chunk_index, hash FROM manifest WHERE backup_id = ? AND disk_index = ? "
-                "ORDER BY chunk_index",
+            entries = [
+                (r[0], r[1], ChunkLocation(r[2], r[3], r[4]))
+                for r in conn.execute(
+                    "SELECT m.chunk_index, m.hash, c.pack_id, c.offset, c.length "
+                    "FROM manifest m JOIN chunks c ON c.hash = m.hash "
+                    "WHERE m.backup_id = ? AND m.disk_index = ? ORDER BY m.chunk_index",
+                    (backup_id, disk_index),
+                )
+            ]
+            expected = conn.execute(
+                "SELECT COUNT(*) FROM manifest WHERE backup_id = ? AND disk_index = ?",
                 (backup_id, disk_index),
-            ).fetchall()
+            ).fetchone()[0]
             written = [
                 r[0]
                 for r in conn.execute(
                     "SELECT chunk_index FROM written_chunks WHERE disk_id = ?", (disk.disk_id,)
                 )
             ]
+        if len(entries) != expected:
+            raise ChunkCorrupted(
+                f"backup {backup_id}: {expected - len(entries)} chunks of disk {disk_index} "
+                "are missing from the store"
+            )
         with disk.gate:
             disk.busy = "the server's disks are being written from a backup"
             # Marked before they change, so that the next backup reads them again.
@@ -1187,32 +1203,36 @@ class RegionNodeService:
             fd = disk.fd
             if zero_first:
                 held = {e[0] for e in entries}
+                zeros = bytes(self._cs)
                 for i in range(self._chunks_in(disk.size_bytes)):
                     if i not in held:
-                        zero_range(
-                            fd,
-                            i * self._cs,
-                            self._chunk_length(disk.size_bytes, i),
-                            bytes(self._cs),
-                        )
-            flushed = [0]
-            flush_lock = threading.Lock()
+                        length = self._chunk_length(disk.size_bytes, i)
+                        zero_range(fd, i * self._cs, length, zeros)
+            lock = threading.Lock()
+            state = {"flushed": 0, "prefetched": 0}
 
-            def write(entry: tuple[int, bytes]) -> None:
-                chunk_index, digest = entry
-                view = self._store.read(digest, self._buffer())
+            def write(position: int) -> None:
+                chunk_index, digest, loc = entries[position]
+                with lock:
+                    # Keep the kernel reading a window ahead of the writers.
+                    ahead = min(len(entries), position + PREFETCH_CHUNKS)
+                    start = max(state["prefetched"], position)
+                    state["prefetched"] = max(state["prefetched"], ahead)
+                self._store.prefetch(e[2] for e in entries[start:ahead])
+                view = self._store.read_at(digest, loc, self._buffer())
                 os.pwrite(fd, view, chunk_index * self._cs)
+                self._store.forget_cached(loc)
                 progress.add(len(view))
-                with flush_lock:
-                    flushed[0] += len(view)
-                    due = flushed[0] >= FLUSH_EVERY_BYTES
+                with lock:
+                    state["flushed"] += len(view)
+                    due = state["flushed"] >= FLUSH_EVERY_BYTES
                     if due:
-                        flushed[0] = 0
+                        state["flushed"] = 0
                 if due:
                     os.fdatasync(fd)
                     drop_cache(fd)
 
-            self._parallel(entries, write)
+            self._parallel(range(len(entries)), write, threads=self._config.workers * 2)
             os.fdatasync(fd)
             drop_cache(fd)
             self._store.drop_read_cache()
