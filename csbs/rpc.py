@@ -42,6 +42,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _abort(context: grpc.ServicerContext, exc: BaseException, name: str) -> None:
     if isinstance(exc, CsbsError):
         context.abort(STATUS_FOR_KIND[exc.kind], exc.message)
+    if not context.is_active():
+        # The caller went away (cancelled, or its deadline passed): nothing to answer.
+        log.info("%s ended: the caller cancelled (%s)", name, type(exc).__name__)
+        context.abort(grpc.StatusCode.CANCELLED, f"{name} was cancelled by the caller")
     log.exception("unexpected error in %s", name)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the process log")
 

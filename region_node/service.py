@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 MAX_DISKS = 24
-MAX_DISK_BYTES = 16 << 40
+MAX_DISK_BYTES = 8 << 40  # ext4's largest file is 16 TiB - 4 KiB
 MAX_WRITE_BYTES = 4 * MIB
 READ_PIECE_BYTES = MIB
 MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunks request
@@ -355,8 +355,7 @@ class RegionNodeService:
             for i, size in enumerate(disk_sizes):
                 if size <= 0 or size > MAX_DISK_BYTES or size % MIB:
                     raise InvalidArgument(
-                        f"disks[{i}].size_bytes {size}: must be 1 MiB to 16 TiB, a multiple "
-                        "of 1 MiB"
+                        f"disks[{i}].size_bytes {size}: must be 1 MiB to 8 TiB, a multiple of 1 MiB"
                     )
         now = _ts(self._clock.now())
         server_id = _new_id()
@@ -365,8 +364,13 @@ class RegionNodeService:
             DiskState(d.disk_id, self._disk_dir / f"{d.disk_id}.disk", d.size_bytes, 1)
             for d in disks
         ]
-        for state in states:
-            state.create_file()
+        try:
+            for state in states:
+                state.create_file()
+        except OSError as exc:
+            for state in states:
+                state.remove_file()
+            raise FailedPrecondition(f"the region cannot hold these disks now: {exc}") from exc
         status = ServerStatus.CREATING if image_id else ServerStatus.ACTIVE
         with self._catalog.transaction() as conn:
             existing = self._check_request(conn, "server", project_id, request_id)
@@ -465,34 +469,44 @@ class RegionNodeService:
 
     def delete_server(self, project_id: str, server_id: str) -> Server:
         project_id = self.resolve_project(project_id)
-        with self._catalog.transaction() as conn:
-            row = self._server_row(conn, project_id, server_id)
-            status = ServerStatus(row[4])
-            if status not in (ServerStatus.ACTIVE, ServerStatus.ERROR):
-                raise FailedPrecondition(
-                    f"server {server_id} is {status.name.lower()}; it can be deleted when it "
-                    "is active or in error"
-                )
-            creating = conn.execute(
-                "SELECT backup_id FROM backups WHERE server_id = ? AND status IN (?, ?)",
-                (server_id, BackupStatus.CREATING, BackupStatus.RESTORING),
-            ).fetchone()
-            if creating:
-                raise FailedPrecondition(
-                    f"server {server_id} has backup {creating[0]} in progress; delete it after "
-                    "the backup ends"
-                )
+        with self._catalog.read() as conn:
+            self._server_row(conn, project_id, server_id)
             disks = self._server_disks(conn, server_id)
-            for disk in disks:
-                self._disk_state(disk.disk_id).busy = "the server is being deleted"
-            conn.execute(
-                "UPDATE servers SET status = ?, updated_at = ? WHERE server_id = ?",
-                (ServerStatus.DELETING, _ts(self._clock.now()), server_id),
-            )
+        states = [self._disk_state(d.disk_id) for d in disks]
+        # Lock order everywhere: disk gates (by disk index), then the catalog.
+        for state in states:
+            state.gate.acquire()
+        try:
+            with self._catalog.transaction() as conn:
+                row = self._server_row(conn, project_id, server_id)
+                status = ServerStatus(row[4])
+                if status not in (ServerStatus.ACTIVE, ServerStatus.ERROR):
+                    raise FailedPrecondition(
+                        f"server {server_id} is {status.name.lower()}; it can be deleted when "
+                        "it is active or in error"
+                    )
+                creating = conn.execute(
+                    "SELECT backup_id FROM backups WHERE server_id = ? AND status IN (?, ?)",
+                    (server_id, BackupStatus.CREATING, BackupStatus.RESTORING),
+                ).fetchone()
+                if creating or any(state.session is not None for state in states):
+                    raise FailedPrecondition(
+                        f"server {server_id} has a backup in progress; delete it after the "
+                        "backup ends"
+                    )
+                conn.execute(
+                    "UPDATE servers SET status = ?, updated_at = ? WHERE server_id = ?",
+                    (ServerStatus.DELETING, _ts(self._clock.now()), server_id),
+                )
+                deleting = self._to_server(conn, self._server_row(conn, project_id, server_id))
+            for state in states:
+                state.busy = "the server is being deleted"
+        finally:
+            for state in reversed(states):
+                state.gate.release()
         self.notifier.changed(server_id)
         self._jobs.submit(self._finish_delete_server, server_id)
-        with self._catalog.read() as conn:
-            return self._to_server(conn, self._server_row(conn, project_id, server_id))
+        return deleting
 
     def _finish_delete_server(self, server_id: str) -> None:
         with self._catalog.read() as conn:
@@ -699,6 +713,14 @@ class RegionNodeService:
             with self._catalog.transaction() as conn:
                 existing = self._check_request(conn, "backup", project_id, request_id)
                 if existing is None:
+                    # Checked again in the transaction that starts the backup: a delete that
+                    # committed since the first look must win.
+                    status = ServerStatus(self._server_row(conn, project_id, server_id)[4])
+                    if status != ServerStatus.ACTIVE:
+                        raise FailedPrecondition(
+                            f"server {server_id} is {status.name.lower()}: only an active "
+                            "server can be backed up"
+                        )
                     to_read = self._begin_backup(
                         conn,
                         backup_id,
@@ -1524,24 +1546,27 @@ class RegionNodeService:
             }
         written = written_bytes = present = 0
         batch: list[bytes] = []
-        for digest, data in chunks:
-            self._check_hash(digest)
-            length = wanted.get(digest)
-            if length is None:
-                raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
-            if len(data) != length or chunk_hash(data) != digest:
-                raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
-            stored = self._store.put(digest, data)
-            if stored:
-                written += 1
-                written_bytes += stored
-                batch.append(digest)
-            else:
-                present += 1
-            if len(batch) >= COMMIT_EVERY:
-                self._commit_chunks(batch)
-                batch = []
-        self._commit_chunks(batch)
+        try:
+            for digest, data in chunks:
+                self._check_hash(digest)
+                length = wanted.get(digest)
+                if length is None:
+                    raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
+                if len(data) != length or chunk_hash(data) != digest:
+                    raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
+                stored = self._store.put(digest, data)
+                if stored:
+                    written += 1
+                    written_bytes += stored
+                    batch.append(digest)
+                else:
+                    present += 1
+                if len(batch) >= COMMIT_EVERY:
+                    self._commit_chunks(batch)
+                    batch = []
+        finally:
+            # Even when the stream is cut: what arrived whole is kept, and indexed.
+            self._commit_chunks(batch)
         return written, written_bytes, present
 
     def _commit_chunks(self, digests: list[bytes]) -> None:
