@@ -43,6 +43,10 @@ class RegionConfig:
 class CoordinatorConfig:
     listen: str
     data_dir: Path
+    # How long a replication job keeps retrying transient node errors without making progress.
+    retry_budget_seconds: float = 60.0
+    # How often clean-ups left by failed jobs (a replica to remove, a hold to release) are retried.
+    cleanup_interval_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,13 @@ def _require(table: dict[str, Any], key: str, where: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise ConfigError(f"{where}.{key}: expected {kind.__name__}")
     return value
+
+
+def _positive_seconds(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"coordinator.{key}: a positive number of seconds")
+    return float(value)
 
 
 def load_cluster_config(path: Path | str) -> ClusterConfig:
@@ -139,6 +150,8 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
     if len({r.region_id for r in regions}) != len(regions):
         raise ConfigError("regions: region IDs must be unique")
     coordinator = raw.get("coordinator", {})
+    retry_budget = _positive_seconds(coordinator, "retry_budget_seconds", 60.0)
+    cleanup_interval = _positive_seconds(coordinator, "cleanup_interval_seconds", 2.0)
     return ClusterConfig(
         path=path,
         data_dir=data_dir,
@@ -149,6 +162,8 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
         coordinator=CoordinatorConfig(
             listen=str(coordinator.get("listen", "127.0.0.1:0")),
             data_dir=data_dir / "coordinator",
+            retry_budget_seconds=retry_budget,
+            cleanup_interval_seconds=cleanup_interval,
         ),
     )
 

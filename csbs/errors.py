@@ -94,3 +94,42 @@ class ProjectNotFound(NotFound):
 class RegionNotFound(NotFound):
     def __init__(self, region_id: str) -> None:
         super().__init__("region", region_id)
+
+
+class ReplicationJobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__("replication job", job_id)
+
+
+class BackupCannotBeReplicated(FailedPrecondition):
+    """A rule of R1 or R2 keeps a backup from being replicated; the message starts with it."""
+
+    def __init__(self, rule: str, why: str) -> None:
+        super().__init__(f"{rule}: {why}")
+        self.rule = rule
+
+
+class RegionRefusesReplication(FailedPrecondition):
+    """R5: the target region does not advertise replication capability."""
+
+    def __init__(self, region_id: str) -> None:
+        super().__init__(
+            f"R5: region {region_id} does not accept replication; only regions that advertise "
+            "replication capability can be targets"
+        )
+        self.region_id = region_id
+
+
+class TargetProjectNotFound(NotFound):
+    """P3: the project asked for is not one of the caller's projects in the target region."""
+
+    def __init__(self, project_id: str, region_id: str) -> None:
+        CsbsError.__init__(
+            self, f"P3: project {project_id!r} is not one of your projects in region {region_id}"
+        )
+        self.resource = "project"
+        self.resource_id = project_id
+
+
+class ReplicaAlreadyExists(AlreadyExists):
+    """R3: a target region holds at most one replica of a source backup at a time."""

@@ -1,4 +1,5 @@
-"""Page tokens: opaque, signed by the node, so that a token it never issued is refused."""
+"""Page tokens: opaque, signed by the service that issues them, so that a token it never
+issued is refused."""
 
 from __future__ import annotations
 
@@ -46,5 +47,5 @@ class PageTokens:
             return int(seq)
         except (ValueError, UnicodeError) as exc:
             raise InvalidArgument(
-                "page_token was not issued by this node for this list and these filters"
+                "page_token was not issued by this service for this list and these filters"
             ) from exc

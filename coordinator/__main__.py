@@ -1,0 +1,38 @@
+"""Starts the coordinator: `csbs-coordinator --config cluster.toml`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from coordinator.config import CoordinatorConfig
+from coordinator.server import build_server
+from csbs.clock import WallClock
+from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.rpc import serve_until_signal
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="csbs-coordinator", description=__doc__)
+    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cluster = load_cluster_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = CoordinatorConfig.from_cluster(cluster)
+    server, address, service, health_servicer = build_server(config, WallClock())
+    server.start()
+    write_address_file(config.data_dir, address)
+    logging.getLogger("coordinator").info("coordinator serving on %s", address)
+    serve_until_signal(server, health_servicer, on_stop=service.close)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

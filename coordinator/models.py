@@ -1,0 +1,133 @@
+"""The coordinator's domain objects, in the product's words. Enum values equal the .proto's, but
+nothing here imports protobuf or grpc."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from csbs.clients import ProjectSummary, ReplicationWay
+
+T = TypeVar("T")
+
+
+class JobStatus(enum.IntEnum):
+    UNSPECIFIED = 0
+    WAITING = 1
+    REPLICATING = 2
+    SUCCESS = 3
+    FAILED = 4
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCESS, JobStatus.FAILED)
+
+
+ACTIVE_STATUSES = (JobStatus.WAITING, JobStatus.REPLICATING)
+
+
+@dataclass(frozen=True)
+class Progress:
+    chunks_planned: int = 0
+    bytes_planned: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    chunks_skipped: int = 0  # already held by the target region (the account's own chunks)
+    bytes_skipped: int = 0
+
+
+@dataclass(frozen=True)
+class ReplicationJob:
+    job_id: str
+    way: ReplicationWay
+    policy_id: str
+    source_region_id: str
+    source_project_id: str
+    source_backup_id: str
+    target_region_id: str
+    target_project_id: str
+    replica_id: str
+    replica_name: str
+    replica_description: str
+    status: JobStatus
+    progress: Progress
+    failure_reason: str
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ReplicationTarget:
+    """A region this region can replicate to now (R5), with the caller's projects there (P3)."""
+
+    region_id: str
+    display_name: str
+    projects: tuple[ProjectSummary, ...]
+
+
+@dataclass(frozen=True)
+class ReplicateRequest:
+    """M1: what a user asks for."""
+
+    source_region_id: str
+    backup_id: str
+    target_region_id: str
+    source_project_id: str = ""
+    target_project_id: str = ""
+    name: str = ""
+    description: str = ""
+    idempotency_token: str = ""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: JobStatus = JobStatus.UNSPECIFIED
+    source_backup_id: str = ""
+    target_region_id: str = ""
+    source_region_id: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    policy_id: str = ""
+
+    def scope(self) -> str:
+        """Names the list a page token belongs to: a token is valid only for the same filters."""
+        return "jobs/" + "/".join(
+            str(v)
+            for v in (
+                int(self.status),
+                self.source_backup_id,
+                self.target_region_id,
+                self.source_region_id,
+                self.created_after.timestamp() if self.created_after else "",
+                self.created_before.timestamp() if self.created_before else "",
+                self.policy_id,
+            )
+        )
+
+
+class CleanupKind(enum.StrEnum):
+    # Record the job's outcome on the source backup and release its hold.
+    SOURCE = "source"
+    # Remove what a failed job left in the target region.
+    TARGET = "target"
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    kind: CleanupKind
+    job_id: str
+    region_id: str
+    resource_id: str  # the source backup (SOURCE) or the replica, if known (TARGET)
+    attempts: int
+    last_error: str
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    next_page_token: str = ""

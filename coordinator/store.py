@@ -1,0 +1,405 @@
+"""The coordinator's state: one SQLite database (WAL) in `<data_dir>/coordinator.db` holding the
+replication jobs and the clean-ups that failed jobs still owe a node.
+
+One connection guarded by one lock; every logical step is one transaction. The schema carries
+a version (PRAGMA user_version) and is migrated on start."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coordinator.models import (
+    Cleanup,
+    CleanupKind,
+    JobFilter,
+    JobStatus,
+    Progress,
+    ReplicationJob,
+)
+from csbs.clients import ReplicationWay
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        way INTEGER NOT NULL,
+        policy_id TEXT NOT NULL DEFAULT '',
+        source_region_id TEXT NOT NULL,
+        source_project_id TEXT NOT NULL,
+        source_backup_id TEXT NOT NULL,
+        target_region_id TEXT NOT NULL,
+        target_project_id TEXT NOT NULL,
+        replica_id TEXT NOT NULL DEFAULT '',
+        replica_name TEXT NOT NULL,
+        replica_description TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        chunks_planned INTEGER NOT NULL DEFAULT 0,
+        bytes_planned INTEGER NOT NULL DEFAULT 0,
+        chunks_sent INTEGER NOT NULL DEFAULT 0,
+        bytes_sent INTEGER NOT NULL DEFAULT 0,
+        chunks_skipped INTEGER NOT NULL DEFAULT 0,
+        bytes_skipped INTEGER NOT NULL DEFAULT 0,
+        planned INTEGER NOT NULL DEFAULT 0,
+        failure_reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        idempotency_token TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX jobs_by_token ON jobs(source_project_id, idempotency_token)
+        WHERE idempotency_token != '';
+    CREATE INDEX jobs_by_backup ON jobs(source_backup_id, target_region_id, seq);
+    CREATE INDEX jobs_by_status ON jobs(status, seq);
+    -- What a finished job still owes a node, retried until the node answers.
+    CREATE TABLE cleanups (
+        kind TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        region_id TEXT NOT NULL,
+        resource_id TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, job_id)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sequence (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )
+    """,
+}
+
+_JOB_COLUMNS = (
+    "job_id, way, policy_id, source_region_id, source_project_id, source_backup_id, "
+    "target_region_id, target_project_id, replica_id, replica_name, replica_description, "
+    "status, chunks_planned, bytes_planned, chunks_sent, bytes_sent, chunks_skipped, "
+    "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at"
+)
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _job(row: Sequence[Any]) -> ReplicationJob:
+    created_at = _dt(row[20])
+    updated_at = _dt(row[23])
+    assert created_at is not None and updated_at is not None
+    return ReplicationJob(
+        job_id=row[0],
+        way=ReplicationWay(row[1]),
+        policy_id=row[2],
+        source_region_id=row[3],
+        source_project_id=row[4],
+        source_backup_id=row[5],
+        target_region_id=row[6],
+        target_project_id=row[7],
+        replica_id=row[8],
+        replica_name=row[9],
+        replica_description=row[10],
+        status=JobStatus(row[11]),
+        progress=Progress(*row[12:18]),
+        failure_reason=row[18],
+        attempts=row[19],
+        created_at=created_at,
+        started_at=_dt(row[21]),
+        finished_at=_dt(row[22]),
+        updated_at=updated_at,
+    )
+
+
+class Store:
+    """The coordinator's database. `transaction()` gives the connection inside one transaction
+    under the store lock, so that a check and the write that depends on it are atomic."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"coordinator schema version {version} is newer than this "
+                    f"coordinator's {SCHEMA_VERSION}"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _MIGRATIONS[target].split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version = {target}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- settings --------------------------------------------------------------------------------
+    def setting(self, key: str, default: str) -> str:
+        """A persisted setting, written with `default` the first time it is read."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            if row:
+                return str(row[0])
+            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, default))
+            return default
+
+    # -- jobs: reads -----------------------------------------------------------------------------
+    def get_job(self, job_id: str, conn: sqlite3.Connection | None = None) -> ReplicationJob | None:
+        if conn is None:
+            with self.read() as c:
+                return self.get_job(job_id, c)
+        row = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else _job(row)
+
+    def job_by_token(
+        self, conn: sqlite3.Connection, source_project_id: str, token: str
+    ) -> ReplicationJob | None:
+        row = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_project_id = ? AND "
+            "idempotency_token = ?",
+            (source_project_id, token),
+        ).fetchone()
+        return None if row is None else _job(row)
+
+    def jobs_to(
+        self,
+        conn: sqlite3.Connection,
+        source_backup_id: str,
+        target_region_id: str,
+        statuses: Sequence[JobStatus],
+    ) -> list[ReplicationJob]:
+        """The jobs of a source backup to a target region in the given statuses (R3)."""
+        marks = ", ".join("?" for _ in statuses)
+        rows = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_backup_id = ? AND "
+            f"target_region_id = ? AND status IN ({marks}) ORDER BY seq",
+            (source_backup_id, target_region_id, *map(int, statuses)),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def active_job_ids(self) -> list[str]:
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT job_id FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+                (int(JobStatus.WAITING), int(JobStatus.REPLICATING)),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def list_jobs(
+        self, where: JobFilter, after_seq: int, limit: int
+    ) -> tuple[list[ReplicationJob], int | None]:
+        """A page of jobs in creation order, and the seq to continue after (None: last page)."""
+        clauses = ["seq > ?"]
+        args: list[Any] = [after_seq]
+        for column, value in (
+            ("source_backup_id", where.source_backup_id),
+            ("target_region_id", where.target_region_id),
+            ("source_region_id", where.source_region_id),
+            ("policy_id", where.policy_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if where.status:
+            clauses.append("status = ?")
+            args.append(int(where.status))
+        if where.created_after is not None:
+            clauses.append("created_at > ?")
+            args.append(where.created_after.timestamp())
+        if where.created_before is not None:
+            clauses.append("created_at < ?")
+            args.append(where.created_before.timestamp())
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS}, seq FROM jobs WHERE {' AND '.join(clauses)} "
+                "ORDER BY seq LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        jobs = [_job(r) for r in rows[:limit]]
+        return jobs, (rows[limit - 1][-1] if len(rows) > limit else None)
+
+    # -- jobs: writes ----------------------------------------------------------------------------
+    def insert_job(self, conn: sqlite3.Connection, job: ReplicationJob, token: str) -> None:
+        row = conn.execute("SELECT value FROM sequence WHERE name = 'jobs'").fetchone()
+        seq = (row[0] if row else 0) + 1
+        conn.execute(
+            "INSERT INTO sequence(name, value) VALUES ('jobs', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (seq,),
+        )
+        p = job.progress
+        conn.execute(
+            f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.job_id,
+                int(job.way),
+                job.policy_id,
+                job.source_region_id,
+                job.source_project_id,
+                job.source_backup_id,
+                job.target_region_id,
+                job.target_project_id,
+                job.replica_id,
+                job.replica_name,
+                job.replica_description,
+                int(job.status),
+                p.chunks_planned,
+                p.bytes_planned,
+                p.chunks_sent,
+                p.bytes_sent,
+                p.chunks_skipped,
+                p.bytes_skipped,
+                job.failure_reason,
+                job.attempts,
+                _ts(job.created_at),
+                _ts(job.started_at),
+                _ts(job.finished_at),
+                _ts(job.updated_at),
+                seq,
+                token,
+            ),
+        )
+
+    def start_attempt(self, job_id: str, now: datetime) -> ReplicationJob:
+        """The job is (again) being copied: REPLICATING, one more attempt."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = ?, attempts = attempts + 1, "
+                "started_at = COALESCE(started_at, ?), updated_at = ? WHERE job_id = ?",
+                (int(JobStatus.REPLICATING), _ts(now), _ts(now), job_id),
+            )
+            job = self.get_job(job_id, conn)
+        assert job is not None
+        return job
+
+    def set_replica(self, job_id: str, replica_id: str, now: datetime) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET replica_id = ?, updated_at = ? WHERE job_id = ?",
+                (replica_id, _ts(now), job_id),
+            )
+
+    def is_planned(self, job_id: str) -> bool:
+        with self.read() as conn:
+            row = conn.execute("SELECT planned FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def save_progress(self, job_id: str, progress: Progress, now: datetime) -> None:
+        p = progress
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET chunks_planned = ?, bytes_planned = ?, chunks_sent = ?, "
+                "bytes_sent = ?, chunks_skipped = ?, bytes_skipped = ?, planned = 1, "
+                "updated_at = ? WHERE job_id = ?",
+                (
+                    p.chunks_planned,
+                    p.bytes_planned,
+                    p.chunks_sent,
+                    p.bytes_sent,
+                    p.chunks_skipped,
+                    p.bytes_skipped,
+                    _ts(now),
+                    job_id,
+                ),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        reason: str,
+        now: datetime,
+        cleanups: Sequence[tuple[CleanupKind, str, str]] = (),
+    ) -> ReplicationJob:
+        """Ends the job (SUCCESS or FAILED) together with the clean-ups it still owes, given as
+        (kind, region, resource), in one transaction."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = ?, failure_reason = ?, finished_at = ?, updated_at = ? "
+                "WHERE job_id = ?",
+                (int(status), reason, _ts(now), _ts(now), job_id),
+            )
+            for kind, region_id, resource_id in cleanups:
+                conn.execute(
+                    "INSERT INTO cleanups(kind, job_id, region_id, resource_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, job_id) DO NOTHING",
+                    (str(kind), job_id, region_id, resource_id, _ts(now)),
+                )
+            job = self.get_job(job_id, conn)
+        assert job is not None
+        return job
+
+    # -- clean-ups -------------------------------------------------------------------------------
+    def cleanups(self) -> list[Cleanup]:
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT kind, job_id, region_id, resource_id, attempts, last_error "
+                "FROM cleanups ORDER BY created_at"
+            ).fetchall()
+        return [Cleanup(CleanupKind(r[0]), *r[1:]) for r in rows]
+
+    def cleanup_done(self, kind: CleanupKind, job_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM cleanups WHERE kind = ? AND job_id = ?", (str(kind), job_id))
+
+    def cleanup_failed(self, kind: CleanupKind, job_id: str, error: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cleanups SET attempts = attempts + 1, last_error = ? "
+                "WHERE kind = ? AND job_id = ?",
+                (error, str(kind), job_id),
+            )

@@ -1,0 +1,759 @@
+"""Typed clients of the region nodes, for the coordinator: plain values in and out, a deadline
+on every call, retries of idempotent calls when a node is briefly unavailable, and the one place
+that turns a failed call (grpc.RpcError) into a typed error.
+
+Chunks are relayed between two nodes without being parsed: the source's ReadChunks messages
+are passed as raw bytes into the target's WriteChunks (the messages are the same `Chunk`), one
+batch of hashes at a time, pulled from the source only as fast as the target takes them."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from csbs.config import ConfigError, resolve_address
+from csbs.errors import (
+    AlreadyExists,
+    CsbsError,
+    ErrorKind,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from csbs.rpc import channel_options
+from csbs.v1 import common_pb2
+from csbs.v1 import region_node_pb2 as pb
+from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UNARY_TIMEOUT = 10.0  # a call that only reads or writes a few catalog rows
+HEAVY_UNARY_TIMEOUT = 60.0  # a call whose work grows with a backup's manifest
+STREAM_TIMEOUT = 3600.0  # a stream's overall deadline; stalls are caught much sooner (below)
+STALL_TIMEOUT = 30.0  # a stream that moves nothing for this long is cut and counted transient
+RELAY_BATCH = 256  # hashes per ReadChunks/WriteChunks pair
+RETRY_ATTEMPTS = 4
+
+READ_CHUNKS = "/csbs.v1.RegionNodeInternal/ReadChunks"
+WRITE_CHUNKS = "/csbs.v1.RegionNodeInternal/WriteChunks"
+REPLICA_ID_METADATA = "x-csbs-replica-id"
+
+
+# --- values ------------------------------------------------------------------------------------
+# Enum values equal the .proto's; nothing that uses these imports protobuf.
+
+
+class ServerType(enum.IntEnum):
+    UNSPECIFIED = 0
+    ECS = 1
+    BMS = 2
+
+
+class BackupStatus(enum.IntEnum):
+    UNSPECIFIED = 0
+    CREATING = 1
+    AVAILABLE = 2
+    ERROR = 3
+    REPLICATING = 4
+    RESTORING = 5
+
+
+class ReplicationWay(enum.IntEnum):
+    UNSPECIFIED = 0
+    MANUAL = 1
+    POLICY = 2
+    POLICY_EXECUTE = 3
+
+
+class RecordStatus(enum.IntEnum):
+    UNSPECIFIED = 0
+    REPLICATING = 1
+    SUCCESS = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    project_id: str
+    name: str
+    account_id: str
+    main: bool
+
+
+@dataclass(frozen=True)
+class RegionSummary:
+    """What a region node says about itself (R5, P3)."""
+
+    region_id: str
+    display_name: str
+    accepts_replication: bool
+    projects: tuple[ProjectSummary, ...]
+    chunk_size_bytes: int
+
+    def project(self, project_id: str) -> ProjectSummary | None:
+        return next((p for p in self.projects if p.project_id == project_id), None)
+
+    def main_project(self, account_id: str | None = None) -> ProjectSummary | None:
+        """The account's main project here (the first main one if no account is given)."""
+        return next(
+            (
+                p
+                for p in self.projects
+                if p.main and (account_id is None or p.account_id == account_id)
+            ),
+            None,
+        )
+
+
+@dataclass(frozen=True)
+class BackupDisk:
+    disk_index: int
+    disk_id: str
+    size_bytes: int
+    system: bool
+
+
+@dataclass(frozen=True)
+class BackupOrigin:
+    replicated: bool = False
+    source_region_id: str = ""
+    source_project_id: str = ""
+    source_backup_id: str = ""
+    way: ReplicationWay = ReplicationWay.UNSPECIFIED
+    policy_id: str = ""
+    replication_job_id: str = ""
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """The fields of a backup the coordinator decides by."""
+
+    backup_id: str
+    project_id: str
+    name: str
+    server_type: ServerType
+    status: BackupStatus
+    disks: tuple[BackupDisk, ...]
+    origin: BackupOrigin
+    policy_id: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaHeader:
+    """What CreateReplica is told before the manifest: where the replica goes and what it is."""
+
+    project_id: str
+    name: str
+    description: str
+    server_type: ServerType
+    disks: tuple[BackupDisk, ...]
+    origin: BackupOrigin
+    job_id: str
+
+
+@dataclass(frozen=True)
+class MissingChunks:
+    missing: tuple[bytes, ...]
+    chunks_total: int
+    bytes_total: int
+    chunks_already_held: int
+    bytes_already_held: int
+
+
+@dataclass(frozen=True)
+class ReplicationRecord:
+    """A source backup's record of one replication of it."""
+
+    target_region_id: str
+    target_project_id: str
+    replica_id: str
+    way: ReplicationWay
+    policy_id: str
+    job_id: str
+    status: RecordStatus
+    failure_reason: str = ""
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+# Codes worth another try: the node may answer next time.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+# How a node's failure is reported to whoever called the coordinator.
+_KIND_FOR_CODE: dict[grpc.StatusCode, ErrorKind] = {
+    grpc.StatusCode.DATA_LOSS: ErrorKind.DATA_LOSS,
+    grpc.StatusCode.PERMISSION_DENIED: ErrorKind.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED: ErrorKind.UNAUTHENTICATED,
+    grpc.StatusCode.OUT_OF_RANGE: ErrorKind.INVALID_ARGUMENT,
+}
+
+
+class NodeError(CsbsError):
+    """A call to a region node failed other than by a refusal in product words: the node was
+    unreachable, too slow, or failed inside. `transient` says whether trying again may help."""
+
+    def __init__(self, region_id: str, code: grpc.StatusCode, details: str) -> None:
+        name = getattr(code, "name", str(code))
+        super().__init__(f"the region node of {region_id} failed the call ({name}: {details})")
+        self.region_id = region_id
+        self.code = code
+        self.details = details
+        # A node that cannot serve reads as UNAVAILABLE to a user of the coordinator.
+        self.kind = _KIND_FOR_CODE.get(code, ErrorKind.UNAVAILABLE)
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+
+class NodeNotFound(NotFound):
+    """A node answered NOT_FOUND: its own message, naming the region."""
+
+    def __init__(self, region_id: str, details: str) -> None:
+        CsbsError.__init__(self, f"{details} (in region {region_id})")
+        self.resource = ""
+        self.resource_id = ""
+        self.region_id = region_id
+
+
+_REFUSALS: dict[grpc.StatusCode, Callable[[str], CsbsError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+}
+
+
+def node_error(region_id: str, exc: grpc.RpcError) -> CsbsError:
+    """The typed error for a failed call to a region node: a node's refusal keeps its message
+    (which starts with the rule it names) with the region added; anything else is a NodeError."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NodeNotFound(region_id, details)
+    refusal = _REFUSALS.get(code)
+    if refusal is not None:
+        return refusal(f"{details} (in region {region_id})")
+    return NodeError(region_id, code, details)
+
+
+def incomplete_copy(region_id: str, details: str) -> NodeError:
+    """A copy into a region that ended without everything arriving: worth another attempt."""
+    return NodeError(region_id, grpc.StatusCode.ABORTED, details)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, NodeError) and exc.transient
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, NodeError) and exc.code == grpc.StatusCode.UNAVAILABLE
+
+
+# --- conversions -------------------------------------------------------------------------------
+
+
+def _disk_from_proto(d: pb.BackupDisk) -> BackupDisk:
+    return BackupDisk(d.disk_index, d.disk_id, d.size_bytes, d.system)
+
+
+def _disk_to_proto(d: BackupDisk) -> pb.BackupDisk:
+    return pb.BackupDisk(
+        disk_index=d.disk_index, disk_id=d.disk_id, size_bytes=d.size_bytes, system=d.system
+    )
+
+
+def _origin_to_proto(o: BackupOrigin) -> pb.BackupOrigin:
+    return pb.BackupOrigin(
+        replicated=o.replicated,
+        source_region_id=o.source_region_id,
+        source_project_id=o.source_project_id,
+        source_backup_id=o.source_backup_id,
+        way=int(o.way),  # type: ignore[arg-type]
+        policy_id=o.policy_id,
+        replication_job_id=o.replication_job_id,
+    )
+
+
+def _enum(kind: type[enum.IntEnum], value: int) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        return kind(0)
+
+
+def backup_from_proto(b: pb.Backup) -> BackupSummary:
+    o = b.origin
+    return BackupSummary(
+        backup_id=b.backup_id,
+        project_id=b.project_id,
+        name=b.name,
+        server_type=_enum(ServerType, b.server_type),
+        status=_enum(BackupStatus, b.status),
+        disks=tuple(_disk_from_proto(d) for d in b.disks),
+        origin=BackupOrigin(
+            replicated=o.replicated,
+            source_region_id=o.source_region_id,
+            source_project_id=o.source_project_id,
+            source_backup_id=o.source_backup_id,
+            way=_enum(ReplicationWay, o.way),
+            policy_id=o.policy_id,
+            replication_job_id=o.replication_job_id,
+        ),
+        policy_id=b.policy_id,
+    )
+
+
+def region_from_proto(info: common_pb2.RegionInfo) -> RegionSummary:
+    return RegionSummary(
+        region_id=info.region_id,
+        display_name=info.display_name,
+        accepts_replication=info.accepts_replication,
+        projects=tuple(
+            ProjectSummary(p.project_id, p.name, p.account_id, p.main) for p in info.projects
+        ),
+        chunk_size_bytes=info.chunk_size_bytes,
+    )
+
+
+def chunk_data_length(raw: bytes) -> int:
+    """The length of the `data` field of a serialized Chunk, read from its few header bytes
+    (so that progress counts chunk bytes as the manifest does, without parsing the message)."""
+    i, n = 0, len(raw)
+    while i < n:
+        key, i = _varint(raw, i)
+        if key & 7 != 2:  # only length-delimited fields in a Chunk
+            return n
+        length, i = _varint(raw, i)
+        if key >> 3 == 2:
+            return length
+        i += length
+    return 0
+
+
+def _varint(raw: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+# --- stall detection ---------------------------------------------------------------------------
+
+
+class _StallGuard:
+    """Cancels a stream that moves nothing for `timeout` seconds while it is still sending, or
+    whose answer has not come `answer_timeout` seconds after the last message was sent (a
+    paused or cut-off node would otherwise hold it until its deadline), or at once when `stop`
+    is set. Watches from its own thread; `touch()` on every message."""
+
+    def __init__(self, timeout: float, stop: threading.Event | None, answer_timeout: float) -> None:
+        self._timeout = timeout
+        self._answer_timeout = answer_timeout
+        self._stop = stop
+        self._last = time.monotonic()
+        self._sending = True
+        self._done = threading.Event()
+        self._cancels: list[Callable[[], Any]] = []
+        self.fired: str = ""  # "stalled", "unanswered" or "stopped"
+        self._thread = threading.Thread(target=self._watch, name="stall-guard", daemon=True)
+
+    def on_fire(self, cancel: Callable[[], Any]) -> None:
+        self._cancels.append(cancel)
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def sending_done(self) -> None:
+        self._last = time.monotonic()
+        self._sending = False
+
+    def __enter__(self) -> _StallGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.25):
+            if self._stop is not None and self._stop.is_set():
+                self._fire("stopped")
+                return
+            limit = self._timeout if self._sending else self._answer_timeout
+            if time.monotonic() - self._last > limit:
+                self._fire("stalled" if self._sending else "unanswered")
+                return
+
+    def _fire(self, why: str) -> None:
+        self.fired = why
+        for cancel in self._cancels:
+            cancel()
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class RegionNodeClient:
+    """One region node, as the coordinator sees it."""
+
+    def __init__(
+        self,
+        region_id: str,
+        channel: grpc.Channel,
+        *,
+        unary_timeout: float = UNARY_TIMEOUT,
+        stall_timeout: float = STALL_TIMEOUT,
+    ) -> None:
+        self.region_id = region_id
+        self._channel = channel
+        self._user = RegionNodeStub(channel)
+        self._internal = RegionNodeInternalStub(channel)
+        self._unary_timeout = unary_timeout
+        self._stall_timeout = stall_timeout
+        self._read_chunks = channel.unary_stream(
+            READ_CHUNKS,
+            request_serializer=pb.ReadChunksRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        self._write_chunks = channel.stream_unary(
+            WRITE_CHUNKS,
+            request_serializer=None,
+            response_deserializer=pb.WriteChunksResponse.FromString,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RegionNodeClient {self.region_id}>"
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _once(self, method: Any, request: Any, timeout: float) -> Any:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise node_error(self.region_id, exc) from None
+
+    def _idempotent(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        """An idempotent unary call, tried again (a few times, backing off) while the node is
+        UNAVAILABLE; never on a refusal or a timeout."""
+        retrying = Retrying(
+            retry=retry_if_exception(_is_unavailable),
+            stop=stop_after_attempt(RETRY_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.1, max=1.0),
+            reraise=True,
+        )
+        return retrying(self._once, method, request, timeout or self._unary_timeout)
+
+    # -- user API --------------------------------------------------------------------------------
+    def region_info(self) -> RegionSummary:
+        info = self._idempotent(self._user.GetRegionInfo, pb.GetRegionInfoRequest())
+        return region_from_proto(info)
+
+    def get_backup(self, project_id: str, backup_id: str) -> BackupSummary:
+        backup = self._idempotent(
+            self._user.GetBackup, pb.GetBackupRequest(project_id=project_id, backup_id=backup_id)
+        )
+        return backup_from_proto(backup)
+
+    # -- source side -----------------------------------------------------------------------------
+    def hold_backup(self, backup_id: str, job_id: str) -> None:
+        self._idempotent(
+            self._internal.HoldBackup, pb.HoldBackupRequest(backup_id=backup_id, job_id=job_id)
+        )
+
+    def release_backup(self, backup_id: str, job_id: str) -> None:
+        self._idempotent(
+            self._internal.ReleaseBackup, pb.HoldBackupRequest(backup_id=backup_id, job_id=job_id)
+        )
+
+    def record_replication(self, backup_id: str, record: ReplicationRecord) -> None:
+        request = pb.RecordReplicationRequest(
+            backup_id=backup_id,
+            record=pb.ReplicationRecord(
+                target_region_id=record.target_region_id,
+                target_project_id=record.target_project_id,
+                replica_id=record.replica_id,
+                way=int(record.way),  # type: ignore[arg-type]
+                policy_id=record.policy_id,
+                job_id=record.job_id,
+                status=int(record.status),  # type: ignore[arg-type]
+                failure_reason=record.failure_reason,
+            ),
+        )
+        self._idempotent(self._internal.RecordReplication, request)
+
+    # -- target side -----------------------------------------------------------------------------
+    def create_replica(
+        self,
+        header: ReplicaHeader,
+        source: RegionNodeClient,
+        source_backup_id: str,
+        stop: threading.Event | None = None,
+    ) -> BackupSummary:
+        """Creates the replica (idempotently, by job ID) with the source backup's manifest,
+        streamed from the source node into this one part by part. A failure of the source
+        cancels the call, so that a replica is never made from part of a manifest."""
+        manifest = source._internal.GetBackupManifest(
+            pb.GetBackupManifestRequest(backup_id=source_backup_id), timeout=STREAM_TIMEOUT
+        )
+        source_error: list[grpc.RpcError] = []
+        guard = _StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
+        calls: list[Any] = []
+        call_made = threading.Event()
+
+        def requests() -> Iterator[pb.CreateReplicaRequest]:
+            yield pb.CreateReplicaRequest(header=_header_to_proto(header))
+            try:
+                for part in manifest:
+                    guard.touch()
+                    yield pb.CreateReplicaRequest(manifest=part)
+            except grpc.RpcError as exc:
+                source_error.append(exc)
+                # Cancelled before the stream ends: an incomplete manifest must never count.
+                call_made.wait()
+                calls[0].cancel()
+                return
+            guard.sending_done()
+
+        with guard:
+            call = self._internal.CreateReplica.future(requests(), timeout=STREAM_TIMEOUT)
+            calls.append(call)
+            call_made.set()
+            guard.on_fire(call.cancel)
+            guard.on_fire(manifest.cancel)
+            try:
+                replica = call.result()
+            except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+                raise self._stream_error(exc, guard, source, source_error, "manifest") from None
+            finally:
+                manifest.cancel()
+        return backup_from_proto(replica)
+
+    def find_missing_chunks(self, replica_id: str) -> MissingChunks:
+        answer = self._idempotent(
+            self._internal.FindMissingChunks,
+            pb.FindMissingChunksRequest(replica_id=replica_id),
+            HEAVY_UNARY_TIMEOUT,
+        )
+        return MissingChunks(
+            missing=tuple(answer.missing),
+            chunks_total=answer.chunks_total,
+            bytes_total=answer.bytes_total,
+            chunks_already_held=answer.chunks_already_held,
+            bytes_already_held=answer.bytes_already_held,
+        )
+
+    def complete_replica(self, replica_id: str) -> BackupSummary:
+        backup = self._idempotent(
+            self._internal.CompleteReplica,
+            pb.CompleteReplicaRequest(replica_id=replica_id),
+            HEAVY_UNARY_TIMEOUT,
+        )
+        return backup_from_proto(backup)
+
+    def remove_replica(self, replica_id: str, job_id: str) -> bool:
+        answer = self._idempotent(
+            self._internal.RemoveReplica,
+            pb.RemoveReplicaRequest(replica_id=replica_id, job_id=job_id),
+            HEAVY_UNARY_TIMEOUT,
+        )
+        return bool(answer.removed)
+
+    def relay_chunks(
+        self,
+        source: RegionNodeClient,
+        replica_id: str,
+        hashes: Sequence[bytes],
+        on_chunk: Callable[[int], None],
+        stop: threading.Event | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Copies the named chunks from `source` into this node for the replica, RELAY_BATCH
+        hashes per ReadChunks/WriteChunks pair, forwarding each message as the raw bytes it
+        arrived as. Calls `on_chunk(data_length)` for each chunk as it passes (from a gRPC
+        thread), and `on_batch(chunks_written, bytes_written)` with the target's answer to each
+        batch. Returns the bytes sent on the wire (the raw message lengths). What reached the
+        target before a failure stays there (it commits as it goes)."""
+        wire_bytes = 0
+        for start in range(0, len(hashes), RELAY_BATCH):
+            batch = hashes[start : start + RELAY_BATCH]
+            sent, answer = self._relay_batch(source, replica_id, batch, on_chunk, stop)
+            wire_bytes += sent
+            if on_batch is not None:
+                on_batch(answer.chunks_written, answer.bytes_written)
+        return wire_bytes
+
+    def _relay_batch(
+        self,
+        source: RegionNodeClient,
+        replica_id: str,
+        hashes: Sequence[bytes],
+        on_chunk: Callable[[int], None],
+        stop: threading.Event | None,
+    ) -> tuple[int, pb.WriteChunksResponse]:
+        if stop is not None and stop.is_set():
+            raise NodeError(self.region_id, grpc.StatusCode.CANCELLED, "the coordinator stops")
+        reading = source._read_chunks(
+            pb.ReadChunksRequest(hashes=list(hashes)), timeout=STREAM_TIMEOUT
+        )
+        source_error: list[grpc.RpcError] = []
+        wire_bytes = 0
+        guard = _StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
+
+        def forward() -> Iterator[bytes]:
+            nonlocal wire_bytes
+            try:
+                for raw in reading:
+                    guard.touch()
+                    wire_bytes += len(raw)
+                    try:
+                        on_chunk(chunk_data_length(raw))
+                    except Exception:  # progress reporting must never cut the stream
+                        log.exception("progress callback failed")
+                    yield raw
+            except grpc.RpcError as exc:
+                # Ending the stream keeps what already reached the target; the error is raised
+                # once the target has answered.
+                source_error.append(exc)
+            guard.sending_done()
+
+        with guard:
+            writing = self._write_chunks.future(
+                forward(),
+                timeout=STREAM_TIMEOUT,
+                metadata=((REPLICA_ID_METADATA, replica_id),),
+            )
+            guard.on_fire(writing.cancel)
+            guard.on_fire(reading.cancel)
+            try:
+                answer = writing.result()
+            except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+                raise self._stream_error(exc, guard, source, source_error, "chunks") from None
+            finally:
+                reading.cancel()
+        if source_error:
+            raise node_error(source.region_id, source_error[0])
+        return wire_bytes, answer
+
+    def _stream_error(
+        self,
+        exc: BaseException,
+        guard: _StallGuard,
+        source: RegionNodeClient,
+        source_error: list[grpc.RpcError],
+        what: str,
+    ) -> CsbsError:
+        """Which side a failed source-to-target stream failed on, as a typed error."""
+        if guard.fired == "stopped":
+            return NodeError(self.region_id, grpc.StatusCode.CANCELLED, "the coordinator stops")
+        if guard.fired == "stalled":
+            return NodeError(
+                self.region_id,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no {what} moved from region {source.region_id} to region {self.region_id} "
+                f"for {self._stall_timeout:.0f}s",
+            )
+        if guard.fired == "unanswered":
+            return NodeError(
+                self.region_id,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"region {self.region_id} did not answer within {HEAVY_UNARY_TIMEOUT:.0f}s "
+                f"after the last {what} from region {source.region_id}",
+            )
+        if source_error:
+            return node_error(source.region_id, source_error[0])
+        if isinstance(exc, grpc.RpcError):
+            return node_error(self.region_id, exc)
+        return NodeError(self.region_id, grpc.StatusCode.CANCELLED, "the stream was cancelled")
+
+
+def _header_to_proto(h: ReplicaHeader) -> pb.CreateReplicaHeader:
+    return pb.CreateReplicaHeader(
+        project_id=h.project_id,
+        name=h.name,
+        description=h.description,
+        server_type=int(h.server_type),  # type: ignore[arg-type]
+        disks=[_disk_to_proto(d) for d in h.disks],
+        origin=_origin_to_proto(h.origin),
+        job_id=h.job_id,
+    )
+
+
+# --- every node of a cluster -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    """Where a region's node listens, and where it publishes the address it bound (port 0)."""
+
+    region_id: str
+    listen: str
+    data_dir: Path
+
+
+class RegionNodes:
+    """Clients of every region's node. A node's address is looked up at each `client()` call,
+    so that a node that came back on another port (port 0) is found again; channels are kept
+    per address."""
+
+    def __init__(self, endpoints: Sequence[NodeEndpoint], **client_options: float) -> None:
+        self._endpoints: Mapping[str, NodeEndpoint] = {e.region_id: e for e in endpoints}
+        self._client_options = client_options
+        self._lock = threading.Lock()
+        self._clients: dict[str, tuple[str, RegionNodeClient]] = {}
+        self._channels: list[grpc.Channel] = []
+
+    @property
+    def region_ids(self) -> list[str]:
+        return list(self._endpoints)
+
+    def __contains__(self, region_id: object) -> bool:
+        return region_id in self._endpoints
+
+    def client(self, region_id: str) -> RegionNodeClient:
+        """The client of a region's node; KeyError for a region not in the cluster; NodeError
+        (UNAVAILABLE) if the node has not published where it listens."""
+        endpoint = self._endpoints[region_id]
+        try:
+            address = resolve_address(endpoint.listen, endpoint.data_dir)
+        except ConfigError as exc:
+            raise NodeError(region_id, grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        with self._lock:
+            cached = self._clients.get(region_id)
+            if cached is not None and cached[0] == address:
+                return cached[1]
+            # The old channel (if any) is closed only at close(): a call may still use it.
+            channel = grpc.insecure_channel(address, options=channel_options())
+            self._channels.append(channel)
+            client = RegionNodeClient(region_id, channel, **self._client_options)
+            self._clients[region_id] = (address, client)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels:
+                channel.close()
+            self._channels.clear()
+            self._clients.clear()
