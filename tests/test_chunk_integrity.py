@@ -1,0 +1,69 @@
+"""Stored chunks are verified every time they are read: a flipped byte in a pack file is an
+error (DATA_LOSS), never wrong bytes on a restored disk. Domain test on a real store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from csbs.clock import WallClock
+from csbs.config import ProjectConfig
+from csbs.errors import ChunkCorrupted
+from region_node.config import NodeConfig
+from region_node.models import BackupStatus, ServerStatus
+from region_node.service import RegionNodeService
+from tests.node_helpers import MIB, seeded_bytes
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[RegionNodeService]:
+    config = NodeConfig(
+        region_id="cn-north-4",
+        display_name="CN North-Beijing4",
+        listen="127.0.0.1:0",
+        accepts_replication=True,
+        projects=(ProjectConfig("p1", "p1", "default", True),),
+        data_dir=tmp_path / "node",
+        chunk_size=MIB,
+    )
+    node = RegionNodeService(config, WallClock())
+    yield node
+    node.close()
+
+
+def _wait(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_corrupted_chunk_is_an_error_never_wrong_bytes(
+    service: RegionNodeService, tmp_path: Path
+) -> None:
+    server = service.create_server("", "", 1, [4 * MIB], "", "")
+    service.write_disk("", server.server_id, 0, [(0, seeded_bytes(1, 2 * MIB))])
+    taken = service.create_backup("", server.server_id, "", "", [], "")
+    _wait(lambda: service.get_backup("", taken.backup_id).status == BackupStatus.AVAILABLE)
+
+    (pack,) = (tmp_path / "node" / "chunks").glob("*.pack")
+    with pack.open("r+b") as f:
+        f.seek(MIB // 2)  # inside the first chunk's data
+        byte = f.read(1)
+        f.seek(MIB // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    parts = list(service.manifest(taken.backup_id))
+    hashes = [e.hash for part in parts for e in part]
+    with pytest.raises(ChunkCorrupted, match="does not match its hash"):
+        list(service.read_chunks(hashes))
+
+    image = service.create_image("", taken.backup_id, "", "", "")
+    copy = service.create_server("", "", 0, [], image.image_id, "")
+    _wait(lambda: service.get_server("", copy.server_id).status != ServerStatus.CREATING)
+    broken = service.get_server("", copy.server_id)
+    assert broken.status == ServerStatus.ERROR
+    assert "does not match its hash" in broken.error_reason
