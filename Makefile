@@ -39,6 +39,7 @@ cluster: install
 
 bench: install
 	$(PY) bench/backup.py
+	$(PY) bench/replicate.py
 
 demo: install
 	@echo "the demo arrives with the command-line issue"

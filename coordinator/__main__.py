@@ -8,7 +8,6 @@ import sys
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import build_server
-from csbs.clock import WallClock
 from csbs.config import ConfigError, load_cluster_config, write_address_file
 from csbs.rpc import serve_until_signal
 
@@ -26,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = CoordinatorConfig.from_cluster(cluster)
-    server, address, service, health_servicer = build_server(config, WallClock())
+    server, address, domain, health_servicer = build_server(config)
     server.start()
+    domain.policies.start()
     write_address_file(config.data_dir, address)
     logging.getLogger("coordinator").info("coordinator serving on %s", address)
-    serve_until_signal(server, health_servicer, on_stop=service.close)
+    serve_until_signal(server, health_servicer, on_stop=domain.close)
     return 0
 
 

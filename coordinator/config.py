@@ -19,6 +19,7 @@ class CoordinatorConfig:
     default_account_id: str
     retry_budget_seconds: float = 60.0
     cleanup_interval_seconds: float = 2.0
+    simulated_clock: bool = False
     job_workers: int = 4  # replication jobs copied at once; the others wait (WAITING)
 
     @classmethod
@@ -30,4 +31,5 @@ class CoordinatorConfig:
             default_account_id=cluster.default_account.account_id,
             retry_budget_seconds=cluster.coordinator.retry_budget_seconds,
             cleanup_interval_seconds=cluster.coordinator.cleanup_interval_seconds,
+            simulated_clock=cluster.simulated_clock,
         )

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator import models
+from coordinator import models, policies
+from coordinator.schedule import Schedule
+from csbs.errors import InvalidArgument
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as pb
 
@@ -97,4 +99,105 @@ def job_to_proto(job: models.ReplicationJob) -> pb.ReplicationJob:
         started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at),
         updated_at=timestamp(job.updated_at),
+    )
+
+
+# -- policies ------------------------------------------------------------------------------------
+def _schedule_to_proto(schedule: Schedule) -> pb.Schedule:
+    return pb.Schedule(rrule=schedule.rrule, timezone=schedule.timezone)
+
+
+def _schedule_from_proto(schedule: pb.Schedule) -> Schedule:
+    return Schedule(rrule=schedule.rrule, timezone=schedule.timezone or "UTC")
+
+
+def policy_to_proto(policy: policies.Policy) -> pb.Policy:
+    retention = pb.RetentionRule()
+    if policy.retention.keep_count:
+        retention.keep_count = policy.retention.keep_count
+    elif policy.retention.keep_days:
+        retention.keep_days = policy.retention.keep_days
+    repl = policy.replication
+    return pb.Policy(
+        policy_id=policy.policy_id,
+        region_id=policy.region_id,
+        project_id=policy.project_id,
+        name=policy.name,
+        description=policy.description,
+        server_ids=list(policy.server_ids),
+        backup_schedule=_schedule_to_proto(policy.backup_schedule),
+        retention=retention,
+        enabled=policy.enabled,
+        replication=None
+        if repl is None
+        else pb.PolicyReplication(
+            enabled=repl.enabled,
+            target_region_id=repl.target_region_id,
+            target_project_id=repl.target_project_id,
+            schedule=_schedule_to_proto(repl.schedule),
+            replica_keep_count=repl.replica_keep_count,
+        ),
+        created_at=timestamp(policy.created_at),
+        updated_at=timestamp(policy.updated_at),
+        next_backup_at=timestamp(policy.next_backup_at),
+        next_replication_at=timestamp(policy.next_replication_at),
+    )
+
+
+def policy_from_proto(message: pb.Policy) -> policies.Policy:
+    now = datetime.now(UTC)  # placeholders: the service sets the real times
+    which = message.retention.WhichOneof("rule")
+    retention = policies.Retention(
+        keep_count=message.retention.keep_count if which == "keep_count" else 0,
+        keep_days=message.retention.keep_days if which == "keep_days" else 0,
+    )
+    if which and not (message.retention.keep_count or message.retention.keep_days):
+        raise InvalidArgument(f"retention.{which}: 1 to {policies.MAX_KEEP}")
+    repl = message.replication if message.HasField("replication") else None
+    return policies.Policy(
+        policy_id=message.policy_id,
+        region_id=message.region_id,
+        project_id=message.project_id,
+        name=message.name,
+        description=message.description,
+        server_ids=tuple(message.server_ids),
+        backup_schedule=_schedule_from_proto(message.backup_schedule),
+        retention=retention,
+        enabled=message.enabled,
+        replication=None
+        if repl is None
+        else policies.PolicyReplication(
+            enabled=repl.enabled,
+            target_region_id=repl.target_region_id,
+            target_project_id=repl.target_project_id,
+            schedule=_schedule_from_proto(repl.schedule),
+            replica_keep_count=repl.replica_keep_count,
+        ),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def run_to_proto(run: policies.PolicyRun) -> pb.PolicyRun:
+    return pb.PolicyRun(
+        run_id=run.run_id,
+        policy_id=run.policy_id,
+        kind=run.kind,  # type: ignore[arg-type]
+        trigger=run.trigger,  # type: ignore[arg-type]
+        status=run.status,  # type: ignore[arg-type]
+        scheduled_at=timestamp(run.scheduled_at),
+        started_at=timestamp(run.started_at),
+        finished_at=timestamp(run.finished_at),
+        items=[
+            pb.PolicyRunItem(
+                backup_id=i.backup_id,
+                server_id=i.server_id,
+                job_id=i.job_id,
+                action=i.action,
+                reason=i.reason,
+            )
+            for i in run.items
+        ],
+        job_ids=list(run.job_ids),
+        reason=run.reason,
     )

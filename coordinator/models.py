@@ -82,6 +82,8 @@ class ReplicateRequest:
     name: str = ""
     description: str = ""
     idempotency_token: str = ""
+    way: ReplicationWay = ReplicationWay.MANUAL  # M2 and M3 come from policies
+    policy_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,13 @@ class _ProgressTracker:
 
 
 class ReplicationService:
-    def __init__(self, config: CoordinatorConfig, clock: Clock, nodes: RegionNodes) -> None:
+    def __init__(
+        self, config: CoordinatorConfig, clock: Clock, nodes: RegionNodes, store: Store
+    ) -> None:
         self._config = config
         self._clock = clock
         self._nodes = nodes
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._store = Store(config.data_dir / "coordinator.db")
+        self._store = store
         self._tokens = PageTokens(
             self._store.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
@@ -177,8 +178,6 @@ class ReplicationService:
         self._jobs.shutdown(wait=True, cancel_futures=True)
         self._calls.shutdown(wait=True, cancel_futures=True)
         self._cleaner.join()
-        self._store.close()
-        self._nodes.close()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _client(self, region_id: str) -> RegionNodeClient:
@@ -272,13 +271,18 @@ class ReplicationService:
             target_project = target_info.main_project(account)
             if target_project is None:
                 raise TargetProjectNotFound("(main)", tgt)
-        name = validate_name(request.name or f"manual_rep_from_{backup.backup_id}", "name")
+        default_name = (
+            f"manual_rep_from_{backup.backup_id}"
+            if request.way == ReplicationWay.MANUAL
+            else f"policy_rep_from_{backup.backup_id}"
+        )
+        name = validate_name(request.name or default_name, "name")
 
         now = self._clock.now()
         job = ReplicationJob(
             job_id=str(uuid.uuid4()),
-            way=ReplicationWay.MANUAL,
-            policy_id="",
+            way=request.way,
+            policy_id=request.policy_id,
             source_region_id=src,
             source_project_id=source_project.project_id,
             source_backup_id=backup.backup_id,

@@ -1,36 +1,66 @@
-"""Builds the coordinator's gRPC server: its service, health and reflection."""
+"""Builds the coordinator's gRPC server: its services, health and reflection."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health
 
+from coordinator.cluster_clock import ClusterClock
 from coordinator.config import CoordinatorConfig
+from coordinator.policies import PolicyService
 from coordinator.replication import ReplicationService
-from coordinator.servicer import CoordinatorServicer
+from coordinator.servicer import CoordinatorAdminServicer, CoordinatorServicer
+from coordinator.store import Store
 from csbs.clients import STALL_TIMEOUT, RegionNodes
-from csbs.clock import Clock
 from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-# CoordinatorAdmin (AdvanceClock) comes with the simulated clock, in a later issue.
-SERVICE_NAMES = [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name]
+SERVICE_NAMES = [
+    coordinator_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("Coordinator", "CoordinatorAdmin")
+]
+
+
+@dataclass
+class Coordinator:
+    """The coordinator's domain, assembled: stopped in the reverse order of its making."""
+
+    store: Store
+    nodes: RegionNodes
+    clock: ClusterClock
+    replication: ReplicationService
+    policies: PolicyService
+
+    def close(self) -> None:
+        self.policies.close()
+        self.replication.close()
+        self.store.close()
+        self.nodes.close()
 
 
 def build_server(
-    config: CoordinatorConfig, clock: Clock
-) -> tuple[grpc.Server, str, ReplicationService, health.HealthServicer]:
-    """The server, bound (not started), with the address it got and its domain service (which
-    has resumed its unfinished jobs)."""
+    config: CoordinatorConfig,
+) -> tuple[grpc.Server, str, Coordinator, health.HealthServicer]:
+    """The server, bound (not started), with the address it got and its domain (which has
+    resumed its unfinished jobs)."""
     # A stream that stalls is cut well within the retry budget, so that it can be tried again.
     stall = max(min(STALL_TIMEOUT, config.retry_budget_seconds / 2), 5.0)
     nodes = RegionNodes(config.regions, stall_timeout=stall)
-    service = ReplicationService(config, clock, nodes)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.data_dir / "coordinator.db")
+    clock = ClusterClock(config.simulated_clock, store, nodes)
+    replication = ReplicationService(config, clock, nodes, store)
+    policies = PolicyService(store, clock, nodes, replication, config.default_account_id)
+    domain = Coordinator(store, nodes, clock, replication, policies)
     server = new_server()
-    # The policy calls (a later issue) are left to the generated base class, which answers
-    # UNIMPLEMENTED; its stubs declare them abstract.
-    servicer = CoordinatorServicer(service, clock)  # type: ignore[abstract]
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(replication, policies, clock), server
+    )
+    coordinator_pb2_grpc.add_CoordinatorAdminServicer_to_server(
+        CoordinatorAdminServicer(policies, clock), server
+    )
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     address = bind(server, config.listen)
-    return server, address, service, health_servicer
+    return server, address, domain, health_servicer

@@ -1,23 +1,30 @@
-"""The Coordinator gRPC servicer: convert, call one domain method, convert back. Policies
-belong to a later issue: their calls are left to the generated base class (UNIMPLEMENTED)."""
+"""The Coordinator gRPC servicers: convert, call one domain method, convert back."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 
 import grpc
 
 from coordinator import convert
+from coordinator.cluster_clock import ClusterClock
+from coordinator.policies import PolicyService
 from coordinator.replication import ReplicationService
-from csbs.clock import Clock
+from csbs.errors import InvalidArgument
 from csbs.rpc import rpc_method
 from csbs.v1 import coordinator_pb2 as pb
 from csbs.v1 import coordinator_pb2_grpc
 
+MAX_ADVANCE_SECONDS = 10 * 366 * 86400
+
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, replication: ReplicationService, clock: Clock) -> None:
+    def __init__(
+        self, replication: ReplicationService, policies: PolicyService, clock: ClusterClock
+    ) -> None:
         self._replication = replication
+        self._policies = policies
         self._clock = clock
 
     @rpc_method
@@ -63,5 +70,103 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc_method
     def GetClock(self, request: pb.GetClockRequest, context: grpc.ServicerContext) -> pb.ClockState:
-        # The wall clock until the simulated cluster clock arrives (a later issue).
-        return pb.ClockState(now=convert.timestamp(self._clock.now()), simulated=False)
+        return pb.ClockState(
+            now=convert.timestamp(self._clock.now()), simulated=self._clock.simulated
+        )
+
+    @rpc_method
+    def CreatePolicy(
+        self, request: pb.CreatePolicyRequest, context: grpc.ServicerContext
+    ) -> pb.Policy:
+        policy = self._policies.create(
+            convert.policy_from_proto(request.policy), request.request_id
+        )
+        return convert.policy_to_proto(policy)
+
+    @rpc_method
+    def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.Policy:
+        return convert.policy_to_proto(self._policies.get(request.policy_id))
+
+    @rpc_method
+    def ListPolicies(
+        self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext
+    ) -> pb.ListPoliciesResponse:
+        page = self._policies.list_policies(
+            request.region_id, request.project_id, request.page_size, request.page_token
+        )
+        return pb.ListPoliciesResponse(
+            policies=[convert.policy_to_proto(p) for p in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc_method
+    def UpdatePolicy(
+        self, request: pb.UpdatePolicyRequest, context: grpc.ServicerContext
+    ) -> pb.Policy:
+        policy = self._policies.update(
+            convert.policy_from_proto(request.policy), list(request.update_fields)
+        )
+        return convert.policy_to_proto(policy)
+
+    @rpc_method
+    def DeletePolicy(
+        self, request: pb.DeletePolicyRequest, context: grpc.ServicerContext
+    ) -> pb.DeletePolicyResponse:
+        self._policies.delete(request.policy_id)
+        return pb.DeletePolicyResponse()
+
+    @rpc_method
+    def AddPolicyServers(
+        self, request: pb.PolicyServersRequest, context: grpc.ServicerContext
+    ) -> pb.Policy:
+        policy = self._policies.set_servers(request.policy_id, list(request.server_ids), True)
+        return convert.policy_to_proto(policy)
+
+    @rpc_method
+    def RemovePolicyServers(
+        self, request: pb.PolicyServersRequest, context: grpc.ServicerContext
+    ) -> pb.Policy:
+        policy = self._policies.set_servers(request.policy_id, list(request.server_ids), False)
+        return convert.policy_to_proto(policy)
+
+    @rpc_method
+    def ExecutePolicy(
+        self, request: pb.ExecutePolicyRequest, context: grpc.ServicerContext
+    ) -> pb.PolicyRun:
+        return convert.run_to_proto(self._policies.execute(request.policy_id, request.kind))
+
+    @rpc_method
+    def ListPolicyRuns(
+        self, request: pb.ListPolicyRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPolicyRunsResponse:
+        page = self._policies.list_runs(request.policy_id, request.page_size, request.page_token)
+        return pb.ListPolicyRunsResponse(
+            runs=[convert.run_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+
+class CoordinatorAdminServicer(coordinator_pb2_grpc.CoordinatorAdminServicer):
+    """Operator calls."""
+
+    def __init__(self, policies: PolicyService, clock: ClusterClock) -> None:
+        self._policies = policies
+        self._clock = clock
+
+    @rpc_method
+    def AdvanceClock(
+        self, request: pb.AdvanceClockRequest, context: grpc.ServicerContext
+    ) -> pb.ClockState:
+        which = request.WhichOneof("target")
+        if which == "to":
+            to = request.to.ToDatetime(tzinfo=UTC)
+        elif which == "by_seconds":
+            if request.by_seconds > MAX_ADVANCE_SECONDS:
+                raise InvalidArgument(
+                    f"by_seconds {request.by_seconds}: at most {MAX_ADVANCE_SECONDS} (10 years)"
+                )
+            to = self._clock.now() + timedelta(seconds=request.by_seconds)
+        else:
+            raise InvalidArgument("to or by_seconds is required")
+        now = self._policies.advance(to)
+        return pb.ClockState(now=convert.timestamp(now), simulated=self._clock.simulated)

@@ -24,7 +24,7 @@ from coordinator.models import (
 )
 from csbs.clients import ReplicationWay
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -79,6 +79,37 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE sequence (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
+    )
+    """,
+    2: """
+    -- Backup policies: the definition as versioned JSON, with the columns the scheduler and
+    -- lists search by.
+    CREATE TABLE policies (
+        policy_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        region_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        next_backup_at REAL,
+        next_replication_at REAL
+    );
+    CREATE INDEX policies_by_project ON policies(region_id, project_id, seq);
+    -- A server is protected by at most one policy.
+    CREATE TABLE policy_servers (
+        server_id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL
+    );
+    CREATE INDEX policy_servers_by_policy ON policy_servers(policy_id);
+    CREATE TABLE policy_runs (
+        run_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        policy_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX policy_runs_by_policy ON policy_runs(policy_id, seq);
+    CREATE TABLE policy_requests (
+        request_id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL
     )
     """,
 }

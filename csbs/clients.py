@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from csbs.config import ConfigError, resolve_address
@@ -147,6 +149,10 @@ class BackupSummary:
     disks: tuple[BackupDisk, ...]
     origin: BackupOrigin
     policy_id: str = ""
+    server_id: str = ""
+    image_ids: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    error_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,10 @@ def backup_from_proto(b: pb.Backup) -> BackupSummary:
             replication_job_id=o.replication_job_id,
         ),
         policy_id=b.policy_id,
+        server_id=b.server_id,
+        image_ids=tuple(b.image_ids),
+        created_at=b.created_at.ToDatetime(tzinfo=UTC) if b.HasField("created_at") else None,
+        error_reason=b.error_reason,
     )
 
 
@@ -476,6 +486,64 @@ class RegionNodeClient:
             self._user.GetBackup, pb.GetBackupRequest(project_id=project_id, backup_id=backup_id)
         )
         return backup_from_proto(backup)
+
+    def list_backups(
+        self, project_id: str, policy_id: str = "", server_id: str = ""
+    ) -> list[BackupSummary]:
+        """Every backup of a project (all pages), optionally of one policy or server."""
+        found: list[BackupSummary] = []
+        token = ""
+        while True:
+            page = self._idempotent(
+                self._user.ListBackups,
+                pb.ListBackupsRequest(
+                    project_id=project_id,
+                    policy_id=policy_id,
+                    server_id=server_id,
+                    page_size=1000,
+                    page_token=token,
+                ),
+            )
+            found.extend(backup_from_proto(b) for b in page.backups)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def delete_backup(self, project_id: str, backup_id: str) -> None:
+        self._once(
+            self._user.DeleteBackup,
+            pb.DeleteBackupRequest(project_id=project_id, backup_id=backup_id),
+            self._unary_timeout,
+        )
+
+    def server_type(self, project_id: str, server_id: str) -> ServerType:
+        """The kind of a server of the project (NOT_FOUND if it has none such)."""
+        server = self._idempotent(
+            self._user.GetServer, pb.GetServerRequest(project_id=project_id, server_id=server_id)
+        )
+        return _enum(ServerType, server.server_type)  # type: ignore[no-any-return]
+
+    def create_policy_backup(
+        self, project_id: str, server_id: str, name: str, policy_id: str, request_id: str
+    ) -> BackupSummary:
+        """A backup made by a policy; idempotent by request ID."""
+        backup = self._idempotent(
+            self._internal.CreatePolicyBackup,
+            pb.CreatePolicyBackupRequest(
+                backup=pb.CreateBackupRequest(
+                    project_id=project_id, server_id=server_id, name=name, request_id=request_id
+                ),
+                policy_id=policy_id,
+            ),
+        )
+        return backup_from_proto(backup)
+
+    def set_clock(self, now: datetime) -> datetime:
+        """Simulated mode: moves the node's clock; answers the node's now (never earlier)."""
+        stamp = Timestamp()
+        stamp.FromDatetime(now)
+        answer = self._idempotent(self._internal.SetClock, pb.SetClockRequest(now=stamp))
+        return answer.now.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
     # -- source side -----------------------------------------------------------------------------
     def hold_backup(self, backup_id: str, job_id: str) -> None:

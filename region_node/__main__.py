@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from csbs.clock import WallClock
+from csbs.clock import Clock, SimulatedClock, WallClock
 from csbs.config import ConfigError, load_cluster_config, write_address_file
 from csbs.rpc import serve_until_signal
 from region_node.config import NodeConfig
@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: region {args.region!r} is not in {args.config}", file=sys.stderr)
         return 2
     config = NodeConfig.from_cluster(cluster, region)
-    server, address, service, health_servicer = build_server(config, WallClock())
+    # In simulated mode the coordinator moves this clock; it starts where it was persisted.
+    clock: Clock = SimulatedClock(WallClock().now()) if cluster.simulated_clock else WallClock()
+    server, address, service, health_servicer = build_server(config, clock)
     server.start()
     write_address_file(config.data_dir, address)
     logging.getLogger("region_node").info("region %s serving on %s", config.region_id, address)

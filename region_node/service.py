@@ -135,6 +135,8 @@ class RegionNodeService:
         self._accepts_replication = (
             self._setting("accepts_replication", "1" if config.accepts_replication else "0") == "1"
         )
+        if isinstance(clock, SimulatedClock):
+            clock.set(datetime.fromisoformat(self._setting("clock_now", clock.now().isoformat())))
         self._projects = {
             p.project_id: Project(p.project_id, p.name, p.account_id, p.main)
             for p in config.projects
@@ -1702,12 +1704,20 @@ class RegionNodeService:
             return self._to_backup(conn, self._backup_row(conn, None, backup_id))
 
     def set_clock(self, instant: datetime) -> datetime:
-        """Simulated mode: the coordinator moves this node's clock (never backwards)."""
+        """Simulated mode: the coordinator moves this node's clock (never backwards); the
+        instant is persisted, so a restarted node starts where it was."""
         if not isinstance(self._clock, SimulatedClock):
             raise FailedPrecondition(
                 "the cluster clock is not simulated; it follows the wall clock"
             )
-        return self._clock.set(instant)
+        now = self._clock.set(instant)
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES ('clock_now', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (now.isoformat(),),
+            )
+        return now
 
     # -- for tests and reports ----------------------------------------------------------------
     def stored_bytes(self) -> int:

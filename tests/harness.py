@@ -66,6 +66,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)  # finite floats only: TOML has no nan/inf spelled as Python does
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, dict):
@@ -80,10 +82,13 @@ def write_cluster_config(
     regions: Sequence[dict[str, Any]] | None = None,
     chunk_size: int = 1 << 20,
     simulated_clock: bool = False,
+    coordinator: dict[str, Any] | None = None,
 ) -> Path:
     """Writes `<tmp_dir>/cluster.toml` with data under `<tmp_dir>/data` and every process on
     127.0.0.1:0, and returns its path. `regions` take the config file's keys (id, name,
-    accepts_replication, projects); any `listen` in them is replaced by port 0."""
+    accepts_replication, projects); any `listen` in them is replaced by port 0. `coordinator`
+    takes keys of the `[coordinator]` table (retry_budget_seconds, cleanup_interval_seconds);
+    its `listen` too is always port 0."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "[cluster]",
@@ -92,7 +97,10 @@ def write_cluster_config(
         f"clock = {_toml_value('simulated' if simulated_clock else 'wall')}",
         "",
         "[coordinator]",
-        f"listen = {_toml_value(ANY_PORT)}",
+        *(
+            f"{key} = {_toml_value(value)}"
+            for key, value in {**(coordinator or {}), "listen": ANY_PORT}.items()
+        ),
         "",
         "[[accounts]]",
         'id = "default"',

@@ -1,0 +1,76 @@
+"""The cluster clock: one time for every process. In wall mode it follows the wall clock; in
+simulated mode it moves only when the operator advances it, is persisted (never backwards,
+across restarts too) and is pushed to every region node, so that every timestamp in the cluster
+comes from it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from coordinator.store import Store
+from csbs.clients import RegionNodes
+from csbs.clock import SimulatedClock, WallClock
+from csbs.errors import CsbsError, FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SETTING = "simulated_clock_now"
+
+
+class ClusterClock:
+    def __init__(self, simulated: bool, store: Store, nodes: RegionNodes) -> None:
+        self.simulated = simulated
+        self._store = store
+        self._nodes = nodes
+        self._lock = threading.Lock()
+        self._wall = WallClock()
+        start = datetime.fromisoformat(store.setting(SETTING, self._wall.now().isoformat()))
+        self._simulated = SimulatedClock(start)
+
+    def now(self) -> datetime:
+        return self._simulated.now() if self.simulated else self._wall.now()
+
+    def _persist(self, instant: datetime) -> None:
+        with self._store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (SETTING, instant.isoformat()),
+            )
+
+    def move_to(self, instant: datetime) -> datetime:
+        """Simulated mode: moves the clock to `instant` (never backwards) and tells every node."""
+        if not self.simulated:
+            raise FailedPrecondition(
+                "the cluster clock follows the wall clock; start the cluster with "
+                'clock = "simulated" to move it'
+            )
+        with self._lock:
+            if instant < self._simulated.now():
+                raise InvalidArgument(
+                    f"to: {instant.isoformat()} is before the cluster clock "
+                    f"({self._simulated.now().isoformat()}); it never goes backwards"
+                )
+            now = self._simulated.set(instant.astimezone(UTC))
+            self._persist(now)
+        self.push()
+        return now
+
+    def push(self) -> None:
+        """Tells every node the simulated time (best effort: a node that is down is told next
+        time; a node that was ahead, having kept its own time, moves this clock forward)."""
+        if not self.simulated:
+            return
+        now = self._simulated.now()
+        for region_id in self._nodes.region_ids:
+            try:
+                theirs = self._nodes.client(region_id).set_clock(now)
+            except CsbsError as exc:
+                log.warning("could not set the clock of region %s: %s", region_id, exc)
+                continue
+            if theirs > now:
+                with self._lock:
+                    now = self._simulated.set(theirs)
+                    self._persist(now)

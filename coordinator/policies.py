@@ -1,0 +1,922 @@
+"""Backup policies (with replication: M2, and execute-now: M3), their runs, retention, and the
+scheduler that runs them on the cluster clock.
+
+A run is two steps: it starts its work (backups of every protected server, or replication jobs
+for every backup the policy made that never reached the target region), then waits for that
+work to end and applies retention. Every run leaves a record: what it did, skipped (and which
+rule said so) and failed (and why). A run still going when the next one of its policy and kind
+falls due makes that one skipped, not queued. Plain Python: nodes are reached through
+csbs.clients, replication through the ReplicationService (the same rule checks as M1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from coordinator.cluster_clock import ClusterClock
+from coordinator.models import JobStatus, Page, ReplicateRequest
+from coordinator.replication import ReplicationService
+from coordinator.schedule import Schedule, validate_schedule
+from coordinator.store import Store
+from csbs.clients import BackupStatus, RegionNodes, ReplicationWay, ServerType
+from csbs.errors import (
+    CsbsError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProjectNotFound,
+    RegionNotFound,
+)
+from csbs.names import validate_description, validate_name, validate_request_id
+from csbs.paging import PageTokens, page_size
+
+log = logging.getLogger(__name__)
+
+BODY_VERSION = 1
+MAX_KEEP = 99999
+MAX_SERVERS = 64
+WAIT_POLL = 0.1
+WORK_TIMEOUT = 6 * 3600.0  # a run gives up waiting for its backups or jobs after this
+
+KIND_BACKUP = 1
+KIND_REPLICATION = 2
+TRIGGER_SCHEDULE = 1
+TRIGGER_EXECUTE_NOW = 2
+RUNNING, FINISHED, SKIPPED, FAILED = 1, 2, 3, 4
+KIND_NAMES = {KIND_BACKUP: "backup", KIND_REPLICATION: "replication"}
+
+
+class PolicyNotFound(NotFound):
+    def __init__(self, policy_id: str) -> None:
+        super().__init__("policy", policy_id)
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_count: int = 0  # keep the newest N; 0: not this rule
+    keep_days: int = 0  # keep for D days; 0: not this rule (both 0: keep forever)
+
+
+@dataclass(frozen=True)
+class PolicyReplication:
+    enabled: bool
+    target_region_id: str
+    target_project_id: str
+    schedule: Schedule
+    replica_keep_count: int = 0  # keep the newest N replicas there; 0: keep all
+
+
+@dataclass(frozen=True)
+class Policy:
+    policy_id: str
+    region_id: str
+    project_id: str
+    name: str
+    description: str
+    server_ids: tuple[str, ...]
+    backup_schedule: Schedule
+    retention: Retention
+    enabled: bool
+    replication: PolicyReplication | None
+    created_at: datetime
+    updated_at: datetime
+    next_backup_at: datetime | None = None
+    next_replication_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunItem:
+    action: str  # backed_up, replicated, skipped, failed, deleted, kept
+    backup_id: str = ""
+    server_id: str = ""
+    job_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    run_id: str
+    policy_id: str
+    kind: int
+    trigger: int
+    status: int
+    scheduled_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    items: tuple[RunItem, ...] = ()
+    job_ids: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class _Work:
+    """What the first step of a run started, for its second step to wait on."""
+
+    backups: list[tuple[str, str]] = field(default_factory=list)  # (server_id, backup_id)
+    jobs: list[tuple[str, str]] = field(default_factory=list)  # (backup_id, job_id)
+
+
+# -- the stored form of a policy and a run -------------------------------------------------------
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _policy_body(policy: Policy) -> str:
+    body = asdict(policy)
+    for key in ("created_at", "updated_at", "next_backup_at", "next_replication_at"):
+        body.pop(key, None)
+    body["version"] = BODY_VERSION
+    body["created_at"] = _when(policy.created_at)
+    body["updated_at"] = _when(policy.updated_at)
+    return json.dumps(body)
+
+
+def _policy_from_row(body: str, next_backup: float | None, next_repl: float | None) -> Policy:
+    raw = json.loads(body)
+    if raw.get("version") != BODY_VERSION:
+        raise ValueError(f"policy body version {raw.get('version')} is not {BODY_VERSION}")
+    repl = raw["replication"]
+    return Policy(
+        policy_id=raw["policy_id"],
+        region_id=raw["region_id"],
+        project_id=raw["project_id"],
+        name=raw["name"],
+        description=raw["description"],
+        server_ids=tuple(raw["server_ids"]),
+        backup_schedule=Schedule(**raw["backup_schedule"]),
+        retention=Retention(**raw["retention"]),
+        enabled=raw["enabled"],
+        replication=None
+        if repl is None
+        else PolicyReplication(
+            enabled=repl["enabled"],
+            target_region_id=repl["target_region_id"],
+            target_project_id=repl["target_project_id"],
+            schedule=Schedule(**repl["schedule"]),
+            replica_keep_count=repl["replica_keep_count"],
+        ),
+        created_at=datetime.fromisoformat(raw["created_at"]),
+        updated_at=datetime.fromisoformat(raw["updated_at"]),
+        next_backup_at=None if next_backup is None else datetime.fromtimestamp(next_backup, UTC),
+        next_replication_at=None if next_repl is None else datetime.fromtimestamp(next_repl, UTC),
+    )
+
+
+def _run_body(run: PolicyRun) -> str:
+    body: dict[str, Any] = asdict(run)
+    for key in ("scheduled_at", "started_at", "finished_at"):
+        body[key] = _when(getattr(run, key))
+    body["version"] = BODY_VERSION
+    return json.dumps(body)
+
+
+def _run_from_body(body: str) -> PolicyRun:
+    raw = json.loads(body)
+    raw.pop("version", None)
+    return PolicyRun(
+        **{
+            **raw,
+            "scheduled_at": datetime.fromisoformat(raw["scheduled_at"]),
+            "started_at": _parse_when(raw["started_at"]),
+            "finished_at": _parse_when(raw["finished_at"]),
+            "items": tuple(RunItem(**i) for i in raw["items"]),
+            "job_ids": tuple(raw["job_ids"]),
+        }
+    )
+
+
+def _next_seq(conn: Any, name: str) -> int:
+    row = conn.execute("SELECT value FROM sequence WHERE name = ?", (name,)).fetchone()
+    value = (row[0] if row else 0) + 1
+    conn.execute(
+        "INSERT INTO sequence(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+    return int(value)
+
+
+class PolicyService:
+    def __init__(
+        self,
+        store: Store,
+        clock: ClusterClock,
+        nodes: RegionNodes,
+        replication: ReplicationService,
+        default_account_id: str,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._nodes = nodes
+        self._replication = replication
+        self._account = default_account_id
+        self._tokens = PageTokens(
+            store.setting("page_token_secret", secrets.token_hex(32)).encode()
+        )
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, int], str] = {}  # (policy, kind) -> run in flight
+        self._deleted: set[str] = set()
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._advance_lock = threading.Lock()
+        self._scheduler: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts following the schedules (wall mode; in simulated mode AdvanceClock runs them)."""
+        self._clock.push()
+        if not self._clock.simulated:
+            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler")
+            self._scheduler.daemon = True
+            self._scheduler.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=10)
+
+    # -- validation -------------------------------------------------------------------------------
+    def _check_definition(self, policy: Policy) -> Policy:
+        """Checks every field against its rule; returns the policy with defaults filled in."""
+        validate_name(policy.name, "name")
+        validate_description(policy.description, "description")
+        if policy.region_id not in self._nodes:
+            raise RegionNotFound(policy.region_id)
+        info = self._nodes.client(policy.region_id).region_info()
+        project = (
+            info.project(policy.project_id)
+            if policy.project_id
+            else info.main_project(self._account)
+        )
+        if project is None:
+            raise ProjectNotFound(policy.project_id)
+        policy = replace(policy, project_id=project.project_id)
+        validate_schedule(
+            policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
+        )
+        r = policy.retention
+        if r.keep_count and r.keep_days:
+            raise InvalidArgument("retention: keep_count or keep_days, not both")
+        for name, value in (("keep_count", r.keep_count), ("keep_days", r.keep_days)):
+            if not 0 <= value <= MAX_KEEP:
+                raise InvalidArgument(f"retention.{name} {value}: 1 to {MAX_KEEP}")
+        policy = replace(
+            policy,
+            backup_schedule=validate_schedule(
+                policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
+            ),
+        )
+        if policy.replication is not None:
+            policy = replace(policy, replication=self._check_replication(policy))
+        return policy
+
+    def _check_replication(self, policy: Policy) -> PolicyReplication:
+        repl = policy.replication
+        assert repl is not None
+        target = repl.target_region_id
+        if not target:
+            raise InvalidArgument("replication.target_region_id is required")
+        if target not in self._nodes:
+            raise RegionNotFound(target)
+        if target == policy.region_id:
+            raise InvalidArgument(
+                "replication.target_region_id: the target must be another region than the "
+                f"policy's region {policy.region_id}"
+            )
+        info = self._nodes.client(target).region_info()
+        if not info.accepts_replication:
+            raise FailedPrecondition(
+                f"R5: region {target} does not accept replication; it cannot be a policy's "
+                "replication target"
+            )
+        project = (
+            info.project(repl.target_project_id)
+            if repl.target_project_id
+            else info.main_project(self._account)
+        )
+        if project is None or project.account_id != self._account:
+            raise NotFound(
+                "project", f"{repl.target_project_id or '(main)'} in region {target} (P3)"
+            )
+        if not 0 <= repl.replica_keep_count <= MAX_KEEP:
+            raise InvalidArgument(f"replication.replica_keep_count: 0 to {MAX_KEEP}")
+        schedule = validate_schedule(
+            repl.schedule.rrule, repl.schedule.timezone, "replication.schedule"
+        )
+        return replace(repl, target_project_id=project.project_id, schedule=schedule)
+
+    def _check_servers(self, policy: Policy, server_ids: tuple[str, ...]) -> None:
+        if len(server_ids) > MAX_SERVERS:
+            raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
+        if len(set(server_ids)) != len(server_ids):
+            raise InvalidArgument("server_ids: a server is named twice")
+        client = self._nodes.client(policy.region_id)
+        for server_id in server_ids:
+            kind = client.server_type(policy.project_id, server_id)
+            if kind != ServerType.ECS:
+                raise FailedPrecondition(
+                    f"R1a: server {server_id} is a bare-metal server; a policy protects "
+                    "elastic cloud servers (ECS) only"
+                )
+        with self._store.read() as conn:
+            for server_id in server_ids:
+                row = conn.execute(
+                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
+                ).fetchone()
+                if row and row[0] != policy.policy_id:
+                    raise FailedPrecondition(
+                        f"server {server_id} is already protected by policy {row[0]}; a server "
+                        "belongs to at most one policy"
+                    )
+
+    # -- CRUD -------------------------------------------------------------------------------------
+    def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, ...]:
+        backup = policy.backup_schedule.next_after(after) if policy.enabled else None
+        repl = policy.replication
+        replication = (
+            repl.schedule.next_after(after) if policy.enabled and repl and repl.enabled else None
+        )
+        return (
+            None if backup is None else backup.timestamp(),
+            None if replication is None else replication.timestamp(),
+        )
+
+    def create(self, policy: Policy, request_id: str) -> Policy:
+        validate_request_id(request_id)
+        if request_id:
+            with self._store.read() as conn:
+                row = conn.execute(
+                    "SELECT policy_id FROM policy_requests WHERE request_id = ?", (request_id,)
+                ).fetchone()
+            if row:
+                return self.get(row[0])
+        now = self._clock.now()
+        policy = replace(policy, policy_id=str(uuid.uuid4()), created_at=now, updated_at=now)
+        policy = self._check_definition(policy)
+        self._check_servers(policy, policy.server_ids)
+        times = self._schedule_times(policy, now)
+        with self._store.transaction() as conn:
+            for server_id in policy.server_ids:
+                row = conn.execute(
+                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
+                ).fetchone()
+                if row:
+                    raise FailedPrecondition(
+                        f"server {server_id} is already protected by policy {row[0]}"
+                    )
+            conn.execute(
+                "INSERT INTO policies(policy_id, seq, region_id, project_id, body, "
+                "next_backup_at, next_replication_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    policy.policy_id,
+                    _next_seq(conn, "policies"),
+                    policy.region_id,
+                    policy.project_id,
+                    _policy_body(policy),
+                    *times,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO policy_servers(server_id, policy_id) VALUES (?, ?)",
+                [(s, policy.policy_id) for s in policy.server_ids],
+            )
+            if request_id:
+                conn.execute(
+                    "INSERT INTO policy_requests(request_id, policy_id) VALUES (?, ?)",
+                    (request_id, policy.policy_id),
+                )
+        self._wake_scheduler()
+        return self.get(policy.policy_id)
+
+    def get(self, policy_id: str) -> Policy:
+        if not policy_id:
+            raise InvalidArgument("policy_id is required")
+        with self._store.read() as conn:
+            row = conn.execute(
+                "SELECT body, next_backup_at, next_replication_at FROM policies "
+                "WHERE policy_id = ?",
+                (policy_id,),
+            ).fetchone()
+        if row is None:
+            raise PolicyNotFound(policy_id)
+        return _policy_from_row(*row)
+
+    def list_policies(self, region_id: str, project_id: str, size: int, token: str) -> Page[Policy]:
+        limit = page_size(size)
+        scope = f"policies/{region_id}/{project_id}"
+        after = self._tokens.open(scope, token)
+        where, args = ["seq > ?"], [after]
+        for column, value in (("region_id", region_id), ("project_id", project_id)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)  # type: ignore[arg-type]
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT body, next_backup_at, next_replication_at, seq FROM policies WHERE "
+                + " AND ".join(where)
+                + " ORDER BY seq LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        items = [_policy_from_row(*r[:3]) for r in rows[:limit]]
+        next_token = self._tokens.issue(scope, rows[limit - 1][3]) if len(rows) > limit else ""
+        return Page(items, next_token)
+
+    def update(self, change: Policy, fields: list[str]) -> Policy:
+        known = {"name", "description", "backup_schedule", "retention", "enabled", "replication"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise InvalidArgument(
+                f"update_fields: {', '.join(unknown)} cannot be changed; one of "
+                f"{', '.join(sorted(known))}"
+            )
+        current = self.get(change.policy_id)
+        updates = {f: getattr(change, f) for f in (fields or sorted(known))}
+        now = self._clock.now()
+        policy = self._check_definition(replace(current, **updates, updated_at=now))
+        times = self._schedule_times(policy, now)
+        with self._store.transaction() as conn:
+            conn.execute(
+                "UPDATE policies SET body = ?, next_backup_at = ?, next_replication_at = ? "
+                "WHERE policy_id = ?",
+                (_policy_body(policy), *times, policy.policy_id),
+            )
+        self._wake_scheduler()
+        return self.get(policy.policy_id)
+
+    def delete(self, policy_id: str) -> None:
+        """Deletes a policy. A run in flight finishes what it started (its backups and jobs end,
+        nothing is left half-done), then stops; the backups it made are kept."""
+        self.get(policy_id)
+        with self._store.transaction() as conn:
+            conn.execute("DELETE FROM policies WHERE policy_id = ?", (policy_id,))
+            conn.execute("DELETE FROM policy_servers WHERE policy_id = ?", (policy_id,))
+            conn.execute("DELETE FROM policy_requests WHERE policy_id = ?", (policy_id,))
+        with self._lock:
+            self._deleted.add(policy_id)
+        self._wake_scheduler()
+
+    def set_servers(self, policy_id: str, server_ids: list[str], add: bool) -> Policy:
+        policy = self.get(policy_id)
+        if add:
+            new = tuple(s for s in server_ids if s not in policy.server_ids)
+            self._check_servers(policy, tuple(server_ids))
+            servers = policy.server_ids + new
+        else:
+            missing = [s for s in server_ids if s not in policy.server_ids]
+            if missing:
+                raise NotFound("server", f"{missing[0]} in policy {policy_id}")
+            servers = tuple(s for s in policy.server_ids if s not in server_ids)
+            new = ()
+        if len(servers) > MAX_SERVERS:
+            raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
+        policy = replace(policy, server_ids=servers, updated_at=self._clock.now())
+        with self._store.transaction() as conn:
+            for server_id in new:
+                row = conn.execute(
+                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
+                ).fetchone()
+                if row:
+                    raise FailedPrecondition(
+                        f"server {server_id} is already protected by policy {row[0]}"
+                    )
+            conn.execute(
+                "UPDATE policies SET body = ? WHERE policy_id = ?",
+                (_policy_body(policy), policy_id),
+            )
+            if add:
+                conn.executemany(
+                    "INSERT INTO policy_servers(server_id, policy_id) VALUES (?, ?)",
+                    [(s, policy_id) for s in new],
+                )
+            else:
+                conn.executemany(
+                    "DELETE FROM policy_servers WHERE server_id = ?", [(s,) for s in server_ids]
+                )
+        return self.get(policy_id)
+
+    # -- runs: records ----------------------------------------------------------------------------
+    def _save_run(self, run: PolicyRun) -> None:
+        with self._store.transaction() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM policy_runs WHERE run_id = ?", (run.run_id,)
+            ).fetchone()
+            if exists:
+                conn.execute(
+                    "UPDATE policy_runs SET body = ? WHERE run_id = ?",
+                    (_run_body(run), run.run_id),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO policy_runs(run_id, seq, policy_id, body) VALUES (?, ?, ?, ?)",
+                    (run.run_id, _next_seq(conn, "policy_runs"), run.policy_id, _run_body(run)),
+                )
+
+    def list_runs(self, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
+        if not policy_id:
+            raise InvalidArgument("policy_id is required")
+        limit = page_size(size)
+        scope = f"runs/{policy_id}"
+        after = self._tokens.open(scope, token)
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT body, seq FROM policy_runs WHERE policy_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (policy_id, after, limit + 1),
+            ).fetchall()
+        if not rows and not after:
+            self.get(policy_id)  # NOT_FOUND for a policy that does not exist
+        items = [_run_from_body(r[0]) for r in rows[:limit]]
+        next_token = self._tokens.issue(scope, rows[limit - 1][1]) if len(rows) > limit else ""
+        return Page(items, next_token)
+
+    # -- runs: doing ------------------------------------------------------------------------------
+    def execute(self, policy_id: str, kind: int) -> PolicyRun:
+        """M3 (and execute-now of the backup part): starts the run at once and answers with
+        what it started; the run goes on in the background (waiting, then retention)."""
+        if kind not in (KIND_BACKUP, KIND_REPLICATION):
+            raise InvalidArgument("kind must be BACKUP or REPLICATION")
+        policy = self.get(policy_id)
+        if kind == KIND_REPLICATION and policy.replication is None:
+            raise FailedPrecondition(f"policy {policy_id} has no replication rule")
+        now = self._clock.now()
+        run, work = self._begin(policy, kind, TRIGGER_EXECUTE_NOW, now)
+        if run.status == RUNNING:
+            threading.Thread(
+                target=self._finish_safely,
+                args=(policy, run, work),
+                daemon=True,
+                name=f"run-{run.run_id[:8]}",
+            ).start()
+        return run
+
+    def _begin(
+        self, policy: Policy, kind: int, trigger: int, scheduled_at: datetime
+    ) -> tuple[PolicyRun, _Work]:
+        """The first step of a run, or a skipped run if one of its kind is still going."""
+        run = PolicyRun(
+            run_id=str(uuid.uuid4()),
+            policy_id=policy.policy_id,
+            kind=kind,
+            trigger=trigger,
+            status=RUNNING,
+            scheduled_at=scheduled_at,
+            started_at=self._clock.now(),
+        )
+        with self._lock:
+            going = self._running.get((policy.policy_id, kind))
+            if going is None:
+                self._running[(policy.policy_id, kind)] = run.run_id
+        if going is not None:
+            skipped = replace(
+                run,
+                status=SKIPPED,
+                finished_at=self._clock.now(),
+                reason=f"the previous {KIND_NAMES[kind]} run {going} was still going",
+            )
+            self._save_run(skipped)
+            return skipped, _Work()
+        work = _Work()
+        try:
+            if kind == KIND_BACKUP:
+                run = self._start_backups(policy, run, work)
+            else:
+                run = self._start_replications(policy, run, work)
+        except Exception as exc:
+            log.exception("policy %s: %s run failed to start", policy.policy_id, KIND_NAMES[kind])
+            run = replace(run, status=FAILED, finished_at=self._clock.now(), reason=str(exc))
+            self._release(policy.policy_id, kind)
+        self._save_run(run)
+        return run, work
+
+    def _release(self, policy_id: str, kind: int) -> None:
+        with self._lock:
+            self._running.pop((policy_id, kind), None)
+
+    def _finish_safely(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
+        try:
+            run = self._finish(policy, run, work)
+        except Exception as exc:
+            log.exception("policy %s: run %s failed", policy.policy_id, run.run_id)
+            run = replace(run, status=FAILED, finished_at=self._clock.now(), reason=str(exc))
+        finally:
+            self._release(policy.policy_id, run.kind)
+        self._save_run(run)
+        return run
+
+    def _finish(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
+        items = list(run.items)
+        if run.kind == KIND_BACKUP:
+            items += self._wait_backups(policy, work)
+            if not self._is_deleted(policy.policy_id):
+                items += self._apply_retention(policy)
+        else:
+            items += self._wait_jobs(work)
+            if not self._is_deleted(policy.policy_id):
+                items += self._apply_replica_retention(policy)
+        reason = run.reason
+        if self._is_deleted(policy.policy_id):
+            reason = "the policy was deleted during this run; what it started has ended"
+        return replace(
+            run, status=FINISHED, finished_at=self._clock.now(), items=tuple(items), reason=reason
+        )
+
+    def _is_deleted(self, policy_id: str) -> bool:
+        with self._lock:
+            return policy_id in self._deleted
+
+    # -- backup runs ------------------------------------------------------------------------------
+    def _start_backups(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
+        client = self._nodes.client(policy.region_id)
+        items: list[RunItem] = []
+        stamp = run.scheduled_at.strftime("%Y%m%d%H%M%S")
+        for index, server_id in enumerate(policy.server_ids):
+            try:
+                backup = client.create_policy_backup(
+                    policy.project_id,
+                    server_id,
+                    name=f"autobk_{stamp}_{index}",
+                    policy_id=policy.policy_id,
+                    request_id=f"{run.run_id}-{index}",
+                )
+            except CsbsError as exc:
+                items.append(RunItem("failed", server_id=server_id, reason=exc.message))
+                continue
+            work.backups.append((server_id, backup.backup_id))
+            items.append(RunItem("backed_up", backup_id=backup.backup_id, server_id=server_id))
+        return replace(run, items=tuple(items))
+
+    def _wait_backups(self, policy: Policy, work: _Work) -> list[RunItem]:
+        client = self._nodes.client(policy.region_id)
+        items: list[RunItem] = []
+        deadline = time.monotonic() + WORK_TIMEOUT
+        for server_id, backup_id in work.backups:
+            while True:
+                try:
+                    backup = client.get_backup(policy.project_id, backup_id)
+                except CsbsError as exc:
+                    if time.monotonic() > deadline or not getattr(exc, "transient", False):
+                        items.append(RunItem("failed", backup_id, server_id, reason=exc.message))
+                        break
+                    time.sleep(WAIT_POLL)
+                    continue
+                if backup.status == BackupStatus.ERROR:
+                    items.append(
+                        RunItem("failed", backup_id, server_id, reason=backup.error_reason)
+                    )
+                    break
+                if backup.status != BackupStatus.CREATING:
+                    break
+                if time.monotonic() > deadline:
+                    items.append(RunItem("failed", backup_id, server_id, reason="timed out"))
+                    break
+                time.sleep(WAIT_POLL)
+        return items
+
+    def _apply_retention(self, policy: Policy) -> list[RunItem]:
+        """Deletes what the retention rule no longer keeps: only backups this policy made,
+        never one with an image or being replicated (kept, and tried again next run)."""
+        rule = policy.retention
+        if not rule.keep_count and not rule.keep_days:
+            return []
+        client = self._nodes.client(policy.region_id)
+        backups = [
+            b
+            for b in client.list_backups(policy.project_id, policy_id=policy.policy_id)
+            if b.status == BackupStatus.AVAILABLE and not b.origin.replicated
+        ]
+        now = self._clock.now()
+        victims = []
+        by_server: dict[str, list[Any]] = {}
+        for b in backups:
+            by_server.setdefault(b.server_id, []).append(b)
+        for server_backups in by_server.values():
+            newest_first = sorted(server_backups, key=lambda b: b.created_at or now, reverse=True)
+            if rule.keep_count:
+                victims += newest_first[rule.keep_count :]
+            else:
+                limit = now - timedelta(days=rule.keep_days)
+                victims += [b for b in newest_first if (b.created_at or now) < limit]
+        return [self._delete(client, policy.project_id, b, "retention") for b in victims]
+
+    def _delete(self, client: Any, project_id: str, backup: Any, why: str) -> RunItem:
+        if backup.image_ids:
+            return RunItem(
+                "kept",
+                backup.backup_id,
+                backup.server_id,
+                reason=f"{why}: backup has image {backup.image_ids[0]}; kept until it is deleted",
+            )
+        try:
+            client.delete_backup(project_id, backup.backup_id)
+        except CsbsError as exc:
+            return RunItem("kept", backup.backup_id, backup.server_id, reason=f"{why}: {exc}")
+        return RunItem("deleted", backup.backup_id, backup.server_id, reason=why)
+
+    # -- replication runs (M2, M3) ----------------------------------------------------------------
+    def _start_replications(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
+        repl = policy.replication
+        if repl is None:
+            return replace(run, status=FINISHED, reason="the policy has no replication rule")
+        target = repl.target_region_id
+        info = self._nodes.client(target).region_info()
+        if not info.accepts_replication:
+            return replace(
+                run,
+                status=FINISHED,
+                finished_at=self._clock.now(),
+                reason=f"R5: target region {target} does not accept replication now; nothing "
+                "was replicated",
+            )
+        way = (
+            ReplicationWay.POLICY_EXECUTE
+            if run.trigger == TRIGGER_EXECUTE_NOW
+            else ReplicationWay.POLICY
+        )
+        source = self._nodes.client(policy.region_id)
+        items: list[RunItem] = []
+        for backup in source.list_backups(policy.project_id, policy_id=policy.policy_id):
+            reason = self._already_replicated(backup.backup_id, target)
+            if reason:
+                items.append(RunItem("skipped", backup.backup_id, backup.server_id, reason=reason))
+                continue
+            try:
+                job = self._replication.replicate(
+                    ReplicateRequest(
+                        source_region_id=policy.region_id,
+                        source_project_id=policy.project_id,
+                        backup_id=backup.backup_id,
+                        target_region_id=target,
+                        target_project_id=repl.target_project_id,
+                        way=way,
+                        policy_id=policy.policy_id,
+                    )
+                )
+            except CsbsError as exc:
+                items.append(
+                    RunItem("skipped", backup.backup_id, backup.server_id, reason=exc.message)
+                )
+                continue
+            work.jobs.append((backup.backup_id, job.job_id))
+        return replace(run, items=tuple(items), job_ids=tuple(j for _, j in work.jobs))
+
+    def _already_replicated(self, backup_id: str, target: str) -> str:
+        """Why M2/M3 must not replicate this backup to this region, or "" if it may: never
+        again once any way replicated it there successfully (R4b, a manual copy counts, even
+        after its replica was deleted), nor while a job copies it there (R3)."""
+        with self._store.read() as conn:
+            jobs = self._store.jobs_to(conn, backup_id, target, list(JobStatus))
+        for job in jobs:
+            if job.status == JobStatus.SUCCESS:
+                return (
+                    f"R4b: backup {backup_id} was already replicated to region {target} "
+                    f"(job {job.job_id}); a policy replicates a backup to a region once"
+                )
+        for job in jobs:
+            if job.status in (JobStatus.WAITING, JobStatus.REPLICATING):
+                return f"R3: backup {backup_id} is being replicated to {target} (job {job.job_id})"
+        return ""
+
+    def _wait_jobs(self, work: _Work) -> list[RunItem]:
+        items = []
+        deadline = time.monotonic() + WORK_TIMEOUT
+        for backup_id, job_id in work.jobs:
+            job = self._replication.get_job(job_id)
+            while job.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(WAIT_POLL)
+                job = self._replication.get_job(job_id)
+            if job.status == JobStatus.SUCCESS:
+                items.append(RunItem("replicated", backup_id, job_id=job_id))
+            else:
+                items.append(RunItem("failed", backup_id, job_id=job_id, reason=job.failure_reason))
+        return items
+
+    def _apply_replica_retention(self, policy: Policy) -> list[RunItem]:
+        """Keeps the newest N replicas this policy made in the target region; never deletes
+        one that has an image."""
+        repl = policy.replication
+        if repl is None or not repl.replica_keep_count:
+            return []
+        client = self._nodes.client(repl.target_region_id)
+        replicas = [
+            b
+            for b in client.list_backups(repl.target_project_id)
+            if b.origin.replicated
+            and b.origin.policy_id == policy.policy_id
+            and b.status == BackupStatus.AVAILABLE
+        ]
+        now = self._clock.now()
+        newest_first = sorted(replicas, key=lambda b: b.created_at or now, reverse=True)
+        return [
+            self._delete(client, repl.target_project_id, b, "replica retention")
+            for b in newest_first[repl.replica_keep_count :]
+        ]
+
+    # -- the scheduler ----------------------------------------------------------------------------
+    def _wake_scheduler(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _next_due(self, until: datetime | None) -> tuple[datetime, str, int] | None:
+        """The earliest (time, policy, kind) falling due, at or before `until` if given;
+        backups before replications at the same instant."""
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT policy_id, next_backup_at, next_replication_at FROM policies"
+            ).fetchall()
+        due: list[tuple[float, int, str]] = []
+        for policy_id, backup_at, repl_at in rows:
+            if backup_at is not None:
+                due.append((backup_at, KIND_BACKUP, policy_id))
+            if repl_at is not None:
+                due.append((repl_at, KIND_REPLICATION, policy_id))
+        if not due:
+            return None
+        at, kind, policy_id = min(due)
+        when = datetime.fromtimestamp(at, UTC)
+        if until is not None and when > until:
+            return None
+        return when, policy_id, kind
+
+    def _advance_schedule(self, policy_id: str, kind: int, due: datetime) -> Policy | None:
+        """Moves the policy's next time of this kind past `due`; the policy, or None if gone."""
+        try:
+            policy = self.get(policy_id)
+        except PolicyNotFound:
+            return None
+        column = "next_backup_at" if kind == KIND_BACKUP else "next_replication_at"
+        schedule = (
+            policy.backup_schedule
+            if kind == KIND_BACKUP
+            else (policy.replication.schedule if policy.replication else None)
+        )
+        following = schedule.next_after(due).timestamp() if schedule else None
+        with self._store.transaction() as conn:
+            conn.execute(
+                f"UPDATE policies SET {column} = ? WHERE policy_id = ?", (following, policy_id)
+            )
+        return policy
+
+    def _run_due(self, policy_id: str, kind: int, due: datetime, wait: bool) -> None:
+        policy = self._advance_schedule(policy_id, kind, due)
+        if policy is None:
+            return
+        run, work = self._begin(policy, kind, TRIGGER_SCHEDULE, due)
+        if run.status != RUNNING:
+            return
+        if wait:
+            self._finish_safely(policy, run, work)
+        else:
+            threading.Thread(
+                target=self._finish_safely,
+                args=(policy, run, work),
+                daemon=True,
+                name=f"run-{run.run_id[:8]}",
+            ).start()
+
+    def _schedule_loop(self) -> None:
+        """Wall mode: runs what falls due, as it falls due."""
+        while not self._stop.is_set():
+            try:
+                due = self._next_due(None)
+                now = self._clock.now()
+                if due is not None and due[0] <= now:
+                    self._run_due(due[1], due[2], due[0], wait=False)
+                    continue
+                wait = 60.0 if due is None else min(60.0, (due[0] - now).total_seconds())
+                with self._wake:
+                    self._wake.wait(timeout=max(wait, 0.01))
+            except Exception:
+                log.exception("the scheduler failed; trying again")
+                self._stop.wait(1.0)
+
+    def advance(self, to: datetime) -> datetime:
+        """Simulated mode: moves the clock to `to`, running everything that falls due in
+        between, in order, each to its end, before returning."""
+        if not self._clock.simulated:
+            self._clock.move_to(to)  # refuses with the reason
+        with self._advance_lock:
+            if to < self._clock.now():
+                self._clock.move_to(to)  # refuses: never backwards
+            while True:
+                due = self._next_due(to)
+                if due is None:
+                    break
+                when, policy_id, kind = due
+                self._clock.move_to(max(when, self._clock.now()))
+                self._run_due(policy_id, kind, when, wait=True)
+            return self._clock.move_to(to)
