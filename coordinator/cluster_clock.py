@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from coordinator.store import Store
@@ -17,6 +18,7 @@ from csbs.errors import CsbsError, FailedPrecondition, InvalidArgument
 log = logging.getLogger(__name__)
 
 SETTING = "simulated_clock_now"
+PUSH_TIMEOUT = 2.0  # seconds a node has to take the new time
 
 
 class ClusterClock:
@@ -59,18 +61,24 @@ class ClusterClock:
         return now
 
     def push(self) -> None:
-        """Tells every node the simulated time (best effort: a node that is down is told next
-        time; a node that was ahead, having kept its own time, moves this clock forward)."""
+        """Tells every node the simulated time, all at once and briefly (best effort: a node
+        that does not answer is told next time; a node that was ahead, having kept its own
+        time, moves this clock forward)."""
         if not self.simulated:
             return
         now = self._simulated.now()
-        for region_id in self._nodes.region_ids:
+
+        def tell(region_id: str) -> datetime | None:
             try:
-                theirs = self._nodes.client(region_id).set_clock(now)
+                return self._nodes.client(region_id).set_clock(now, timeout=PUSH_TIMEOUT)
             except CsbsError as exc:
                 log.warning("could not set the clock of region %s: %s", region_id, exc)
-                continue
-            if theirs > now:
-                with self._lock:
-                    now = self._simulated.set(theirs)
-                    self._persist(now)
+                return None
+
+        regions = self._nodes.region_ids
+        with ThreadPoolExecutor(max_workers=max(len(regions), 1)) as pool:
+            answers = [a for a in pool.map(tell, regions) if a is not None]
+        latest = max(answers, default=now)
+        if latest > now:
+            with self._lock:
+                self._persist(self._simulated.set(latest))

@@ -538,11 +538,11 @@ class RegionNodeClient:
         )
         return backup_from_proto(backup)
 
-    def set_clock(self, now: datetime) -> datetime:
+    def set_clock(self, now: datetime, timeout: float | None = None) -> datetime:
         """Simulated mode: moves the node's clock; answers the node's now (never earlier)."""
         stamp = Timestamp()
         stamp.FromDatetime(now)
-        answer = self._idempotent(self._internal.SetClock, pb.SetClockRequest(now=stamp))
+        answer = self._idempotent(self._internal.SetClock, pb.SetClockRequest(now=stamp), timeout)
         return answer.now.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
     # -- source side -----------------------------------------------------------------------------
