@@ -358,9 +358,19 @@ def test_schedules_run_in_the_policys_time_zone(simulated: Cluster) -> None:
     assert (local.weekday() in (0, 3), local.hour, local.minute) == (True, 14, 0)
 
 
-def test_the_skip_rule_a_run_still_going_makes_the_next_one_skipped(simulated: Cluster) -> None:
+def test_the_skip_rule_a_run_still_going_makes_the_next_one_skipped(tmp_path: Path) -> None:
     """A replication run held open on purpose (its target paused) is still going when the
-    scheduled replication falls due: that one is recorded as skipped, not queued."""
+    scheduled replication falls due: that one is recorded as skipped, not queued. (A short
+    retry budget, so that the stalled copy is retried soon after the target is back.)"""
+    config = write_cluster_config(
+        tmp_path, simulated_clock=True, coordinator={"retry_budget_seconds": 10}
+    )
+    with Cluster(config) as cluster:
+        cluster.start(coordinator=True)
+        _check_skip_rule(cluster)
+
+
+def _check_skip_rule(simulated: Cluster) -> None:
     coordinator, admin = _stubs(simulated)
     server = _server(simulated, size_mib=64, seed=7)
     policy = _create(coordinator, _policy([server.server_id], name="skip"))
