@@ -153,11 +153,13 @@ class ChunkStore:
         with self._lock:
             while self._inflight:
                 self._lock.wait()
-            packs = list(self._dirty.values())
+            packs = [(p, p.synced_to, p.tail) for p in self._dirty.values()]
+            for pack, _, tail in packs:
+                pack.synced_to = tail
             self._dirty.clear()
-        for pack in packs:
+        for pack, start, end in packs:
             os.fdatasync(pack.fd)
-            drop_cache(pack.fd)
+            drop_cache(pack.fd, start, end - start)  # only what this sync made durable
 
     def index(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> None:
         """Inside the caller's transaction, after `sync()`: indexes the written chunks among

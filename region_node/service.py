@@ -1385,15 +1385,25 @@ class RegionNodeService:
             yield [ManifestEntry(*r) for r in rows[start : start + MANIFEST_PART]]
 
     def read_chunks(self, hashes: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """The named chunks, verified; read ahead a window at a time and dropped from the page
+        cache once sent (a replication streams them, it does not need them again)."""
         if len(hashes) > MANIFEST_PART:
             raise InvalidArgument(f"hashes: {len(hashes)} given, at most {MANIFEST_PART}")
+        locations = []
         for digest in hashes:
             self._check_hash(digest)
-            if self._store.locate(digest) is None:
+            loc = self._store.locate(digest)
+            if loc is None:
                 raise NotFound("chunk", digest.hex())
+            locations.append(loc)
+        self._store.prefetch(locations[:PREFETCH_CHUNKS])
         buf = bytearray(self._cs)
-        for digest in hashes:
-            yield digest, bytes(self._store.read(digest, buf))
+        for i, (digest, loc) in enumerate(zip(hashes, locations, strict=True)):
+            if i + PREFETCH_CHUNKS < len(locations):
+                self._store.prefetch([locations[i + PREFETCH_CHUNKS]])
+            data = bytes(self._store.read_at(digest, loc, buf))
+            self._store.forget_cached(loc)
+            yield digest, data
 
     def _check_hash(self, digest: bytes) -> None:
         if len(digest) != HASH_BYTES:
