@@ -13,7 +13,7 @@ import pytest
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
-from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
+from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import backup, make_server, node, refusal
 
@@ -246,13 +246,19 @@ def test_unknown_job_is_not_found_and_list_limits_are_checked(
 
 
 @pytest.mark.timeout(120)
-def test_clock_is_the_wall_clock_and_policies_are_not_there_yet(
-    coordinator: CoordinatorStub,
+def test_a_wall_clock_cluster_cannot_be_advanced_and_unknown_policies_are_not_found(
+    coordinated: Cluster, coordinator: CoordinatorStub
 ) -> None:
     clock = coordinator.GetClock(cpb.GetClockRequest(), timeout=30)
     assert clock.simulated is False
     assert clock.now.seconds > 0
+    admin = CoordinatorAdminStub(coordinated.coordinator_channel())
+    code, details = refusal(
+        lambda: admin.AdvanceClock(cpb.AdvanceClockRequest(by_seconds=60), timeout=30)
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "wall clock" in details
     code, _ = refusal(
         lambda: coordinator.GetPolicy(cpb.GetPolicyRequest(policy_id="p"), timeout=30)
     )
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert code == grpc.StatusCode.NOT_FOUND
