@@ -492,3 +492,51 @@ def test_a_policy_deleted_during_a_run_leaves_nothing_half_done(simulated: Clust
     ]
     # The server is free for another policy.
     _create(coordinator, _policy([server.server_id], name="next"))
+
+
+def test_policies_are_updated_listed_and_change_servers_and_a_disabled_one_never_runs(
+    simulated: Cluster,
+) -> None:
+    coordinator, admin = _stubs(simulated)
+    first, second = _server(simulated, seed=11), _server(simulated, seed=12)
+    policy = _create(coordinator, _policy([first.server_id], name="editable", replication=False))
+    assert policy.project_id == "cn-north-4_default"
+    assert policy.next_backup_at.seconds > 0
+    assert not policy.HasField("replication")
+
+    listed = coordinator.ListPolicies(
+        cpb.ListPoliciesRequest(region_id=SOURCE, page_size=1000)
+    ).policies
+    assert policy.policy_id in [p.policy_id for p in listed]
+
+    added = coordinator.AddPolicyServers(
+        cpb.PolicyServersRequest(policy_id=policy.policy_id, server_ids=[second.server_id])
+    )
+    assert list(added.server_ids) == [first.server_id, second.server_id]
+    removed = coordinator.RemovePolicyServers(
+        cpb.PolicyServersRequest(policy_id=policy.policy_id, server_ids=[first.server_id])
+    )
+    assert list(removed.server_ids) == [second.server_id]
+
+    change = cpb.Policy(policy_id=policy.policy_id, name="renamed", enabled=False)
+    change.retention.keep_days = 3
+    updated = coordinator.UpdatePolicy(
+        cpb.UpdatePolicyRequest(policy=change, update_fields=["name", "enabled", "retention"])
+    )
+    assert (updated.name, updated.enabled, updated.retention.keep_days) == ("renamed", False, 3)
+    assert updated.backup_schedule.rrule == DAILY_2AM  # untouched
+    assert not updated.HasField("next_backup_at")
+    code, details = refusal(
+        lambda: coordinator.UpdatePolicy(
+            cpb.UpdatePolicyRequest(policy=change, update_fields=["region_id"])
+        )
+    )
+    assert (code, "region_id" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+    _advance(admin, 2 * DAY)
+    assert _runs(coordinator, policy.policy_id) == []
+    enable = cpb.Policy(policy_id=policy.policy_id, enabled=True)
+    coordinator.UpdatePolicy(cpb.UpdatePolicyRequest(policy=enable, update_fields=["enabled"]))
+    _advance(admin, DAY)
+    (run,) = _runs(coordinator, policy.policy_id)
+    assert [(i.action, i.server_id) for i in run.items] == [("backed_up", second.server_id)]
