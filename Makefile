@@ -41,8 +41,10 @@ bench: install
 	$(PY) bench/backup.py
 	$(PY) bench/replicate.py
 
+# The whole story (README quickstart) against a fresh cluster of $(CONFIG)'s regions, on ephemeral
+# ports with its data in a temp dir, started for the demo and stopped after it.
 demo: install
-	@echo "the demo arrives with the command-line issue"
+	$(VENV)/bin/csbs --config $(CONFIG) demo --fresh-cluster
 
 clean:
 	rm -rf csbs/v1 $(VENV) var .pytest_cache .mypy_cache .ruff_cache

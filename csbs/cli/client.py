@@ -1,0 +1,371 @@
+"""The csbs command line's clients of a region node and of the coordinator: the user API of each
+over a channel, with a deadline on every call, retries of idempotent calls while a process is
+briefly unavailable, watches that are opened again when their deadline passes, and the one place
+that turns a failed call into a one-line CliError with its exit code.
+
+They answer with the .proto messages themselves: the command line prints exactly those (as
+tables, or with `--json` as the messages' JSON), so there is nothing to convert. The
+coordinator's own client of the nodes (csbs.clients) speaks the internal API in domain values
+and is not what a user calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from csbs.cli.errors import START_HINT, CliError, Refused, Unreachable
+from csbs.v1 import common_pb2
+from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import region_node_pb2 as pb
+from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeStub
+
+T = TypeVar("T")
+
+UNARY_TIMEOUT = 15.0  # a call that reads or writes a few catalog rows
+HEAVY_TIMEOUT = 120.0  # a call whose work grows with a backup (create, delete, restore)
+TRANSFER_TIMEOUT = 3600.0  # a disk read or write stream, overall
+WATCH_TIMEOUT = 300.0  # one watch stream; a longer wait opens another
+WATCH_RETRIES = 5  # a watch cut by an unavailable process is opened again this many times
+WATCH_RETRY_PAUSE = 1.0
+PROBE_TIMEOUT = 0.5  # how long to look whether a process that said UNAVAILABLE is connected
+RETRY_ATTEMPTS = 3
+LIST_PAGE_SIZE = 1000  # the most a List call returns at once
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode:
+    return exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+
+
+def _details(exc: grpc.RpcError) -> str:
+    return (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and _code(exc) == grpc.StatusCode.UNAVAILABLE
+
+
+class Endpoint:
+    """One process of the cluster as the command line calls it: its channel, the metadata every
+    call carries (the user token), and how its failures read."""
+
+    def __init__(
+        self,
+        what: str,
+        address: str,
+        channel: grpc.Channel,
+        metadata: Metadata = (),
+        not_found_where: str = "",
+    ) -> None:
+        self.what = what  # "region cn-north-4", "the coordinator"
+        self.address = address
+        self._channel = channel
+        self._metadata = metadata
+        self._not_found_where = not_found_where
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channel
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- calls -----------------------------------------------------------------------------------
+    def unary(
+        self, method: Any, request: Any, *, timeout: float = UNARY_TIMEOUT, retry: bool = False
+    ) -> Any:
+        """One unary call. `retry`: the call is idempotent (a read, or a create with a request
+        ID), so it is tried again while the process answers UNAVAILABLE."""
+
+        def once() -> Any:
+            return method(request, timeout=timeout, metadata=self._metadata)
+
+        try:
+            if not retry:
+                return once()
+            retrying = Retrying(
+                retry=retry_if_exception(_unavailable),
+                stop=stop_after_attempt(RETRY_ATTEMPTS),
+                wait=wait_random_exponential(multiplier=0.1, max=0.5),
+                reraise=True,
+            )
+            return retrying(once)
+        except grpc.RpcError as exc:
+            raise self.error(exc, timeout) from None
+
+    def client_stream(
+        self, method: Any, requests: Iterable[Any], *, timeout: float = TRANSFER_TIMEOUT
+    ) -> Any:
+        try:
+            return method(iter(requests), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self.error(exc, timeout) from None
+
+    def server_stream(
+        self, method: Any, request: Any, *, timeout: float = TRANSFER_TIMEOUT
+    ) -> Iterator[Any]:
+        """The messages of a server stream; the call is cancelled if the caller stops early."""
+        call = method(request, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise self.error(exc, timeout) from None
+        finally:
+            call.cancel()
+
+    def watch(self, method: Any, request: Any, done: Callable[[Any], bool]) -> Iterator[Any]:
+        """The messages of a Watch call until one is `done` (or the process ends the stream).
+        A watch longer than its deadline is opened again, and so is one cut while the process
+        is briefly unavailable (a few times); the call is cancelled if the caller stops."""
+        retries = 0
+        while True:
+            call = method(request, timeout=WATCH_TIMEOUT, metadata=self._metadata)
+            try:
+                for message in call:
+                    retries = 0
+                    yield message
+                    if done(message):
+                        return
+                return
+            except grpc.RpcError as exc:
+                code = _code(exc)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE and retries < WATCH_RETRIES:
+                    retries += 1
+                    time.sleep(WATCH_RETRY_PAUSE)
+                    continue
+                raise self.error(exc, WATCH_TIMEOUT) from None
+            finally:
+                call.cancel()
+
+    # -- errors ----------------------------------------------------------------------------------
+    def error(self, exc: grpc.RpcError, timeout: float) -> CliError:
+        """The one-line error for a failed call, by its status code: a process that cannot be
+        reached, did not answer in time or says one behind it cannot be reached is exit 3;
+        anything else it answered is a refusal, exit 1, with the process's own message (which
+        names the rule or the field)."""
+        code = _code(exc)
+        details = _details(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if not self._connected():
+                return Unreachable(f"cannot reach {self.what} at {self.address}: {START_HINT}")
+            # Its own answer: a process behind it (a region node the coordinator calls) is down.
+            return Unreachable(details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Unreachable(
+                f"{self.what} at {self.address} did not answer within {timeout:.0f}s "
+                "(overloaded, paused or cut off?)"
+            )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return Refused(f"{self.what} at {self.address} does not implement this call yet")
+        if code == grpc.StatusCode.NOT_FOUND and self._not_found_where:
+            return Refused(f"{details} ({self._not_found_where})")
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            return Refused(f"{self.what} failed: {details}")
+        return Refused(details)
+
+    def _connected(self) -> bool:
+        """Whether the channel reaches the process: an UNAVAILABLE from a connected process is
+        its own answer (a node behind it is down), not a cluster that is not running."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=PROBE_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+
+def _all_pages(fetch: Callable[[str], tuple[list[T], str]]) -> list[T]:
+    items: list[T] = []
+    token = ""
+    while True:
+        page, token = fetch(token)
+        items += page
+        if not token:
+            return items
+
+
+class RegionClient:
+    """The user API (RegionNode) of one region's node."""
+
+    def __init__(self, region_id: str, endpoint: Endpoint) -> None:
+        self.region_id = region_id
+        self.endpoint = endpoint
+        self._stub = RegionNodeStub(endpoint.channel)
+
+    def region_info(self) -> common_pb2.RegionInfo:
+        info: common_pb2.RegionInfo = self.endpoint.unary(
+            self._stub.GetRegionInfo, pb.GetRegionInfoRequest(), retry=True
+        )
+        return info
+
+    # -- servers ---------------------------------------------------------------------------------
+    def create_server(self, request: pb.CreateServerRequest) -> pb.Server:
+        server: pb.Server = self.endpoint.unary(
+            self._stub.CreateServer, request, timeout=HEAVY_TIMEOUT, retry=bool(request.request_id)
+        )
+        return server
+
+    def get_server(self, project_id: str, server_id: str) -> pb.Server:
+        request = pb.GetServerRequest(project_id=project_id, server_id=server_id)
+        server: pb.Server = self.endpoint.unary(self._stub.GetServer, request, retry=True)
+        return server
+
+    def list_servers(self, project_id: str) -> list[pb.Server]:
+        def fetch(token: str) -> tuple[list[pb.Server], str]:
+            request = pb.ListServersRequest(
+                project_id=project_id, page_size=LIST_PAGE_SIZE, page_token=token
+            )
+            answer = self.endpoint.unary(self._stub.ListServers, request, retry=True)
+            return list(answer.servers), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    def delete_server(self, project_id: str, server_id: str) -> pb.Server:
+        request = pb.DeleteServerRequest(project_id=project_id, server_id=server_id)
+        server: pb.Server = self.endpoint.unary(
+            self._stub.DeleteServer, request, timeout=HEAVY_TIMEOUT
+        )
+        return server
+
+    def watch_server(self, project_id: str, server_id: str) -> Iterator[pb.Server]:
+        request = pb.GetServerRequest(project_id=project_id, server_id=server_id)
+        settled = (pb.SERVER_STATUS_ACTIVE, pb.SERVER_STATUS_ERROR)
+        return self.endpoint.watch(self._stub.WatchServer, request, lambda s: s.status in settled)
+
+    def write_disk(self, requests: Iterable[pb.WriteDiskRequest]) -> pb.WriteDiskResponse:
+        answer: pb.WriteDiskResponse = self.endpoint.client_stream(self._stub.WriteDisk, requests)
+        return answer
+
+    def read_disk(self, request: pb.ReadDiskRequest) -> Iterator[pb.ReadDiskResponse]:
+        return self.endpoint.server_stream(self._stub.ReadDisk, request)
+
+    # -- backups ---------------------------------------------------------------------------------
+    def create_backup(self, request: pb.CreateBackupRequest) -> pb.Backup:
+        backup: pb.Backup = self.endpoint.unary(
+            self._stub.CreateBackup, request, timeout=HEAVY_TIMEOUT, retry=bool(request.request_id)
+        )
+        return backup
+
+    def get_backup(self, project_id: str, backup_id: str) -> pb.Backup:
+        request = pb.GetBackupRequest(project_id=project_id, backup_id=backup_id)
+        backup: pb.Backup = self.endpoint.unary(self._stub.GetBackup, request, retry=True)
+        return backup
+
+    def list_backups(
+        self,
+        project_id: str,
+        server_id: str = "",
+        status: pb.BackupStatus.ValueType = pb.BACKUP_STATUS_UNSPECIFIED,
+    ) -> list[pb.Backup]:
+        def fetch(token: str) -> tuple[list[pb.Backup], str]:
+            request = pb.ListBackupsRequest(
+                project_id=project_id,
+                server_id=server_id,
+                status=status,
+                page_size=LIST_PAGE_SIZE,
+                page_token=token,
+            )
+            answer = self.endpoint.unary(self._stub.ListBackups, request, retry=True)
+            return list(answer.backups), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    def delete_backup(self, project_id: str, backup_id: str) -> pb.DeleteBackupResponse:
+        request = pb.DeleteBackupRequest(project_id=project_id, backup_id=backup_id)
+        answer: pb.DeleteBackupResponse = self.endpoint.unary(
+            self._stub.DeleteBackup, request, timeout=HEAVY_TIMEOUT
+        )
+        return answer
+
+    def watch_backup(self, project_id: str, backup_id: str) -> Iterator[pb.Backup]:
+        request = pb.GetBackupRequest(project_id=project_id, backup_id=backup_id)
+        settled = (pb.BACKUP_STATUS_AVAILABLE, pb.BACKUP_STATUS_ERROR)
+        return self.endpoint.watch(self._stub.WatchBackup, request, lambda b: b.status in settled)
+
+    def restore_backup(self, project_id: str, backup_id: str) -> pb.Server:
+        request = pb.RestoreBackupRequest(project_id=project_id, backup_id=backup_id)
+        server: pb.Server = self.endpoint.unary(
+            self._stub.RestoreBackup, request, timeout=HEAVY_TIMEOUT
+        )
+        return server
+
+    # -- images ----------------------------------------------------------------------------------
+    def create_image(self, request: pb.CreateImageRequest) -> pb.Image:
+        image: pb.Image = self.endpoint.unary(
+            self._stub.CreateImage, request, timeout=HEAVY_TIMEOUT, retry=bool(request.request_id)
+        )
+        return image
+
+    def get_image(self, project_id: str, image_id: str) -> pb.Image:
+        request = pb.GetImageRequest(project_id=project_id, image_id=image_id)
+        image: pb.Image = self.endpoint.unary(self._stub.GetImage, request, retry=True)
+        return image
+
+    def list_images(self, project_id: str) -> list[pb.Image]:
+        def fetch(token: str) -> tuple[list[pb.Image], str]:
+            request = pb.ListImagesRequest(
+                project_id=project_id, page_size=LIST_PAGE_SIZE, page_token=token
+            )
+            answer = self.endpoint.unary(self._stub.ListImages, request, retry=True)
+            return list(answer.images), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    def delete_image(self, project_id: str, image_id: str) -> pb.DeleteImageResponse:
+        request = pb.DeleteImageRequest(project_id=project_id, image_id=image_id)
+        answer: pb.DeleteImageResponse = self.endpoint.unary(self._stub.DeleteImage, request)
+        return answer
+
+
+class CoordinatorClient:
+    """The user API (Coordinator) of the coordinator: replication targets and jobs."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._stub = CoordinatorStub(endpoint.channel)
+
+    def list_targets(self, source_region_id: str) -> list[cpb.ReplicationTarget]:
+        request = cpb.ListReplicationTargetsRequest(source_region_id=source_region_id)
+        answer = self.endpoint.unary(self._stub.ListReplicationTargets, request, retry=True)
+        return list(answer.targets)
+
+    def replicate(self, request: cpb.ReplicateBackupRequest) -> cpb.ReplicationJob:
+        job: cpb.ReplicationJob = self.endpoint.unary(
+            self._stub.ReplicateBackup,
+            request,
+            timeout=HEAVY_TIMEOUT,
+            retry=bool(request.idempotency_token),
+        )
+        return job
+
+    def get_job(self, job_id: str) -> cpb.ReplicationJob:
+        request = cpb.GetReplicationJobRequest(job_id=job_id)
+        job: cpb.ReplicationJob = self.endpoint.unary(
+            self._stub.GetReplicationJob, request, retry=True
+        )
+        return job
+
+    def list_jobs(self, request: cpb.ListReplicationJobsRequest) -> list[cpb.ReplicationJob]:
+        def fetch(token: str) -> tuple[list[cpb.ReplicationJob], str]:
+            page = cpb.ListReplicationJobsRequest()
+            page.CopyFrom(request)
+            page.page_size = LIST_PAGE_SIZE
+            page.page_token = token
+            answer = self.endpoint.unary(self._stub.ListReplicationJobs, page, retry=True)
+            return list(answer.jobs), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    def watch_job(self, job_id: str) -> Iterator[cpb.ReplicationJob]:
+        request = cpb.GetReplicationJobRequest(job_id=job_id)
+        ended = (cpb.REPLICATION_JOB_STATUS_SUCCESS, cpb.REPLICATION_JOB_STATUS_FAILED)
+        return self.endpoint.watch(
+            self._stub.WatchReplicationJob, request, lambda j: j.status in ended
+        )

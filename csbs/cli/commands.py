@@ -1,0 +1,193 @@
+"""The options every csbs command takes, and how a command runs.
+
+The cluster options (--config, --region, --project, --token, --ca, --address, --coordinator) and
+--json are accepted both before the command's name (`csbs --region cn-east-3 server list`) and
+after it (`csbs server list --region cn-east-3`): `command()` adds them to every command, so that
+each command's function declares only its own. The CSBS_* variables are read only for the
+options given before the name, so that an option given on the command line always wins.
+
+A command's function gets the Session and its own arguments; a CliError it raises is printed as
+one line (`error: ...`) and ends the command with the error's exit code."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from csbs.cli.context import Options, Session
+from csbs.cli.errors import CliError, Interrupted
+
+PANEL = "Cluster options"
+
+_FIELDS = {
+    "opt_config": "config",
+    "opt_region": "region",
+    "opt_project": "project",
+    "opt_token": "token",
+    "opt_ca": "ca",
+    "opt_address": "addresses",
+    "opt_coordinator": "coordinator",
+    "opt_json": "json",
+}
+
+
+def _parameters(root: bool) -> list[inspect.Parameter]:
+    """The common options as parameters typer reads; with the CSBS_* variables at the root."""
+
+    def option(
+        name: str,
+        kind: Any,
+        default: Any,
+        decl: str,
+        help: str,
+        envvar: str | None = None,
+        metavar: str | None = None,
+    ) -> inspect.Parameter:
+        info = typer.Option(
+            decl,
+            help=help,
+            metavar=metavar,
+            envvar=envvar if root else None,
+            rich_help_panel=PANEL,
+            show_default=False,
+        )
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info]
+        )
+
+    return [
+        option(
+            "opt_config",
+            Path | None,
+            None,
+            "--config",
+            "The cluster config file (default: ./config/cluster.toml, else the repository's)",
+            "CSBS_CONFIG",
+            "FILE",
+        ),
+        option(
+            "opt_region",
+            str | None,
+            None,
+            "--region",
+            "The region to act in (default: the config's first region)",
+            "CSBS_REGION",
+            "REGION",
+        ),
+        option(
+            "opt_project",
+            str | None,
+            None,
+            "--project",
+            "The project to act in (default: your main project in the region)",
+            "CSBS_PROJECT",
+            "PROJECT",
+        ),
+        option(
+            "opt_token",
+            str | None,
+            None,
+            "--token",
+            "A user token, sent as `authorization: Bearer TOKEN`",
+            "CSBS_TOKEN",
+            "TOKEN",
+        ),
+        option(
+            "opt_ca",
+            Path | None,
+            None,
+            "--ca",
+            "Use TLS, trusting this root certificate (PEM)",
+            metavar="FILE",
+        ),
+        option(
+            "opt_address",
+            list[str] | None,
+            None,
+            "--address",
+            "Where a region's node listens, instead of the config's (repeatable)",
+            metavar="REGION=HOST:PORT",
+        ),
+        option(
+            "opt_coordinator",
+            str | None,
+            None,
+            "--coordinator",
+            "Where the coordinator listens, instead of the config's",
+            metavar="HOST:PORT",
+        ),
+        option("opt_json", bool, False, "--json", "Print exactly the resource or list as JSON"),
+    ]
+
+
+def _options(values: dict[str, Any]) -> Options:
+    given = {_FIELDS[name]: values.pop(name) for name in list(values) if name in _FIELDS}
+    given["addresses"] = tuple(given.get("addresses") or ())
+    return Options(**given)
+
+
+def _context_parameter() -> inspect.Parameter:
+    return inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+
+
+def fail(error: CliError) -> typer.Exit:
+    """Prints the error as its one line and returns the Exit to raise."""
+    sys.stdout.flush()
+    prefix = "" if isinstance(error, Interrupted) else "error: "
+    sys.stderr.write(f"{prefix}{error.message}\n")
+    sys.stderr.flush()
+    return typer.Exit(error.exit_code)
+
+
+def run(options: Options, body: Callable[[Session], None]) -> None:
+    """Runs a command's body with a Session of the options; a CliError ends it with its line."""
+    try:
+        with Session(options) as session:
+            body(session)
+    except CliError as exc:
+        raise fail(exc) from None
+
+
+def root_callback() -> Callable[..., None]:
+    """The app's callback: keeps the options given before the command's name (or through the
+    CSBS_* variables) for the command."""
+
+    def callback(ctx: typer.Context, **values: Any) -> None:
+        ctx.obj = _options(values)
+
+    callback.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [_context_parameter(), *_parameters(root=True)]
+    )
+    return callback
+
+
+def command(group: typer.Typer, name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Registers `fn(session, **own_arguments)` as the command `name` of `group`, taking the
+    common options besides its own."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = list(signature.parameters.values())[1:]  # the first is the Session
+
+        def wrapper(ctx: typer.Context, **values: Any) -> None:
+            leaf = _options(values)
+            base = ctx.obj if isinstance(ctx.obj, Options) else Options()
+            run(leaf.over(base), lambda session: fn(session, **values))
+
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[_context_parameter(), *own, *_parameters(root=False)]
+        )
+        wrapper.__doc__ = fn.__doc__
+        wrapper.__name__ = fn.__name__
+        wrapper.__module__ = fn.__module__
+        group.command(name)(wrapper)
+        return fn
+
+    return register

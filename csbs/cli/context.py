@@ -1,0 +1,216 @@
+"""What one csbs command runs with: the options the user gave (on the command line or through
+CSBS_* variables), resolved against the cluster config into the region and project it acts in
+and the addresses of the region nodes and the coordinator; channels are opened on first use and
+closed when the command ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from csbs.cli.client import CoordinatorClient, Endpoint, RegionClient
+from csbs.cli.errors import START_HINT, Unreachable, UsageError
+from csbs.cli.output import Printer
+from csbs.cluster import DEFAULT_CONFIG, REPO_ROOT
+from csbs.config import ClusterConfig, ConfigError, load_cluster_config, resolve_address
+from csbs.rpc import channel_options
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options every command takes; None (or empty) means "not given here"."""
+
+    config: Path | None = None
+    region: str | None = None
+    project: str | None = None
+    token: str | None = None
+    ca: Path | None = None
+    addresses: tuple[str, ...] = ()
+    coordinator: str | None = None
+    json: bool = False
+
+    def over(self, base: Options) -> Options:
+        """These options where they were given, else `base`'s (a command's own options over
+        the ones given before the command's name)."""
+        merged = {
+            f.name: getattr(self, f.name) or getattr(base, f.name) for f in dataclasses.fields(self)
+        }
+        merged["addresses"] = (*base.addresses, *self.addresses)
+        return Options(**merged)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a process listens: a fixed address, or port 0 and the data dir where it publishes
+    the address it got."""
+
+    listen: str
+    data_dir: Path | None = None
+
+    def address(self, what: str) -> str:
+        if self.data_dir is None:
+            return self.listen
+        try:
+            return resolve_address(self.listen, self.data_dir)
+        except ConfigError:
+            raise Unreachable(
+                f"cannot reach {what}: it has published no address in {self.data_dir}; {START_HINT}"
+            ) from None
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    """The cluster config to use: the one given, else config/cluster.toml under the current
+    directory, else the repository's; None if there is none."""
+    if explicit is not None:
+        return explicit
+    for candidate in (Path.cwd() / DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _parse_address(text: str) -> tuple[str, str]:
+    region_id, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not region_id or not colon or not host or not port.isdigit():
+        raise UsageError(f"--address: expected REGION=HOST:PORT, got {text!r}")
+    return region_id, address
+
+
+class Session:
+    """The cluster as one command sees it. Use as a context manager: it closes its channels."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.out = Printer(options.json)
+        # Explicit addresses alone name the whole cluster; with a config given too, they
+        # override its addresses.
+        self.config_path = (
+            find_config(options.config) if options.config or not options.addresses else None
+        )
+        self.config: ClusterConfig | None = None
+        if self.config_path is not None:
+            try:
+                self.config = load_cluster_config(self.config_path)
+            except ConfigError as exc:
+                raise UsageError(f"cluster config: {exc}") from None
+        self._regions: dict[str, _Place] = {}
+        coordinator: _Place | None = None
+        if self.config is not None:
+            for region in self.config.regions:
+                self._regions[region.region_id] = _Place(region.listen, region.data_dir)
+            coordinator = _Place(self.config.coordinator.listen, self.config.coordinator.data_dir)
+        for text in options.addresses:
+            region_id, address = _parse_address(text)
+            self._regions[region_id] = _Place(address)
+        if options.coordinator:
+            coordinator = _Place(options.coordinator)
+        self._coordinator_place = coordinator
+        if not self._regions:
+            raise UsageError(
+                "no cluster config found (looked for ./config/cluster.toml and "
+                f"{REPO_ROOT / DEFAULT_CONFIG}); give --config FILE (or CSBS_CONFIG) or "
+                "--address REGION=HOST:PORT"
+            )
+        self.region_id = options.region or next(iter(self._regions))
+        if self.region_id not in self._regions:
+            raise UsageError(
+                f"--region: no region {self.region_id!r} in the cluster "
+                f"(it has {', '.join(self._regions)})"
+            )
+        # Empty: the caller's main project in the region, as every call of the contract takes it.
+        self.project_id = options.project or ""
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {options.token}"),) if options.token else ()
+        )
+        self._root_certificates: bytes | None = None
+        if options.ca is not None:
+            try:
+                self._root_certificates = options.ca.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"--ca: cannot read {options.ca}: {exc.strerror}") from None
+        self._region_clients: dict[str, RegionClient] = {}
+        self._coordinator_client: CoordinatorClient | None = None
+        self._endpoints: list[Endpoint] = []
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def region_ids(self) -> list[str]:
+        return list(self._regions)
+
+    @property
+    def project_label(self) -> str:
+        return self.project_id or "main project"
+
+    def command_line(self, *words: str, region_id: str | None = None, project_id: str = "") -> str:
+        """The csbs command a user would type to do `words` in a region and project: with
+        --region and --project when they are not what the command would take by default."""
+        parts = ["csbs"]
+        region_id = region_id or self.region_id
+        if region_id != self.region_ids[0]:
+            parts += ["--region", region_id]
+        project_id = project_id or (self.project_id if region_id == self.region_id else "")
+        if project_id:
+            parts += ["--project", project_id]
+        return shlex.join([*parts, *words])
+
+    def region(self, region_id: str | None = None) -> RegionClient:
+        """The client of a region's node (the command's region if none is named)."""
+        region_id = region_id or self.region_id
+        client = self._region_clients.get(region_id)
+        if client is None:
+            place = self._regions.get(region_id)
+            if place is None:
+                raise UsageError(
+                    f"no region {region_id!r} in the cluster (it has {', '.join(self._regions)})"
+                )
+            what = f"region {region_id}"
+            where = f"in region {region_id}"
+            if self.project_id:
+                where += f", project {self.project_id}"
+            endpoint = self._endpoint(what, place.address(what), where)
+            client = self._region_clients[region_id] = RegionClient(region_id, endpoint)
+        return client
+
+    def coordinator(self) -> CoordinatorClient:
+        if self._coordinator_client is None:
+            what = "the coordinator"
+            if self._coordinator_place is None:
+                raise UsageError(
+                    "no coordinator: give --coordinator HOST:PORT or a cluster config with one"
+                )
+            endpoint = self._endpoint(what, self._coordinator_place.address(what))
+            self._coordinator_client = CoordinatorClient(endpoint)
+        return self._coordinator_client
+
+    def close(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.close()
+        self._endpoints.clear()
+        self._region_clients.clear()
+        self._coordinator_client = None
+
+    def _endpoint(self, what: str, address: str, not_found_where: str = "") -> Endpoint:
+        if self._root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
+            channel = grpc.secure_channel(address, credentials, options=channel_options())
+        else:
+            channel = grpc.insecure_channel(address, options=channel_options())
+        endpoint = Endpoint(what, address, channel, self._metadata, not_found_where)
+        self._endpoints.append(endpoint)
+        return endpoint

@@ -1,0 +1,32 @@
+"""The `csbs` console script: the typer app and its command groups."""
+
+from __future__ import annotations
+
+import typer
+
+from csbs.cli import backup, demo, image, job, region, server
+from csbs.cli.commands import root_callback
+
+app = typer.Typer(
+    name="csbs",
+    help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images.\n\n"
+    "Every command takes --json, and the cluster options before or after its name.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    callback=root_callback(),
+)
+app.add_typer(region.app, name="region", no_args_is_help=True)
+app.add_typer(server.app, name="server", no_args_is_help=True)
+app.add_typer(backup.app, name="backup", no_args_is_help=True)
+app.add_typer(job.app, name="job", no_args_is_help=True)
+app.add_typer(image.app, name="image", no_args_is_help=True)
+demo.register(app)
+
+
+def main() -> None:
+    app(prog_name="csbs")
+
+
+if __name__ == "__main__":
+    main()
