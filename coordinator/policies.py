@@ -120,7 +120,7 @@ class _Work:
     """What the first step of a run started, for its second step to wait on."""
 
     backups: list[tuple[str, str]] = field(default_factory=list)  # (server_id, backup_id)
-    jobs: list[tuple[str, str]] = field(default_factory=list)  # (backup_id, job_id)
+    jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (backup, server, job)
 
 
 # -- the stored form of a policy and a run -------------------------------------------------------
@@ -769,8 +769,8 @@ class PolicyService:
                     RunItem("skipped", backup.backup_id, backup.server_id, reason=exc.message)
                 )
                 continue
-            work.jobs.append((backup.backup_id, job.job_id))
-        return replace(run, items=tuple(items), job_ids=tuple(j for _, j in work.jobs))
+            work.jobs.append((backup.backup_id, backup.server_id, job.job_id))
+        return replace(run, items=tuple(items), job_ids=tuple(j for _, _, j in work.jobs))
 
     def _already_replicated(self, backup_id: str, target: str) -> str:
         """Why M2/M3 must not replicate this backup to this region, or "" if it may: never
@@ -792,7 +792,7 @@ class PolicyService:
     def _wait_jobs(self, work: _Work) -> list[RunItem]:
         items = []
         deadline = time.monotonic() + WORK_TIMEOUT
-        for backup_id, job_id in work.jobs:
+        for backup_id, server_id, job_id in work.jobs:
             job = self._replication.get_job(job_id)
             while job.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
                 if time.monotonic() > deadline:

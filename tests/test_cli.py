@@ -599,6 +599,14 @@ def test_there_is_every_command_the_issue_names() -> None:
         *(("backup", c) for c in ("create", "list", "show", "delete", "restore", "replicate")),
         *(("job", c) for c in ("list", "show", "watch")),
         *(("image", c) for c in ("create", "list", "show", "delete")),
+        *(
+            ("policy", c)
+            for c in (
+                *("create", "list", "show", "update", "delete"),
+                *("add-servers", "remove-servers", "run", "runs"),
+            )
+        ),
+        *(("clock", c) for c in ("show", "advance")),
         ("demo",),
     }
     assert wanted <= paths

@@ -116,15 +116,27 @@ def _step(backup: pb.Backup) -> Step:
     )
 
 
-def wait_backup(session: Session, backup: pb.Backup) -> pb.Backup:
-    """Follows a backup being taken until it is available; an error ends the command."""
-    final = follow(
-        session.region().watch_backup(session.project_id, backup.backup_id),
+def follow_backup(
+    session: Session, backup_id: str, region_id: str | None = None, project_id: str | None = None
+) -> pb.Backup:
+    """Follows a backup being taken, with progress, until it is available or in error, and
+    returns it as it ended; in the command's region and project unless others are given."""
+    region_id = region_id or session.region_id
+    project_id = session.project_id if project_id is None else project_id
+    return follow(
+        session.region(region_id).watch_backup(project_id, backup_id),
         _step,
-        what=f"backup {short(backup.backup_id)}",
-        resume=session.command_line("backup", "show", backup.backup_id, "--wait"),
+        what=f"backup {short(backup_id)}",
+        resume=session.command_line(
+            "backup", "show", backup_id, "--wait", region_id=region_id, project_id=project_id
+        ),
         console=session.out.err,
     )
+
+
+def wait_backup(session: Session, backup: pb.Backup) -> pb.Backup:
+    """Follows a backup being taken until it is available; an error ends the command."""
+    final = follow_backup(session, backup.backup_id)
     if final.status == pb.BACKUP_STATUS_ERROR:
         raise Refused(f"backup {backup.backup_id} failed: {final.error_reason}")
     return final

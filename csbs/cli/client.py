@@ -21,7 +21,7 @@ from csbs.cli.errors import START_HINT, CliError, Refused, Unreachable
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
-from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
+from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeStub
 
 T = TypeVar("T")
@@ -30,6 +30,7 @@ UNARY_TIMEOUT = 15.0  # a call that reads or writes a few catalog rows
 HEAVY_TIMEOUT = 120.0  # a call whose work grows with a backup (create, delete, restore)
 TRANSFER_TIMEOUT = 3600.0  # a disk read or write stream, overall
 WATCH_TIMEOUT = 300.0  # one watch stream; a longer wait opens another
+ADVANCE_TIMEOUT = 3600.0  # moving the simulated clock runs everything that falls due meanwhile
 WATCH_RETRIES = 5  # a watch cut by an unavailable process is opened again this many times
 WATCH_RETRY_PAUSE = 1.0
 PROBE_TIMEOUT = 0.5  # how long to look whether a process that said UNAVAILABLE is connected
@@ -325,11 +326,13 @@ class RegionClient:
 
 
 class CoordinatorClient:
-    """The user API (Coordinator) of the coordinator: replication targets and jobs."""
+    """The coordinator: its user API (Coordinator: replication targets and jobs, policies and
+    their runs, the cluster clock) and the one operator call (CoordinatorAdmin: AdvanceClock)."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._stub = CoordinatorStub(endpoint.channel)
+        self._admin = CoordinatorAdminStub(endpoint.channel)
 
     def list_targets(self, source_region_id: str) -> list[cpb.ReplicationTarget]:
         request = cpb.ListReplicationTargetsRequest(source_region_id=source_region_id)
@@ -369,3 +372,83 @@ class CoordinatorClient:
         return self.endpoint.watch(
             self._stub.WatchReplicationJob, request, lambda j: j.status in ended
         )
+
+    # -- policies --------------------------------------------------------------------------------
+    def create_policy(self, request: cpb.CreatePolicyRequest) -> cpb.Policy:
+        policy: cpb.Policy = self.endpoint.unary(
+            self._stub.CreatePolicy, request, retry=bool(request.request_id)
+        )
+        return policy
+
+    def get_policy(self, policy_id: str) -> cpb.Policy:
+        request = cpb.GetPolicyRequest(policy_id=policy_id)
+        policy: cpb.Policy = self.endpoint.unary(self._stub.GetPolicy, request, retry=True)
+        return policy
+
+    def list_policies(self, region_id: str, project_id: str) -> list[cpb.Policy]:
+        def fetch(token: str) -> tuple[list[cpb.Policy], str]:
+            request = cpb.ListPoliciesRequest(
+                region_id=region_id,
+                project_id=project_id,
+                page_size=LIST_PAGE_SIZE,
+                page_token=token,
+            )
+            answer = self.endpoint.unary(self._stub.ListPolicies, request, retry=True)
+            return list(answer.policies), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    def update_policy(self, policy: cpb.Policy, fields: Iterable[str]) -> cpb.Policy:
+        request = cpb.UpdatePolicyRequest(policy=policy, update_fields=list(fields))
+        # Setting fields to given values: the same request twice gives the same policy.
+        updated: cpb.Policy = self.endpoint.unary(self._stub.UpdatePolicy, request, retry=True)
+        return updated
+
+    def delete_policy(self, policy_id: str) -> cpb.DeletePolicyResponse:
+        request = cpb.DeletePolicyRequest(policy_id=policy_id)
+        answer: cpb.DeletePolicyResponse = self.endpoint.unary(self._stub.DeletePolicy, request)
+        return answer
+
+    def add_policy_servers(self, policy_id: str, server_ids: Iterable[str]) -> cpb.Policy:
+        request = cpb.PolicyServersRequest(policy_id=policy_id, server_ids=list(server_ids))
+        policy: cpb.Policy = self.endpoint.unary(self._stub.AddPolicyServers, request)
+        return policy
+
+    def remove_policy_servers(self, policy_id: str, server_ids: Iterable[str]) -> cpb.Policy:
+        request = cpb.PolicyServersRequest(policy_id=policy_id, server_ids=list(server_ids))
+        policy: cpb.Policy = self.endpoint.unary(self._stub.RemovePolicyServers, request)
+        return policy
+
+    def execute_policy(self, policy_id: str, kind: cpb.PolicyRunKind.ValueType) -> cpb.PolicyRun:
+        request = cpb.ExecutePolicyRequest(policy_id=policy_id, kind=kind)
+        run: cpb.PolicyRun = self.endpoint.unary(
+            self._stub.ExecutePolicy, request, timeout=HEAVY_TIMEOUT
+        )
+        return run
+
+    def list_policy_runs(self, policy_id: str) -> list[cpb.PolicyRun]:
+        def fetch(token: str) -> tuple[list[cpb.PolicyRun], str]:
+            request = cpb.ListPolicyRunsRequest(
+                policy_id=policy_id, page_size=LIST_PAGE_SIZE, page_token=token
+            )
+            answer = self.endpoint.unary(self._stub.ListPolicyRuns, request, retry=True)
+            return list(answer.runs), answer.next_page_token
+
+        return _all_pages(fetch)
+
+    # -- the cluster clock -----------------------------------------------------------------------
+    def get_clock(self) -> cpb.ClockState:
+        clock: cpb.ClockState = self.endpoint.unary(
+            self._stub.GetClock, cpb.GetClockRequest(), retry=True
+        )
+        return clock
+
+    def advance_clock(self, request: cpb.AdvanceClockRequest) -> cpb.ClockState:
+        # Moving to an instant is idempotent; moving by a duration is not.
+        clock: cpb.ClockState = self.endpoint.unary(
+            self._admin.AdvanceClock,
+            request,
+            timeout=ADVANCE_TIMEOUT,
+            retry=request.WhichOneof("target") == "to",
+        )
+        return clock

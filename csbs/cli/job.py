@@ -85,15 +85,20 @@ def _step(job: cpb.ReplicationJob) -> Step:
     )
 
 
-def wait_job(session: Session, job: cpb.ReplicationJob) -> cpb.ReplicationJob:
-    """Follows a replication job until it ends; a failed job ends the command."""
-    final = follow(
-        session.coordinator().watch_job(job.job_id),
+def follow_job(session: Session, job_id: str) -> cpb.ReplicationJob:
+    """Follows a replication job with progress until it ends, and returns it as it ended."""
+    return follow(
+        session.coordinator().watch_job(job_id),
         _step,
-        what=f"replication {job.job_id[:8]}",
-        resume=f"csbs job watch {job.job_id}",
+        what=f"replication {job_id[:8]}",
+        resume=f"csbs job watch {job_id}",
         console=session.out.err,
     )
+
+
+def wait_job(session: Session, job: cpb.ReplicationJob) -> cpb.ReplicationJob:
+    """Follows a replication job until it ends; a failed job ends the command."""
+    final = follow_job(session, job.job_id)
     if final.status == cpb.REPLICATION_JOB_STATUS_FAILED:
         raise Refused(f"replication job {job.job_id} failed: {final.failure_reason}")
     return final

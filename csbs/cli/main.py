@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from csbs.cli import backup, demo, image, job, region, server
+from csbs.cli import backup, clock, demo, image, job, policy, region, server
 from csbs.cli.commands import root_callback
 
 app = typer.Typer(
     name="csbs",
-    help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images.\n\n"
+    help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images, "
+    "policies, the cluster clock.\n\n"
     "Every command takes --json, and the cluster options before or after its name.",
     no_args_is_help=True,
     add_completion=False,
@@ -21,6 +22,8 @@ app.add_typer(server.app, name="server", no_args_is_help=True)
 app.add_typer(backup.app, name="backup", no_args_is_help=True)
 app.add_typer(job.app, name="job", no_args_is_help=True)
 app.add_typer(image.app, name="image", no_args_is_help=True)
+app.add_typer(policy.app, name="policy", no_args_is_help=True)
+app.add_typer(clock.app, name="clock", no_args_is_help=True)
 demo.register(app)
 
 

@@ -100,6 +100,9 @@ def to_json(message: Message) -> dict[str, Any]:
 
 # --- printing ----------------------------------------------------------------------------------
 
+# Columns of IDs, never wrapped: an ID is copied whole.
+_WHOLE = ("ID", "BACKUP", "SERVER", "REPLICA", "RUN", "JOB")
+
 
 class Printer:
     """Prints a command's answer: for people, or as JSON with `--json`."""
@@ -147,7 +150,7 @@ class Printer:
             return
         table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
         for column in columns:
-            table.add_column(column, no_wrap=column in ("ID", "BACKUP", "SERVER", "REPLICA"))
+            table.add_column(column, no_wrap=column in _WHOLE)
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))
         self._print(table)
