@@ -800,9 +800,9 @@ class PolicyService:
                 time.sleep(WAIT_POLL)
                 job = self._replication.get_job(job_id)
             if job.status == JobStatus.SUCCESS:
-                items.append(RunItem("replicated", backup_id, job_id=job_id))
+                items.append(RunItem("replicated", backup_id, server_id, job_id))
             else:
-                items.append(RunItem("failed", backup_id, job_id=job_id, reason=job.failure_reason))
+                items.append(RunItem("failed", backup_id, server_id, job_id, job.failure_reason))
         return items
 
     def _apply_replica_retention(self, policy: Policy) -> list[RunItem]:
