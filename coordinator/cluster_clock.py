@@ -35,12 +35,7 @@ class ClusterClock:
         return self._simulated.now() if self.simulated else self._wall.now()
 
     def _persist(self, instant: datetime) -> None:
-        with self._store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (SETTING, instant.isoformat()),
-            )
+        self._store.put_setting(SETTING, instant.isoformat())
 
     def move_to(self, instant: datetime) -> datetime:
         """Simulated mode: moves the clock to `instant` (never backwards) and tells every node."""

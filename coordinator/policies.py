@@ -196,17 +196,6 @@ def _run_from_body(body: str) -> PolicyRun:
     )
 
 
-def _next_seq(conn: Any, name: str) -> int:
-    row = conn.execute("SELECT value FROM sequence WHERE name = ?", (name,)).fetchone()
-    value = (row[0] if row else 0) + 1
-    conn.execute(
-        "INSERT INTO sequence(name, value) VALUES (?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        (name, value),
-    )
-    return int(value)
-
-
 class PolicyService:
     def __init__(
         self,
@@ -382,7 +371,7 @@ class PolicyService:
                 "next_backup_at, next_replication_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     policy.policy_id,
-                    _next_seq(conn, "policies"),
+                    self._store.next_seq(conn, "policies"),
                     policy.region_id,
                     policy.project_id,
                     _policy_body(policy),
@@ -521,7 +510,12 @@ class PolicyService:
             else:
                 conn.execute(
                     "INSERT INTO policy_runs(run_id, seq, policy_id, body) VALUES (?, ?, ?, ?)",
-                    (run.run_id, _next_seq(conn, "policy_runs"), run.policy_id, _run_body(run)),
+                    (
+                        run.run_id,
+                        self._store.next_seq(conn, "policy_runs"),
+                        run.policy_id,
+                        _run_body(run),
+                    ),
                 )
 
     def list_runs(self, policy_id: str, size: int, token: str) -> Page[PolicyRun]:

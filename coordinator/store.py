@@ -7,9 +7,7 @@ a version (PRAGMA user_version) and is migrated on start."""
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,7 @@ from coordinator.models import (
     ReplicationJob,
 )
 from csbs.clients import ReplicationWay
-
-SCHEMA_VERSION = 2
+from csbs.database import Database
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -122,10 +119,6 @@ _JOB_COLUMNS = (
 )
 
 
-class SchemaTooNew(RuntimeError):
-    pass
-
-
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -161,69 +154,11 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
     )
 
 
-class Store:
-    """The coordinator's database. `transaction()` gives the connection inside one transaction
-    under the store lock, so that a check and the write that depends on it are atomic."""
+class Store(Database):
+    """The coordinator's database (see the module's docstring)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._lock = threading.RLock()
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"coordinator schema version {version} is newer than this "
-                    f"coordinator's {SCHEMA_VERSION}"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _MIGRATIONS[target].split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version = {target}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    # -- settings --------------------------------------------------------------------------------
-    def setting(self, key: str, default: str) -> str:
-        """A persisted setting, written with `default` the first time it is read."""
-        with self.transaction() as conn:
-            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            if row:
-                return str(row[0])
-            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, default))
-            return default
+        super().__init__(path, _MIGRATIONS, "coordinator")
 
     # -- jobs: reads -----------------------------------------------------------------------------
     def get_job(self, job_id: str, conn: sqlite3.Connection | None = None) -> ReplicationJob | None:
@@ -304,13 +239,7 @@ class Store:
 
     # -- jobs: writes ----------------------------------------------------------------------------
     def insert_job(self, conn: sqlite3.Connection, job: ReplicationJob, token: str) -> None:
-        row = conn.execute("SELECT value FROM sequence WHERE name = 'jobs'").fetchone()
-        seq = (row[0] if row else 0) + 1
-        conn.execute(
-            "INSERT INTO sequence(name, value) VALUES ('jobs', ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            (seq,),
-        )
+        seq = self.next_seq(conn, "jobs")
         p = job.progress
         conn.execute(
             f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "

@@ -6,11 +6,9 @@ a version and is migrated on start."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from csbs.database import Database
 
 SCHEMA_VERSION = 1
 
@@ -150,71 +148,8 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-class SchemaTooNew(RuntimeError):
-    pass
-
-
-class Catalog:
-    """The SQLite catalog. `transaction()` gives the connection inside one transaction under
-    the catalog lock; `read()` gives it for reads under the same lock."""
+class Catalog(Database):
+    """The node's catalog (see the module's docstring)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._lock = threading.RLock()
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"catalog schema version {version} is newer than this node's {SCHEMA_VERSION}"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _MIGRATIONS[target].split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version = {target}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._conn
-
-    def next_seq(self, conn: sqlite3.Connection, name: str) -> int:
-        """A monotonically increasing number, for stable list order (inside a transaction)."""
-        row = conn.execute("SELECT value FROM sequence WHERE name = ?", (name,)).fetchone()
-        value = (row[0] if row else 0) + 1
-        conn.execute(
-            "INSERT INTO sequence(name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            (name, value),
-        )
-        return int(value)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(path, _MIGRATIONS, "catalog")

@@ -130,13 +130,16 @@ class RegionNodeService:
         self._entries: dict[str, dict[tuple[int, int], tuple[bytes, int, int]]] = {}
         self.notifier = Notifier()
         self._tokens = PageTokens(
-            self._setting("page_token_secret", secrets.token_hex(32)).encode()
+            self._catalog.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
         self._accepts_replication = (
-            self._setting("accepts_replication", "1" if config.accepts_replication else "0") == "1"
+            self._catalog.setting("accepts_replication", "1" if config.accepts_replication else "0")
+            == "1"
         )
         if isinstance(clock, SimulatedClock):
-            clock.set(datetime.fromisoformat(self._setting("clock_now", clock.now().isoformat())))
+            clock.set(
+                datetime.fromisoformat(self._catalog.setting("clock_now", clock.now().isoformat()))
+            )
         self._projects = {
             p.project_id: Project(p.project_id, p.name, p.account_id, p.main)
             for p in config.projects
@@ -144,15 +147,6 @@ class RegionNodeService:
         self._recover()
 
     # -- settings and start-up ----------------------------------------------------------------
-    def _setting(self, key: str, default: str) -> str:
-        """A persisted setting, written with `default` the first time it is read."""
-        with self._catalog.transaction() as conn:
-            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            if row:
-                return str(row[0])
-            conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, default))
-            return default
-
     def _recover(self) -> None:
         """Brings the catalog back to a consistent state after any stop, clean or not."""
         now = _ts(self._clock.now())
@@ -222,12 +216,7 @@ class RegionNodeService:
 
     def set_replication_capability(self, accepts: bool) -> RegionInfo:
         """R5: the region's own word on whether it accepts replication, advertised at once."""
-        with self._catalog.transaction() as conn:
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES ('accepts_replication', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                ("1" if accepts else "0",),
-            )
+        self._catalog.put_setting("accepts_replication", "1" if accepts else "0")
         self._accepts_replication = accepts
         return self.region_info()
 
@@ -1721,12 +1710,7 @@ class RegionNodeService:
                 "the cluster clock is not simulated; it follows the wall clock"
             )
         now = self._clock.set(instant)
-        with self._catalog.transaction() as conn:
-            conn.execute(
-                "INSERT INTO settings(key, value) VALUES ('clock_now', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (now.isoformat(),),
-            )
+        self._catalog.put_setting("clock_now", now.isoformat())
         return now
 
     # -- for tests and reports ----------------------------------------------------------------
