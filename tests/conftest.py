@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from csbs.clock import WallClock
+from csbs.config import ProjectConfig
+from region_node.config import NodeConfig
+from region_node.service import RegionNodeService
 from tests.harness import Cluster, write_cluster_config
 
 
@@ -32,3 +36,29 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
     with Cluster(write_cluster_config(tmp_path_factory.mktemp("shared_cluster"))) as running:
         running.start()
         yield running
+
+
+@pytest.fixture(scope="module")
+def coordinated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The default cluster with its coordinator, one for every test of a module."""
+    path: Path = write_cluster_config(tmp_path_factory.mktemp("coordinated"))
+    with Cluster(path) as running:
+        running.start(coordinator=True)
+        yield running
+
+
+@pytest.fixture
+def node_service(tmp_path: Path) -> Iterator[RegionNodeService]:
+    """A region node's domain in this process, on a real catalog and stores in tmp_path."""
+    config = NodeConfig(
+        region_id="cn-north-4",
+        display_name="CN North-Beijing4",
+        listen="127.0.0.1:0",
+        accepts_replication=True,
+        projects=(ProjectConfig("p1", "p1", "default", True),),
+        data_dir=tmp_path / "node",
+        chunk_size=1 << 20,
+    )
+    node = RegionNodeService(config, WallClock())
+    yield node
+    node.close()

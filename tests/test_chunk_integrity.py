@@ -4,34 +4,19 @@ error (DATA_LOSS), never wrong bytes on a restored disk. Domain test on a real s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from csbs.clock import WallClock
-from csbs.config import ProjectConfig
 from csbs.errors import ChunkCorrupted
-from region_node.config import NodeConfig
 from region_node.models import BackupStatus, ServerStatus
 from region_node.service import RegionNodeService
 from tests.node_helpers import MIB, seeded_bytes
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[RegionNodeService]:
-    config = NodeConfig(
-        region_id="cn-north-4",
-        display_name="CN North-Beijing4",
-        listen="127.0.0.1:0",
-        accepts_replication=True,
-        projects=(ProjectConfig("p1", "p1", "default", True),),
-        data_dir=tmp_path / "node",
-        chunk_size=MIB,
-    )
-    node = RegionNodeService(config, WallClock())
-    yield node
-    node.close()
+def service(node_service: RegionNodeService) -> RegionNodeService:
+    return node_service
 
 
 def _wait(predicate: object, timeout: float = 30.0) -> None:

@@ -4,9 +4,6 @@ three region nodes and the coordinator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 
@@ -14,21 +11,12 @@ from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
-from tests.harness import Cluster, write_cluster_config
+from tests.harness import Cluster
 from tests.node_helpers import backup, make_server, node, refusal
 
 SOURCE = "cn-north-4"
 TARGET = "cn-east-3"
 NO_REPLICATION = "cn-south-1"
-
-
-@pytest.fixture(scope="module")
-def coordinated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The default cluster with its coordinator; the tests here only add backups of their own."""
-    path: Path = write_cluster_config(tmp_path_factory.mktemp("coordinator_validation"))
-    with Cluster(path) as running:
-        running.start(coordinator=True)
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and every rule of ../shared/spec/replication.md that M1 must keep."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,14 +36,6 @@ TARGET_DR = "cn-east-3_dr"  # the target region's second, non-main project
 NO_REPLICATION = "cn-south-1"
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def coordinated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path: Path = write_cluster_config(tmp_path_factory.mktemp("replication"))
-    with Cluster(path) as running:
-        running.start(coordinator=True)
-        yield running
 
 
 @pytest.fixture(scope="module")
