@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from coordinator.store import Store
 from csbs.clients import RegionNodes
@@ -18,6 +18,7 @@ from csbs.errors import CsbsError, FailedPrecondition, InvalidArgument
 log = logging.getLogger(__name__)
 
 SETTING = "simulated_clock_now"
+MAX_ADOPTED_LEAD = timedelta(minutes=1)
 PUSH_TIMEOUT = 2.0  # seconds a node has to take the new time
 
 
@@ -73,7 +74,14 @@ class ClusterClock:
         regions = self._nodes.region_ids
         with ThreadPoolExecutor(max_workers=max(len(regions), 1)) as pool:
             answers = [a for a in pool.map(tell, regions) if a is not None]
-        latest = max(answers, default=now)
+        # A node a little ahead (it kept its own time while starting) moves this clock; one far
+        # ahead is a fault, never a way to skip the runs in between.
+        near = [a for a in answers if a - now <= MAX_ADOPTED_LEAD]
+        for ahead in set(answers) - set(near):
+            log.warning(
+                "a node's clock is at %s, far ahead of the cluster's %s: ignored", ahead, now
+            )
+        latest = max(near, default=now)
         if latest > now:
             with self._lock:
                 self._persist(self._simulated.set(latest))

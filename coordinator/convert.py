@@ -21,11 +21,23 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def instant(ts: Timestamp, field: str) -> datetime:
+    """A request's timestamp as an aware datetime, or INVALID_ARGUMENT naming the field when it
+    is no instant at all (seconds outside years 1-9999, nanos outside 0-999999999)."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            f"{field}: seconds {ts.seconds} and nanos {ts.nanos} are not a valid timestamp "
+            "(from 0001-01-01 to 9999-12-31, nanos 0 to 999999999)"
+        ) from exc
+
+
 def _instant(message: pb.ListReplicationJobsRequest, field: str) -> datetime | None:
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     ts: Timestamp = getattr(message, field)
-    return ts.ToDatetime(tzinfo=UTC)
+    return instant(ts, field)
 
 
 def target_to_proto(target: models.ReplicationTarget) -> pb.ReplicationTarget:

@@ -69,11 +69,11 @@ def validate_schedule(rule_text: str, timezone: str, field: str) -> Schedule:
             raise InvalidArgument(f"{field}.rrule: {key} is required")
     try:
         zone = ZoneInfo(timezone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: "Asia", too long
         raise InvalidArgument(f"{field}.timezone {timezone!r} is not an IANA time zone") from exc
     try:
         rule = rrulestr(rule_text, dtstart=_PROBE_START)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: BYHOUR=10**20
         raise InvalidArgument(f"{field}.rrule {rule_text!r}: {exc}") from exc
     runs = list(rule.between(_PROBE_START, _PROBE_START + timedelta(days=15), inc=True))
     if not runs:

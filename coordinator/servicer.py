@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import grpc
 
@@ -158,14 +158,26 @@ class CoordinatorAdminServicer(coordinator_pb2_grpc.CoordinatorAdminServicer):
         self, request: pb.AdvanceClockRequest, context: grpc.ServicerContext
     ) -> pb.ClockState:
         which = request.WhichOneof("target")
+        now = self._clock.now()
         if which == "to":
-            to = request.to.ToDatetime(tzinfo=UTC)
+            to = convert.instant(request.to, "to")
+            if to - now > timedelta(seconds=MAX_ADVANCE_SECONDS):
+                raise InvalidArgument(
+                    f"to: {to.isoformat()} is more than {MAX_ADVANCE_SECONDS} seconds (10 years) "
+                    f"after the cluster clock ({now.isoformat()})"
+                )
         elif which == "by_seconds":
             if request.by_seconds > MAX_ADVANCE_SECONDS:
                 raise InvalidArgument(
                     f"by_seconds {request.by_seconds}: at most {MAX_ADVANCE_SECONDS} (10 years)"
                 )
-            to = self._clock.now() + timedelta(seconds=request.by_seconds)
+            try:
+                to = now + timedelta(seconds=request.by_seconds)
+            except OverflowError as exc:
+                raise InvalidArgument(
+                    f"by_seconds {request.by_seconds}: the cluster clock ({now.isoformat()}) "
+                    "would pass 9999-12-31, the last instant it can hold"
+                ) from exc
         else:
             raise InvalidArgument("to or by_seconds is required")
         now = self._policies.advance(to)

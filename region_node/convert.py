@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,6 +18,18 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def instant(ts: Timestamp, field: str) -> datetime:
+    """A request's timestamp as an aware datetime, or INVALID_ARGUMENT naming the field when it
+    is no instant at all (seconds outside years 1-9999, nanos outside 0-999999999)."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            f"{field}: seconds {ts.seconds} and nanos {ts.nanos} are not a valid timestamp "
+            "(from 0001-01-01 to 9999-12-31, nanos 0 to 999999999)"
+        ) from exc
 
 
 def region_info_to_proto(info: models.RegionInfo) -> common_pb2.RegionInfo:
@@ -196,7 +208,7 @@ def record_from_proto(record: pb.ReplicationRecord) -> models.ReplicationRecord:
         status=models.RecordStatus(status),
         failure_reason=record.failure_reason,
         replica_deleted=record.replica_deleted,
-        updated_at=record.updated_at.ToDatetime(),
+        updated_at=instant(record.updated_at, "record.updated_at"),
     )
 
 

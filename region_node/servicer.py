@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC
 
 import grpc
 
@@ -343,5 +342,5 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def SetClock(
         self, request: pb.SetClockRequest, context: grpc.ServicerContext
     ) -> pb.SetClockResponse:
-        now = self._service.set_clock(request.now.ToDatetime(tzinfo=UTC))
+        now = self._service.set_clock(convert.instant(request.now, "now"))
         return pb.SetClockResponse(now=convert.timestamp(now))
