@@ -196,7 +196,10 @@ def test_policy_run_wait_follows_the_backups_and_then_the_run(
     done = csbs(env, "policy", "run", policy["policy_id"], "--replication", "--wait")
     assert re.search(r"^replication [0-9a-f]{8}: success, ", done.stderr, re.MULTILINE)
     assert re.search(r"^Status\s+finished$", done.stdout, re.MULTILINE), done.stdout
-    assert re.search(rf"^replicated\s+{run['items'][0]['backup_id']}\s+", done.stdout, re.M)
+    item = run["items"][0]
+    assert re.search(
+        rf"^replicated\s+{item['server_id']}\s+{item['backup_id']}\s+", done.stdout, re.M
+    ), done.stdout
     assert re.search(r"^JOB\s+BACKUP\s+TO\s+STATUS\s+PROGRESS$", done.stdout, re.MULTILINE)
     assert re.search(rf"\s{TARGET} / cn-east-3_default\s+success\s+", done.stdout)
 
