@@ -13,6 +13,7 @@ from coordinator.policies import PolicyService
 from coordinator.replication import ReplicationService
 from csbs.errors import InvalidArgument
 from csbs.rpc import rpc_method
+from csbs.timestamps import instant, timestamp
 from csbs.v1 import coordinator_pb2 as pb
 from csbs.v1 import coordinator_pb2_grpc
 
@@ -70,9 +71,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc_method
     def GetClock(self, request: pb.GetClockRequest, context: grpc.ServicerContext) -> pb.ClockState:
-        return pb.ClockState(
-            now=convert.timestamp(self._clock.now()), simulated=self._clock.simulated
-        )
+        return pb.ClockState(now=timestamp(self._clock.now()), simulated=self._clock.simulated)
 
     @rpc_method
     def CreatePolicy(
@@ -160,7 +159,7 @@ class CoordinatorAdminServicer(coordinator_pb2_grpc.CoordinatorAdminServicer):
         which = request.WhichOneof("target")
         now = self._clock.now()
         if which == "to":
-            to = convert.instant(request.to, "to")
+            to = instant(request.to, "to")
             if to - now > timedelta(seconds=MAX_ADVANCE_SECONDS):
                 raise InvalidArgument(
                     f"to: {to.isoformat()} is more than {MAX_ADVANCE_SECONDS} seconds (10 years) "
@@ -181,4 +180,4 @@ class CoordinatorAdminServicer(coordinator_pb2_grpc.CoordinatorAdminServicer):
         else:
             raise InvalidArgument("to or by_seconds is required")
         now = self._policies.advance(to)
-        return pb.ClockState(now=convert.timestamp(now), simulated=self._clock.simulated)
+        return pb.ClockState(now=timestamp(now), simulated=self._clock.simulated)

@@ -8,6 +8,7 @@ import grpc
 
 from csbs.errors import InvalidArgument
 from csbs.rpc import rpc_method
+from csbs.timestamps import instant, timestamp
 from csbs.v1 import common_pb2, region_node_pb2_grpc
 from csbs.v1 import region_node_pb2 as pb
 from region_node import convert
@@ -342,5 +343,5 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def SetClock(
         self, request: pb.SetClockRequest, context: grpc.ServicerContext
     ) -> pb.SetClockResponse:
-        now = self._service.set_clock(convert.instant(request.now, "now"))
-        return pb.SetClockResponse(now=convert.timestamp(now))
+        now = self._service.set_clock(instant(request.now, "now"))
+        return pb.SetClockResponse(now=timestamp(now))
