@@ -509,6 +509,12 @@ def print_report(results: Results, summary: dict[str, Any]) -> None:
         ("node peak RSS (VmHWM)", f"{summary['node_peak_rss_mb']:.0f} MB"),
         ("restored data checked at offsets", ", ".join(map(str, summary["verified_offsets"]))),
     ]
+    print_summary(rows, summary)
+
+
+def print_summary(rows: list[tuple[str, str]], summary: dict[str, Any]) -> None:
+    """The closing lines every benchmark prints: aligned rows, then its figures as one JSON
+    object on the last line."""
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -15,7 +15,6 @@ backup dropped them from the page cache); the report shows what each node read a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -46,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # bench/backup.py, next to this file: its error, progress line, CPU reading and follow loop.
-from backup import BenchError, cpu_seconds, follow, progress  # noqa: E402
+from backup import BenchError, cpu_seconds, follow, print_summary, progress  # noqa: E402
 
 from tests.harness import (  # noqa: E402
     DEFAULT_REGIONS,
@@ -649,11 +648,7 @@ def print_report(results: Results, summary: dict[str, Any]) -> None:
     ]
     if summary["peers_missing"]:
         rows.append(("MISSING PEERS (null in JSON)", ", ".join(summary["peers_missing"])))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    print()
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    print_summary(rows, summary)
 
 
 # ---------------------------------------------------------------------------------------------
