@@ -34,8 +34,11 @@ lint: install
 test: install
 	$(VENV)/bin/pytest -q
 
+# TLS=1: TLS on every channel (a local CA and per-process certificates, made at first start).
+TLS_FLAG := $(if $(filter 1 yes true,$(TLS)),--tls,)
+
 cluster: install
-	$(VENV)/bin/csbs-cluster --config $(CONFIG)
+	$(VENV)/bin/csbs-cluster --config $(CONFIG) $(TLS_FLAG)
 
 bench: install
 	$(PY) bench/backup.py
@@ -44,7 +47,7 @@ bench: install
 # The whole story (README quickstart) against a fresh cluster of $(CONFIG)'s regions, on ephemeral
 # ports with its data in a temp dir, started for the demo and stopped after it.
 demo: install
-	$(VENV)/bin/csbs --config $(CONFIG) demo --fresh-cluster
+	$(VENV)/bin/csbs --config $(CONFIG) demo --fresh-cluster $(TLS_FLAG)
 
 clean:
 	rm -rf csbs/v1 $(VENV) var .pytest_cache .mypy_cache .ruff_cache

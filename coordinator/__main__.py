@@ -9,27 +9,34 @@ import sys
 from coordinator.config import CoordinatorConfig
 from coordinator.server import build_server
 from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
+from csbs.tls import TlsError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-coordinator", description=__doc__)
     parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         cluster = load_cluster_config(args.config)
-    except ConfigError as exc:
+        security = process_security(cluster, "coordinator", cluster.tls or args.tls)
+    except (ConfigError, TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = CoordinatorConfig.from_cluster(cluster)
+    log = logging.getLogger("coordinator")
+    for line in describe_issued(security.issued):
+        log.warning("issued (shown once): %s", line)
+    config = CoordinatorConfig.from_cluster(cluster, security.secrets, security.tls)
     server, address, domain, health_servicer = build_server(config)
     server.start()
     domain.policies.start()
     write_address_file(config.data_dir, address)
-    logging.getLogger("coordinator").info("coordinator serving on %s", address)
+    log.info("coordinator serving on %s%s", address, " (TLS)" if security.tls else "")
     serve_until_signal(server, health_servicer, on_stop=domain.close)
     return 0
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from csbs.clients import NodeEndpoint
 from csbs.config import ClusterConfig
+from csbs.credentials import ClusterSecrets
+from csbs.tls import ProcessTls
 
 
 @dataclass(frozen=True)
@@ -14,21 +16,27 @@ class CoordinatorConfig:
     listen: str
     data_dir: Path
     regions: tuple[NodeEndpoint, ...]
-    # The account a call acts for while calls carry no credential: its main projects are the
-    # default source and target projects (P3).
-    default_account_id: str
+    secrets: ClusterSecrets
+    tls: ProcessTls | None = None  # TLS on the coordinator's port and on its channels to nodes
     retry_budget_seconds: float = 60.0
     cleanup_interval_seconds: float = 2.0
     simulated_clock: bool = False
     job_workers: int = 4  # replication jobs copied at once; the others wait (WAITING)
 
+    @property
+    def ca_pem(self) -> bytes | None:
+        return None if self.tls is None else self.tls.ca_pem
+
     @classmethod
-    def from_cluster(cls, cluster: ClusterConfig) -> CoordinatorConfig:
+    def from_cluster(
+        cls, cluster: ClusterConfig, secrets: ClusterSecrets, tls: ProcessTls | None = None
+    ) -> CoordinatorConfig:
         return cls(
             listen=cluster.coordinator.listen,
             data_dir=cluster.coordinator.data_dir,
             regions=tuple(NodeEndpoint(r.region_id, r.listen, r.data_dir) for r in cluster.regions),
-            default_account_id=cluster.default_account.account_id,
+            secrets=secrets,
+            tls=tls,
             retry_budget_seconds=cluster.coordinator.retry_budget_seconds,
             cleanup_interval_seconds=cluster.coordinator.cleanup_interval_seconds,
             simulated_clock=cluster.simulated_clock,

@@ -59,6 +59,7 @@ class ReplicationJob:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    account_id: str  # the account the job belongs to: no other account sees it (issue 6)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,12 @@ class ReplicateRequest:
     idempotency_token: str = ""
     way: ReplicationWay = ReplicationWay.MANUAL  # M2 and M3 come from policies
     policy_id: str = ""
+    account_id: str = ""  # who asks: its projects only, in both regions (issue 6)
 
 
 @dataclass(frozen=True)
 class JobFilter:
+    account_id: str = ""  # always set: a caller lists only its own account's jobs (issue 6)
     status: JobStatus = JobStatus.UNSPECIFIED
     source_backup_id: str = ""
     target_region_id: str = ""
@@ -101,6 +104,7 @@ class JobFilter:
         return "jobs/" + "/".join(
             str(v)
             for v in (
+                self.account_id,
                 int(self.status),
                 self.source_backup_id,
                 self.target_region_id,

@@ -31,7 +31,6 @@ from csbs.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ProjectNotFound,
     RegionNotFound,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
@@ -89,6 +88,7 @@ class Policy:
     updated_at: datetime
     next_backup_at: datetime | None = None
     next_replication_at: datetime | None = None
+    account_id: str = ""  # the account that made it: no other sees or runs it (issue 6)
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,7 @@ def _policy_from_row(body: str, next_backup: float | None, next_repl: float | No
         updated_at=datetime.fromisoformat(raw["updated_at"]),
         next_backup_at=None if next_backup is None else datetime.fromtimestamp(next_backup, UTC),
         next_replication_at=None if next_repl is None else datetime.fromtimestamp(next_repl, UTC),
+        account_id=raw.get("account_id", "default"),
     )
 
 
@@ -203,13 +204,11 @@ class PolicyService:
         clock: ClusterClock,
         nodes: RegionNodes,
         replication: ReplicationService,
-        default_account_id: str,
     ) -> None:
         self._store = store
         self._clock = clock
         self._nodes = nodes
         self._replication = replication
-        self._account = default_account_id
         self._tokens = PageTokens(
             store.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
@@ -244,14 +243,9 @@ class PolicyService:
         validate_description(policy.description, "description")
         if policy.region_id not in self._nodes:
             raise RegionNotFound(policy.region_id)
-        info = self._nodes.client(policy.region_id).region_info()
-        project = (
-            info.project(policy.project_id)
-            if policy.project_id
-            else info.main_project(self._account)
+        project = self._replication.own_project(
+            policy.region_id, policy.account_id, policy.project_id, "project_id"
         )
-        if project is None:
-            raise ProjectNotFound(policy.project_id)
         policy = replace(policy, project_id=project.project_id)
         validate_schedule(
             policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
@@ -285,21 +279,14 @@ class PolicyService:
                 "replication.target_region_id: the target must be another region than the "
                 f"policy's region {policy.region_id}"
             )
-        info = self._nodes.client(target).region_info()
-        if not info.accepts_replication:
+        if not self._nodes.client(target).region_info().accepts_replication:
             raise FailedPrecondition(
                 f"R5: region {target} does not accept replication; it cannot be a policy's "
                 "replication target"
             )
-        project = (
-            info.project(repl.target_project_id)
-            if repl.target_project_id
-            else info.main_project(self._account)
+        project = self._replication.own_project(
+            target, policy.account_id, repl.target_project_id, "replication.target_project_id"
         )
-        if project is None or project.account_id != self._account:
-            raise NotFound(
-                "project", f"{repl.target_project_id or '(main)'} in region {target} (P3)"
-            )
         if not 0 <= repl.replica_keep_count <= MAX_KEEP:
             raise InvalidArgument(f"replication.replica_keep_count: 0 to {MAX_KEEP}")
         schedule = validate_schedule(
@@ -312,7 +299,7 @@ class PolicyService:
             raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
         if len(set(server_ids)) != len(server_ids):
             raise InvalidArgument("server_ids: a server is named twice")
-        client = self._nodes.client(policy.region_id)
+        client = self._nodes.client(policy.region_id, policy.account_id)
         for server_id in server_ids:
             kind = client.server_type(policy.project_id, server_id)
             if kind != ServerType.ECS:
@@ -343,17 +330,25 @@ class PolicyService:
             None if replication is None else replication.timestamp(),
         )
 
-    def create(self, policy: Policy, request_id: str) -> Policy:
+    def create(self, account_id: str, policy: Policy, request_id: str) -> Policy:
         validate_request_id(request_id)
+        # Request IDs are the account's own: another account's never answers for it.
+        request_key = f"{account_id}/{request_id}"
         if request_id:
             with self._store.read() as conn:
                 row = conn.execute(
-                    "SELECT policy_id FROM policy_requests WHERE request_id = ?", (request_id,)
+                    "SELECT policy_id FROM policy_requests WHERE request_id = ?", (request_key,)
                 ).fetchone()
             if row:
-                return self.get(row[0])
+                return self.get(account_id, row[0])
         now = self._clock.now()
-        policy = replace(policy, policy_id=str(uuid.uuid4()), created_at=now, updated_at=now)
+        policy = replace(
+            policy,
+            policy_id=str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
+            account_id=account_id,
+        )
         policy = self._check_definition(policy)
         self._check_servers(policy, policy.server_ids)
         times = self._schedule_times(policy, now)
@@ -368,7 +363,7 @@ class PolicyService:
                     )
             conn.execute(
                 "INSERT INTO policies(policy_id, seq, region_id, project_id, body, "
-                "next_backup_at, next_replication_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "next_backup_at, next_replication_at, account_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     policy.policy_id,
                     self._store.next_seq(conn, "policies"),
@@ -376,6 +371,7 @@ class PolicyService:
                     policy.project_id,
                     _policy_body(policy),
                     *times,
+                    account_id,
                 ),
             )
             conn.executemany(
@@ -385,12 +381,13 @@ class PolicyService:
             if request_id:
                 conn.execute(
                     "INSERT INTO policy_requests(request_id, policy_id) VALUES (?, ?)",
-                    (request_id, policy.policy_id),
+                    (request_key, policy.policy_id),
                 )
         self._wake_scheduler()
-        return self.get(policy.policy_id)
+        return self._load(policy.policy_id)
 
-    def get(self, policy_id: str) -> Policy:
+    def _load(self, policy_id: str) -> Policy:
+        """A policy, whoever's it is (the scheduler's view)."""
         if not policy_id:
             raise InvalidArgument("policy_id is required")
         with self._store.read() as conn:
@@ -403,15 +400,24 @@ class PolicyService:
             raise PolicyNotFound(policy_id)
         return _policy_from_row(*row)
 
-    def list_policies(self, region_id: str, project_id: str, size: int, token: str) -> Page[Policy]:
+    def get(self, account_id: str, policy_id: str) -> Policy:
+        """A policy of the account; another account's is not found, as if it never existed."""
+        policy = self._load(policy_id)
+        if policy.account_id != account_id:
+            raise PolicyNotFound(policy_id)
+        return policy
+
+    def list_policies(
+        self, account_id: str, region_id: str, project_id: str, size: int, token: str
+    ) -> Page[Policy]:
         limit = page_size(size)
-        scope = f"policies/{region_id}/{project_id}"
+        scope = f"policies/{account_id}/{region_id}/{project_id}"
         after = self._tokens.open(scope, token)
-        where, args = ["seq > ?"], [after]
+        where, args = ["account_id = ?", "seq > ?"], [account_id, after]
         for column, value in (("region_id", region_id), ("project_id", project_id)):
             if value:
                 where.append(f"{column} = ?")
-                args.append(value)  # type: ignore[arg-type]
+                args.append(value)
         with self._store.read() as conn:
             rows = conn.execute(
                 "SELECT body, next_backup_at, next_replication_at, seq FROM policies WHERE "
@@ -423,7 +429,7 @@ class PolicyService:
         next_token = self._tokens.issue(scope, rows[limit - 1][3]) if len(rows) > limit else ""
         return Page(items, next_token)
 
-    def update(self, change: Policy, fields: list[str]) -> Policy:
+    def update(self, account_id: str, change: Policy, fields: list[str]) -> Policy:
         known = {"name", "description", "backup_schedule", "retention", "enabled", "replication"}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -431,7 +437,7 @@ class PolicyService:
                 f"update_fields: {', '.join(unknown)} cannot be changed; one of "
                 f"{', '.join(sorted(known))}"
             )
-        current = self.get(change.policy_id)
+        current = self.get(account_id, change.policy_id)
         updates = {f: getattr(change, f) for f in (fields or sorted(known))}
         now = self._clock.now()
         policy = self._check_definition(replace(current, **updates, updated_at=now))
@@ -443,12 +449,12 @@ class PolicyService:
                 (_policy_body(policy), *times, policy.policy_id),
             )
         self._wake_scheduler()
-        return self.get(policy.policy_id)
+        return self._load(policy.policy_id)
 
-    def delete(self, policy_id: str) -> None:
+    def delete(self, account_id: str, policy_id: str) -> None:
         """Deletes a policy. A run in flight finishes what it started (its backups and jobs end,
         nothing is left half-done), then stops; the backups it made are kept."""
-        self.get(policy_id)
+        self.get(account_id, policy_id)
         with self._store.transaction() as conn:
             conn.execute("DELETE FROM policies WHERE policy_id = ?", (policy_id,))
             conn.execute("DELETE FROM policy_servers WHERE policy_id = ?", (policy_id,))
@@ -457,8 +463,10 @@ class PolicyService:
             self._deleted.add(policy_id)
         self._wake_scheduler()
 
-    def set_servers(self, policy_id: str, server_ids: list[str], add: bool) -> Policy:
-        policy = self.get(policy_id)
+    def set_servers(
+        self, account_id: str, policy_id: str, server_ids: list[str], add: bool
+    ) -> Policy:
+        policy = self.get(account_id, policy_id)
         if add:
             new = tuple(s for s in server_ids if s not in policy.server_ids)
             self._check_servers(policy, tuple(server_ids))
@@ -494,7 +502,7 @@ class PolicyService:
                 conn.executemany(
                     "DELETE FROM policy_servers WHERE server_id = ?", [(s,) for s in server_ids]
                 )
-        return self.get(policy_id)
+        return self._load(policy_id)
 
     # -- runs: records ----------------------------------------------------------------------------
     def _save_run(self, run: PolicyRun) -> None:
@@ -518,9 +526,8 @@ class PolicyService:
                     ),
                 )
 
-    def list_runs(self, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
-        if not policy_id:
-            raise InvalidArgument("policy_id is required")
+    def list_runs(self, account_id: str, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
+        self.get(account_id, policy_id)  # NOT_FOUND for a policy not of this account
         limit = page_size(size)
         scope = f"runs/{policy_id}"
         after = self._tokens.open(scope, token)
@@ -530,19 +537,17 @@ class PolicyService:
                 "ORDER BY seq LIMIT ?",
                 (policy_id, after, limit + 1),
             ).fetchall()
-        if not rows and not after:
-            self.get(policy_id)  # NOT_FOUND for a policy that does not exist
         items = [_run_from_body(r[0]) for r in rows[:limit]]
         next_token = self._tokens.issue(scope, rows[limit - 1][1]) if len(rows) > limit else ""
         return Page(items, next_token)
 
     # -- runs: doing ------------------------------------------------------------------------------
-    def execute(self, policy_id: str, kind: int) -> PolicyRun:
+    def execute(self, account_id: str, policy_id: str, kind: int) -> PolicyRun:
         """M3 (and execute-now of the backup part): starts the run at once and answers with
         what it started; the run goes on in the background (waiting, then retention)."""
         if kind not in (KIND_BACKUP, KIND_REPLICATION):
             raise InvalidArgument("kind must be BACKUP or REPLICATION")
-        policy = self.get(policy_id)
+        policy = self.get(account_id, policy_id)
         if kind == KIND_REPLICATION and policy.replication is None:
             raise FailedPrecondition(f"policy {policy_id} has no replication rule")
         now = self._clock.now()
@@ -617,7 +622,7 @@ class PolicyService:
             if not self._is_deleted(policy.policy_id):
                 items += self._apply_retention(policy)
         else:
-            items += self._wait_jobs(work)
+            items += self._wait_jobs(policy, work)
             if not self._is_deleted(policy.policy_id):
                 items += self._apply_replica_retention(policy)
         reason = run.reason
@@ -633,7 +638,7 @@ class PolicyService:
 
     # -- backup runs ------------------------------------------------------------------------------
     def _start_backups(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
-        client = self._nodes.client(policy.region_id)
+        client = self._nodes.client(policy.region_id, policy.account_id)
         items: list[RunItem] = []
         stamp = run.scheduled_at.strftime("%Y%m%d%H%M%S")
         for index, server_id in enumerate(policy.server_ids):
@@ -653,7 +658,7 @@ class PolicyService:
         return replace(run, items=tuple(items))
 
     def _wait_backups(self, policy: Policy, work: _Work) -> list[RunItem]:
-        client = self._nodes.client(policy.region_id)
+        client = self._nodes.client(policy.region_id, policy.account_id)
         items: list[RunItem] = []
         deadline = time.monotonic() + WORK_TIMEOUT
         for server_id, backup_id in work.backups:
@@ -685,7 +690,7 @@ class PolicyService:
         rule = policy.retention
         if not rule.keep_count and not rule.keep_days:
             return []
-        client = self._nodes.client(policy.region_id)
+        client = self._nodes.client(policy.region_id, policy.account_id)
         backups = [
             b
             for b in client.list_backups(policy.project_id, policy_id=policy.policy_id)
@@ -725,7 +730,7 @@ class PolicyService:
         if repl is None:
             return replace(run, status=FINISHED, reason="the policy has no replication rule")
         target = repl.target_region_id
-        info = self._nodes.client(target).region_info()
+        info = self._nodes.client(target, policy.account_id).region_info()
         if not info.accepts_replication:
             return replace(
                 run,
@@ -739,7 +744,7 @@ class PolicyService:
             if run.trigger == TRIGGER_EXECUTE_NOW
             else ReplicationWay.POLICY
         )
-        source = self._nodes.client(policy.region_id)
+        source = self._nodes.client(policy.region_id, policy.account_id)
         items: list[RunItem] = []
         for backup in source.list_backups(policy.project_id, policy_id=policy.policy_id):
             reason = self._already_replicated(backup.backup_id, target)
@@ -756,6 +761,7 @@ class PolicyService:
                         target_project_id=repl.target_project_id,
                         way=way,
                         policy_id=policy.policy_id,
+                        account_id=policy.account_id,
                     )
                 )
             except CsbsError as exc:
@@ -783,16 +789,16 @@ class PolicyService:
                 return f"R3: backup {backup_id} is being replicated to {target} (job {job.job_id})"
         return ""
 
-    def _wait_jobs(self, work: _Work) -> list[RunItem]:
+    def _wait_jobs(self, policy: Policy, work: _Work) -> list[RunItem]:
         items = []
         deadline = time.monotonic() + WORK_TIMEOUT
         for backup_id, server_id, job_id in work.jobs:
-            job = self._replication.get_job(job_id)
+            job = self._replication.get_job(policy.account_id, job_id)
             while job.status not in (JobStatus.SUCCESS, JobStatus.FAILED):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(WAIT_POLL)
-                job = self._replication.get_job(job_id)
+                job = self._replication.get_job(policy.account_id, job_id)
             if job.status == JobStatus.SUCCESS:
                 items.append(RunItem("replicated", backup_id, server_id, job_id))
             else:
@@ -805,7 +811,7 @@ class PolicyService:
         repl = policy.replication
         if repl is None or not repl.replica_keep_count:
             return []
-        client = self._nodes.client(repl.target_region_id)
+        client = self._nodes.client(repl.target_region_id, policy.account_id)
         replicas = [
             b
             for b in client.list_backups(repl.target_project_id)
@@ -849,7 +855,7 @@ class PolicyService:
     def _advance_schedule(self, policy_id: str, kind: int, due: datetime) -> Policy | None:
         """Moves the policy's next time of this kind past `due`; the policy, or None if gone."""
         try:
-            policy = self.get(policy_id)
+            policy = self._load(policy_id)
         except PolicyNotFound:
             return None
         column = "next_backup_at" if kind == KIND_BACKUP else "next_replication_at"

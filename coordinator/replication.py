@@ -38,6 +38,7 @@ from csbs.clients import (
     BackupOrigin,
     BackupStatus,
     BackupSummary,
+    ProjectSummary,
     RecordStatus,
     RegionNodeClient,
     RegionNodes,
@@ -55,7 +56,7 @@ from csbs.errors import (
     CsbsError,
     InvalidArgument,
     NotFound,
-    ProjectNotFound,
+    PermissionDenied,
     RegionNotFound,
     RegionRefusesReplication,
     ReplicaAlreadyExists,
@@ -180,34 +181,56 @@ class ReplicationService:
         self._cleaner.join()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _client(self, region_id: str) -> RegionNodeClient:
+    def _client(self, region_id: str, account_id: str) -> RegionNodeClient:
+        """The region's node, called for `account_id` (which sees only its own projects)."""
         if region_id not in self._nodes:
             raise RegionNotFound(region_id)
-        return self._nodes.client(region_id)
+        return self._nodes.client(region_id, account_id)
 
-    def _region_info(self, region_id: str) -> RegionSummary:
-        return self._client(region_id).region_info()
+    def _region_info(self, region_id: str, account_id: str) -> RegionSummary:
+        return self._client(region_id, account_id).region_info()
+
+    def own_project(
+        self, region_id: str, account_id: str, project_id: str, field_name: str
+    ) -> ProjectSummary:
+        """The named project, which must be one of the account's own, or the account's main
+        project in the region when none is named (P3). Another account's project is
+        PERMISSION_DENIED, an unknown one NOT_FOUND (issue 6)."""
+        info = self._region_info(region_id, "")  # every project: to tell the two apart
+        if not project_id:
+            main = info.main_project(account_id)
+            if main is None:
+                raise NotFound("main project", f"of account {account_id} in region {region_id}")
+            return main
+        project = info.project(project_id)
+        if project is None:
+            raise NotFound("project", f"{project_id} in region {region_id}")
+        if project.account_id != account_id:
+            raise PermissionDenied(
+                f"{field_name}: project {project_id} in region {region_id} is not a project of "
+                "your account"
+            )
+        return project
 
     # -- targets (R5) ----------------------------------------------------------------------------
-    def list_targets(self, source_region_id: str) -> list[ReplicationTarget]:
+    def list_targets(self, account_id: str, source_region_id: str) -> list[ReplicationTarget]:
         """Every other region that accepts replication now, as it says itself at this call
         (R5), with the caller's projects there (P3). A region that does not answer is left
         out: it cannot take a replica now."""
         if source_region_id not in self._nodes:
             raise RegionNotFound(source_region_id)
         others = [r for r in self._nodes.region_ids if r != source_region_id]
-        answers = list(self._calls.map(self._target_or_none, others))
+        answers = list(self._calls.map(self._target_or_none, others, [account_id] * len(others)))
         return [t for t in answers if t is not None]
 
-    def _target_or_none(self, region_id: str) -> ReplicationTarget | None:
+    def _target_or_none(self, region_id: str, account: str) -> ReplicationTarget | None:
         try:
-            info = self._region_info(region_id)
+            info = self._region_info(region_id, account)
         except CsbsError as exc:
             log.info("region %s left out of the replication targets: %s", region_id, exc)
             return None
         if not info.accepts_replication:
             return None
-        account = self._config.default_account_id
         projects = tuple(p for p in info.projects if p.account_id == account)
         if not projects:
             return None
@@ -219,6 +242,9 @@ class ReplicationService:
         background. A request with an idempotency token already used in the source project
         answers with that job."""
         src, tgt, backup_id = request.source_region_id, request.target_region_id, request.backup_id
+        account = request.account_id
+        if not account:
+            raise InvalidArgument("a replication acts for an account")
         for field_name, value in (
             ("source_region_id", src),
             ("target_region_id", tgt),
@@ -240,33 +266,32 @@ class ReplicationService:
         validate_description(request.description, "description")
         token = validate_request_id(request.idempotency_token, "idempotency_token")
 
-        source = self._client(src)
-        source_info = source.region_info()
-        source_project = (
-            source_info.project(request.source_project_id)
-            if request.source_project_id
-            else source_info.main_project(self._config.default_account_id)
-            or source_info.main_project()
-        )
-        if source_project is None:
-            raise ProjectNotFound(request.source_project_id or "(main)")
+        source = self._client(src, account)
+        source_project_id = self.own_project(
+            src, account, request.source_project_id, "source_project_id"
+        ).project_id
         if token:
             with self._store.read() as conn:
-                existing = self._store.job_by_token(conn, source_project.project_id, token)
+                existing = self._store.job_by_token(conn, source_project_id, token)
             if existing is not None:
                 return self._same_request(existing, request)
 
-        backup = source.get_backup(source_project.project_id, backup_id)
+        backup = source.get_backup(source_project_id, backup_id)
         self._check_replicable(src, backup)
 
-        target_info = self._region_info(tgt)
+        # Every project of the target region, to tell another account's from an unknown one.
+        target_info = self._region_info(tgt, "")
         if not target_info.accepts_replication:
             raise RegionRefusesReplication(tgt)
-        account = source_project.account_id
         if request.target_project_id:
             target_project = target_info.project(request.target_project_id)
-            if target_project is None or target_project.account_id != account:
+            if target_project is None:
                 raise TargetProjectNotFound(request.target_project_id, tgt)
+            if target_project.account_id != account:
+                raise PermissionDenied(
+                    f"P3: target project {request.target_project_id} in region {tgt} is not a "
+                    "project of your account: replication crosses regions, never accounts"
+                )
         else:
             target_project = target_info.main_project(account)
             if target_project is None:
@@ -284,7 +309,7 @@ class ReplicationService:
             way=request.way,
             policy_id=request.policy_id,
             source_region_id=src,
-            source_project_id=source_project.project_id,
+            source_project_id=source_project_id,
             source_backup_id=backup.backup_id,
             target_region_id=tgt,
             target_project_id=target_project.project_id,
@@ -299,6 +324,7 @@ class ReplicationService:
             started_at=None,
             finished_at=None,
             updated_at=now,
+            account_id=account,
         )
         created = self._insert_unless_r3(job, token, request)
         if created is job:
@@ -363,7 +389,7 @@ class ReplicationService:
         may be waiting or copying, and no earlier replica of it may still be there. Whether a
         replica is still there is the target node's word, asked outside the store lock; the
         check is then made again with what was learnt."""
-        target = self._client(job.target_region_id)
+        target = self._client(job.target_region_id, job.account_id)
         known_gone: set[str] = set()
         for _ in range(R3_ROUNDS):
             with self._store.transaction() as conn:
@@ -412,7 +438,16 @@ class ReplicationService:
         return True
 
     # -- jobs: reads -----------------------------------------------------------------------------
-    def get_job(self, job_id: str) -> ReplicationJob:
+    def get_job(self, account_id: str, job_id: str) -> ReplicationJob:
+        """A job of the account; another account's job is not found, as if it never existed
+        (issue 6)."""
+        job = self._load_job(job_id)
+        if job.account_id != account_id:
+            raise ReplicationJobNotFound(job_id)
+        return job
+
+    def _load_job(self, job_id: str) -> ReplicationJob:
+        """A job, whoever's it is (the job runner's view)."""
         if not job_id:
             raise InvalidArgument("job_id is required")
         job = self._store.get_job(job_id)
@@ -427,12 +462,14 @@ class ReplicationService:
         jobs, last_seq = self._store.list_jobs(where, after, limit)
         return Page(jobs, "" if last_seq is None else self._tokens.issue(scope, last_seq))
 
-    def watch_job(self, job_id: str, active: Callable[[], bool]) -> Iterator[ReplicationJob]:
+    def watch_job(
+        self, account_id: str, job_id: str, active: Callable[[], bool]
+    ) -> Iterator[ReplicationJob]:
         """The job now, then on every change, until it has succeeded or failed."""
         last: ReplicationJob | None = None
         while active() and not self._stop.is_set():
             version = self.notifier.version(job_id)
-            job = self.get_job(job_id)
+            job = self.get_job(account_id, job_id)
             if job != last:
                 yield job
                 last = job
@@ -516,14 +553,14 @@ class ReplicationService:
         backup_id = job.source_backup_id
 
         run.step = f"reading backup {backup_id} in region {src}"
-        source = self._client(src)
+        source = self._client(src, job.account_id)
         backup = source.get_backup(job.source_project_id, backup_id)
         run.step = f"holding backup {backup_id} in region {src}"
         source.hold_backup(backup_id, job_id)
         source.record_replication(backup_id, self._record(job, RecordStatus.REPLICATING))
 
         run.step = f"creating the replica in region {tgt}"
-        target = self._client(tgt)
+        target = self._client(tgt, job.account_id)
         header = ReplicaHeader(
             project_id=job.target_project_id,
             name=job.replica_name,
@@ -615,7 +652,7 @@ class ReplicationService:
         """The replica is complete: the source backup records it and is released, then the job
         is SUCCESS. If the source does not answer, that is left to the clean-up loop: the
         replica is complete and usable either way."""
-        job = self.get_job(job_id)
+        job = self._load_job(job_id)
         error = self._finish_source(replace(job, status=JobStatus.SUCCESS))
         pending = (
             []
@@ -630,7 +667,7 @@ class ReplicationService:
         """The job failed: the source backup records why and is released, and whatever the
         job made in the target region is removed; what a node does not take now is kept for
         the clean-up loop. A failed job's leftovers never count for R3."""
-        job = replace(self.get_job(job_id), status=JobStatus.FAILED, failure_reason=reason)
+        job = replace(self._load_job(job_id), status=JobStatus.FAILED, failure_reason=reason)
         log.warning("replication job %s failed: %s", job_id, reason)
         pending = []
         if self._finish_source(job) is not None:
@@ -645,7 +682,7 @@ class ReplicationService:
         done (or when there is nothing left to do it to); else the error, to try again."""
         record = self._record(job, _RECORD_STATUS[job.status], job.failure_reason)
         try:
-            source = self._client(job.source_region_id)
+            source = self._client(job.source_region_id, job.account_id)
             source.record_replication(job.source_backup_id, record)
             source.release_backup(job.source_backup_id, job.job_id)
         except CsbsError as exc:
@@ -656,7 +693,9 @@ class ReplicationService:
 
     def _remove_replica(self, job: ReplicationJob) -> str | None:
         try:
-            self._client(job.target_region_id).remove_replica(job.replica_id, job.job_id)
+            self._client(job.target_region_id, job.account_id).remove_replica(
+                job.replica_id, job.job_id
+            )
         except CsbsError as exc:
             if is_transient(exc):
                 return exc.message

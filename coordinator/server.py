@@ -13,14 +13,17 @@ from coordinator.policies import PolicyService
 from coordinator.replication import ReplicationService
 from coordinator.servicer import CoordinatorAdminServicer, CoordinatorServicer
 from coordinator.store import Store
+from csbs.auth import AuthInterceptor
 from csbs.clients import STALL_TIMEOUT, RegionNodes
+from csbs.credentials import Role
 from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-SERVICE_NAMES = [
-    coordinator_pb2.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("Coordinator", "CoordinatorAdmin")
-]
+REQUIRED_ROLES = {
+    coordinator_pb2.DESCRIPTOR.services_by_name[name].full_name: role
+    for name, role in (("Coordinator", Role.USER), ("CoordinatorAdmin", Role.OPERATOR))
+}
+SERVICE_NAMES = list(REQUIRED_ROLES)
 
 
 @dataclass
@@ -47,14 +50,16 @@ def build_server(
     resumed its unfinished jobs)."""
     # A stream that stalls is cut well within the retry budget, so that it can be tried again.
     stall = max(min(STALL_TIMEOUT, config.retry_budget_seconds / 2), 5.0)
-    nodes = RegionNodes(config.regions, stall_timeout=stall)
+    nodes = RegionNodes(
+        config.regions, config.secrets.cluster_credential, config.ca_pem, stall_timeout=stall
+    )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.data_dir / "coordinator.db")
     clock = ClusterClock(config.simulated_clock, store, nodes)
     replication = ReplicationService(config, clock, nodes, store)
-    policies = PolicyService(store, clock, nodes, replication, config.default_account_id)
+    policies = PolicyService(store, clock, nodes, replication)
     domain = Coordinator(store, nodes, clock, replication, policies)
-    server = new_server()
+    server = new_server(interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES)])
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorServicer(replication, policies, clock), server
     )
@@ -62,5 +67,5 @@ def build_server(
         CoordinatorAdminServicer(policies, clock), server
     )
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
-    address = bind(server, config.listen)
+    address = bind(server, config.listen, config.tls)
     return server, address, domain, health_servicer

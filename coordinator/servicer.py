@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
@@ -11,6 +12,7 @@ from coordinator import convert
 from coordinator.cluster_clock import ClusterClock
 from coordinator.policies import PolicyService
 from coordinator.replication import ReplicationService
+from csbs.auth import caller_of
 from csbs.errors import InvalidArgument
 from csbs.rpc import rpc_method
 from csbs.timestamps import instant, timestamp
@@ -18,6 +20,11 @@ from csbs.v1 import coordinator_pb2 as pb
 from csbs.v1 import coordinator_pb2_grpc
 
 MAX_ADVANCE_SECONDS = 10 * 366 * 86400
+
+
+def _account(context: grpc.ServicerContext) -> str:
+    """The account the caller acts for: everything it sees and touches is that account's."""
+    return caller_of(context).account_id
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -32,7 +39,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ListReplicationTargets(
         self, request: pb.ListReplicationTargetsRequest, context: grpc.ServicerContext
     ) -> pb.ListReplicationTargetsResponse:
-        targets = self._replication.list_targets(request.source_region_id)
+        targets = self._replication.list_targets(_account(context), request.source_region_id)
         return pb.ListReplicationTargetsResponse(
             targets=[convert.target_to_proto(t) for t in targets]
         )
@@ -41,21 +48,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ReplicateBackup(
         self, request: pb.ReplicateBackupRequest, context: grpc.ServicerContext
     ) -> pb.ReplicationJob:
-        job = self._replication.replicate(convert.replicate_request_from_proto(request))
+        job = self._replication.replicate(
+            replace(convert.replicate_request_from_proto(request), account_id=_account(context))
+        )
         return convert.job_to_proto(job)
 
     @rpc_method
     def GetReplicationJob(
         self, request: pb.GetReplicationJobRequest, context: grpc.ServicerContext
     ) -> pb.ReplicationJob:
-        return convert.job_to_proto(self._replication.get_job(request.job_id))
+        return convert.job_to_proto(self._replication.get_job(_account(context), request.job_id))
 
     @rpc_method
     def ListReplicationJobs(
         self, request: pb.ListReplicationJobsRequest, context: grpc.ServicerContext
     ) -> pb.ListReplicationJobsResponse:
         page = self._replication.list_jobs(
-            convert.job_filter_from_proto(request), request.page_size, request.page_token
+            replace(convert.job_filter_from_proto(request), account_id=_account(context)),
+            request.page_size,
+            request.page_token,
         )
         return pb.ListReplicationJobsResponse(
             jobs=[convert.job_to_proto(j) for j in page.items],
@@ -66,7 +77,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def WatchReplicationJob(
         self, request: pb.GetReplicationJobRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ReplicationJob]:
-        for job in self._replication.watch_job(request.job_id, context.is_active):
+        for job in self._replication.watch_job(
+            _account(context), request.job_id, context.is_active
+        ):
             yield convert.job_to_proto(job)
 
     @rpc_method
@@ -78,20 +91,24 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.CreatePolicyRequest, context: grpc.ServicerContext
     ) -> pb.Policy:
         policy = self._policies.create(
-            convert.policy_from_proto(request.policy), request.request_id
+            _account(context), convert.policy_from_proto(request.policy), request.request_id
         )
         return convert.policy_to_proto(policy)
 
     @rpc_method
     def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.Policy:
-        return convert.policy_to_proto(self._policies.get(request.policy_id))
+        return convert.policy_to_proto(self._policies.get(_account(context), request.policy_id))
 
     @rpc_method
     def ListPolicies(
         self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext
     ) -> pb.ListPoliciesResponse:
         page = self._policies.list_policies(
-            request.region_id, request.project_id, request.page_size, request.page_token
+            _account(context),
+            request.region_id,
+            request.project_id,
+            request.page_size,
+            request.page_token,
         )
         return pb.ListPoliciesResponse(
             policies=[convert.policy_to_proto(p) for p in page.items],
@@ -103,7 +120,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.UpdatePolicyRequest, context: grpc.ServicerContext
     ) -> pb.Policy:
         policy = self._policies.update(
-            convert.policy_from_proto(request.policy), list(request.update_fields)
+            _account(context),
+            convert.policy_from_proto(request.policy),
+            list(request.update_fields),
         )
         return convert.policy_to_proto(policy)
 
@@ -111,34 +130,42 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def DeletePolicy(
         self, request: pb.DeletePolicyRequest, context: grpc.ServicerContext
     ) -> pb.DeletePolicyResponse:
-        self._policies.delete(request.policy_id)
+        self._policies.delete(_account(context), request.policy_id)
         return pb.DeletePolicyResponse()
 
     @rpc_method
     def AddPolicyServers(
         self, request: pb.PolicyServersRequest, context: grpc.ServicerContext
     ) -> pb.Policy:
-        policy = self._policies.set_servers(request.policy_id, list(request.server_ids), True)
+        policy = self._policies.set_servers(
+            _account(context), request.policy_id, list(request.server_ids), True
+        )
         return convert.policy_to_proto(policy)
 
     @rpc_method
     def RemovePolicyServers(
         self, request: pb.PolicyServersRequest, context: grpc.ServicerContext
     ) -> pb.Policy:
-        policy = self._policies.set_servers(request.policy_id, list(request.server_ids), False)
+        policy = self._policies.set_servers(
+            _account(context), request.policy_id, list(request.server_ids), False
+        )
         return convert.policy_to_proto(policy)
 
     @rpc_method
     def ExecutePolicy(
         self, request: pb.ExecutePolicyRequest, context: grpc.ServicerContext
     ) -> pb.PolicyRun:
-        return convert.run_to_proto(self._policies.execute(request.policy_id, request.kind))
+        return convert.run_to_proto(
+            self._policies.execute(_account(context), request.policy_id, request.kind)
+        )
 
     @rpc_method
     def ListPolicyRuns(
         self, request: pb.ListPolicyRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListPolicyRunsResponse:
-        page = self._policies.list_runs(request.policy_id, request.page_size, request.page_token)
+        page = self._policies.list_runs(
+            _account(context), request.policy_id, request.page_size, request.page_token
+        )
         return pb.ListPolicyRunsResponse(
             runs=[convert.run_to_proto(r) for r in page.items],
             next_page_token=page.next_page_token,

@@ -109,13 +109,21 @@ _MIGRATIONS: dict[int, str] = {
         policy_id TEXT NOT NULL
     )
     """,
+    3: """
+    -- Issue 6: every job and policy belongs to the account that made it, and no other sees it.
+    ALTER TABLE jobs ADD COLUMN account_id TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX jobs_by_account ON jobs(account_id, seq);
+    ALTER TABLE policies ADD COLUMN account_id TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX policies_by_account ON policies(account_id, seq)
+    """,
 }
 
 _JOB_COLUMNS = (
     "job_id, way, policy_id, source_region_id, source_project_id, source_backup_id, "
     "target_region_id, target_project_id, replica_id, replica_name, replica_description, "
     "status, chunks_planned, bytes_planned, chunks_sent, bytes_sent, chunks_skipped, "
-    "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at"
+    "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at, "
+    "account_id"
 )
 
 
@@ -151,6 +159,7 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
         started_at=_dt(row[21]),
         finished_at=_dt(row[22]),
         updated_at=updated_at,
+        account_id=row[24],
     )
 
 
@@ -208,8 +217,8 @@ class Store(Database):
         self, where: JobFilter, after_seq: int, limit: int
     ) -> tuple[list[ReplicationJob], int | None]:
         """A page of jobs in creation order, and the seq to continue after (None: last page)."""
-        clauses = ["seq > ?"]
-        args: list[Any] = [after_seq]
+        clauses = ["account_id = ?", "seq > ?"]
+        args: list[Any] = [where.account_id, after_seq]
         for column, value in (
             ("source_backup_id", where.source_backup_id),
             ("target_region_id", where.target_region_id),
@@ -243,7 +252,7 @@ class Store(Database):
         p = job.progress
         conn.execute(
             f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES ({', '.join('?' * 27)})",
             (
                 job.job_id,
                 int(job.way),
@@ -269,6 +278,7 @@ class Store(Database):
                 _ts(job.started_at),
                 _ts(job.finished_at),
                 _ts(job.updated_at),
+                job.account_id,
                 seq,
                 token,
             ),

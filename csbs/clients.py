@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from csbs.auth import ACTING_ACCOUNT, bearer, with_metadata
 from csbs.config import ConfigError, resolve_address
 from csbs.errors import (
     AlreadyExists,
@@ -30,8 +31,9 @@ from csbs.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
-from csbs.rpc import channel_options
+from csbs.rpc import open_channel
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
@@ -245,6 +247,7 @@ _REFUSALS: dict[grpc.StatusCode, Callable[[str], CsbsError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -784,14 +787,25 @@ class NodeEndpoint:
 class RegionNodes:
     """Clients of every region's node. A node's address is looked up at each `client()` call,
     so that a node that came back on another port (port 0) is found again; channels are kept
-    per address."""
+    per address. Every call carries the cluster credential and, when the coordinator acts for
+    an account, that account (the node then shows and touches only that account's projects)."""
 
-    def __init__(self, endpoints: Sequence[NodeEndpoint], **client_options: float) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[NodeEndpoint],
+        cluster_credential: str,
+        ca_pem: bytes | None = None,
+        **client_options: float,
+    ) -> None:
         self._endpoints: Mapping[str, NodeEndpoint] = {e.region_id: e for e in endpoints}
+        self._credential = cluster_credential
+        self._ca_pem = ca_pem
         self._client_options = client_options
         self._lock = threading.Lock()
-        self._clients: dict[str, tuple[str, RegionNodeClient]] = {}
-        self._channels: list[grpc.Channel] = []
+        self._channels: dict[str, grpc.Channel] = {}  # per region: (address, channel)
+        self._addresses: dict[str, str] = {}
+        self._clients: dict[tuple[str, str], RegionNodeClient] = {}
+        self._closed: list[grpc.Channel] = []
 
     @property
     def region_ids(self) -> list[str]:
@@ -800,28 +814,40 @@ class RegionNodes:
     def __contains__(self, region_id: object) -> bool:
         return region_id in self._endpoints
 
-    def client(self, region_id: str) -> RegionNodeClient:
-        """The client of a region's node; KeyError for a region not in the cluster; NodeError
-        (UNAVAILABLE) if the node has not published where it listens."""
+    def client(self, region_id: str, account_id: str = "") -> RegionNodeClient:
+        """The client of a region's node, acting for `account_id` (empty: for no account);
+        KeyError for a region not in the cluster; NodeError (UNAVAILABLE) if the node has not
+        published where it listens."""
         endpoint = self._endpoints[region_id]
         try:
             address = resolve_address(endpoint.listen, endpoint.data_dir)
         except ConfigError as exc:
             raise NodeError(region_id, grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         with self._lock:
-            cached = self._clients.get(region_id)
-            if cached is not None and cached[0] == address:
-                return cached[1]
-            # The old channel (if any) is closed only at close(): a call may still use it.
-            channel = grpc.insecure_channel(address, options=channel_options())
-            self._channels.append(channel)
-            client = RegionNodeClient(region_id, channel, **self._client_options)
-            self._clients[region_id] = (address, client)
+            if self._addresses.get(region_id) != address:
+                # The old channel is closed only at close(): a call may still use it.
+                old = self._channels.pop(region_id, None)
+                if old is not None:
+                    self._closed.append(old)
+                self._channels[region_id] = open_channel(address, self._ca_pem)
+                self._addresses[region_id] = address
+                for key in [k for k in self._clients if k[0] == region_id]:
+                    del self._clients[key]
+            client = self._clients.get((region_id, account_id))
+            if client is None:
+                metadata = [bearer(self._credential)]
+                if account_id:
+                    metadata.append((ACTING_ACCOUNT, account_id))
+                channel = with_metadata(self._channels[region_id], lambda _method: metadata)
+                client = RegionNodeClient(region_id, channel, **self._client_options)
+                self._clients[(region_id, account_id)] = client
             return client
 
     def close(self) -> None:
         with self._lock:
-            for channel in self._channels:
+            for channel in [*self._channels.values(), *self._closed]:
                 channel.close()
             self._channels.clear()
+            self._closed.clear()
+            self._addresses.clear()
             self._clients.clear()

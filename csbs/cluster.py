@@ -21,6 +21,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from csbs.auth import bearer
 from csbs.config import (
     ADDRESS_FILE,
     ClusterConfig,
@@ -29,7 +30,9 @@ from csbs.config import (
     load_cluster_config,
     resolve_address,
 )
-from csbs.rpc import channel_options
+from csbs.credentials import ClusterSecrets, IssuedTokens, ensure_cluster_secrets
+from csbs.rpc import open_channel
+from csbs.tls import TlsError, ca_path, read_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("config/cluster.toml")
@@ -83,8 +86,11 @@ class ChildProcess:
         health_service: str,
         cwd: Path = REPO_ROOT,
         env: Mapping[str, str] | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.name = name
+        # With TLS: the CA to verify the process with (made by the first process to start).
+        self.tls_ca = tls_ca
         self.argv = list(argv)
         self.log_path = log_path
         self.data_dir = data_dir
@@ -160,11 +166,12 @@ class ChildProcess:
             while True:
                 self.raise_if_exited("before it was ready")
                 address = self._published_address()
-                if address is not None:
+                ca = self.ca_pem()
+                if address is not None and (self.tls_ca is None or ca is not None):
                     if channel is None or channel_address != address:
                         if channel is not None:
                             channel.close()
-                        channel = grpc.insecure_channel(address, options=channel_options())
+                        channel = open_channel(address, ca)
                         channel_address = address
                     remaining = max(deadline - time.monotonic(), 0.01)
                     status = check_health(channel, self.health_service, min(1.0, remaining))
@@ -179,6 +186,15 @@ class ChildProcess:
         finally:
             if channel is not None:
                 channel.close()
+
+    def ca_pem(self) -> bytes | None:
+        """The CA certificate to verify this process with (None: plaintext, or not made yet)."""
+        if self.tls_ca is None:
+            return None
+        try:
+            return read_ca(self.tls_ca)
+        except TlsError:
+            return None
 
     def raise_if_exited(self, when: str = "unexpectedly") -> None:
         code = self.poll()
@@ -288,28 +304,39 @@ C = TypeVar("C", bound=ChildProcess)
 
 
 def region_node_process(
-    config: ClusterConfig, region: RegionConfig, cls: type[C], python: str = sys.executable
+    config: ClusterConfig,
+    region: RegionConfig,
+    cls: type[C],
+    python: str = sys.executable,
+    tls: bool = False,
 ) -> C:
+    """A region node's child process; with TLS when the config or `tls` asks for it."""
+    tls = tls or config.tls
     argv = [python, "-m", "region_node", "--config", str(config.path), "--region", region.region_id]
     return cls(
         region.region_id,
-        argv,
+        argv + (["--tls"] if tls else []),
         log_path=region.data_dir / "node.log",
         data_dir=region.data_dir,
         listen=region.listen,
         health_service=REGION_NODE_SERVICE,
+        tls_ca=ca_path(config.tls_dir) if tls else None,
     )
 
 
-def coordinator_process(config: ClusterConfig, cls: type[C], python: str = sys.executable) -> C:
+def coordinator_process(
+    config: ClusterConfig, cls: type[C], python: str = sys.executable, tls: bool = False
+) -> C:
+    tls = tls or config.tls
     coordinator = config.coordinator
     return cls(
         "coordinator",
-        [python, "-m", "coordinator", "--config", str(config.path)],
+        [python, "-m", "coordinator", "--config", str(config.path)] + (["--tls"] if tls else []),
         log_path=coordinator.data_dir / "coordinator.log",
         data_dir=coordinator.data_dir,
         listen=coordinator.listen,
         health_service=COORDINATOR_SERVICE,
+        tls_ca=ca_path(config.tls_dir) if tls else None,
     )
 
 
@@ -338,15 +365,17 @@ def _ignore_stop_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _advertised_capability(address: str, configured: bool) -> str:
+def _advertised_capability(node: ChildProcess, secrets: ClusterSecrets, configured: bool) -> str:
     """The replication capability the node itself advertises (R5: an operator may have changed
     it since the config was written), or the configured one if the node cannot say."""
     from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 
-    with grpc.insecure_channel(address, options=channel_options()) as channel:
+    with open_channel(node.address, node.ca_pem()) as channel:
         try:
             info = region_node_pb2_grpc.RegionNodeStub(channel).GetRegionInfo(
-                region_node_pb2.GetRegionInfoRequest(), timeout=2.0
+                region_node_pb2.GetRegionInfoRequest(),
+                timeout=2.0,
+                metadata=[bearer(secrets.cluster_credential)],
             )
             return "yes" if info.accepts_replication else "no"
         except grpc.RpcError:
@@ -354,12 +383,15 @@ def _advertised_capability(address: str, configured: bool) -> str:
 
 
 def _print_table(
-    config: ClusterConfig, nodes: Sequence[ChildProcess], coordinator: ChildProcess | None
+    config: ClusterConfig,
+    secrets: ClusterSecrets,
+    nodes: Sequence[ChildProcess],
+    coordinator: ChildProcess | None,
 ) -> None:
     rows = [("REGION", "NAME", "ACCEPTS REPLICATION", "ADDRESS")]
     for node in nodes:
         region = config.region(node.name)
-        capability = _advertised_capability(node.address, region.accepts_replication)
+        capability = _advertised_capability(node, secrets, region.accepts_replication)
         rows.append((region.region_id, region.display_name, capability, node.address))
     if coordinator is not None:
         rows.append(("coordinator", "", "", coordinator.address))
@@ -370,7 +402,32 @@ def _print_table(
     print(f"\ndata and logs under {config.data_dir} (<region>/node.log)")
     if coordinator is None:
         print("coordinator not started")
+    if nodes and nodes[0].tls_ca is not None:
+        print(f"TLS on every channel: clients verify with --ca {nodes[0].tls_ca}")
+        print(f"  export CSBS_CA={nodes[0].tls_ca}")
     print("Ctrl-C stops the cluster.", flush=True)
+
+
+def _print_issued(config: ClusterConfig, issued: IssuedTokens) -> None:
+    """Shows newly issued tokens, once: the cluster keeps only their hashes."""
+    if not issued.accounts and issued.operator is None:
+        print(
+            f"API tokens were issued at this cluster's first start (kept as hashes in "
+            f"{config.secrets_path}). Lost one? Stop the cluster, delete that file and start "
+            "again: every token is issued anew.\n"
+        )
+        return
+    print("New credentials (shown this once; the cluster keeps only their hashes):")
+    for account_id, token in issued.accounts.items():
+        print(f"  API token of account {account_id!r}: {token}")
+    if issued.operator is not None:
+        print(f"  operator credential: {issued.operator}")
+    default = issued.accounts.get(config.default_account.account_id)
+    if default is not None:
+        print(f"  export CSBS_TOKEN={default}")
+    if issued.operator is not None:
+        print(f"  export CSBS_OPERATOR_TOKEN={issued.operator}")
+    print()
 
 
 def _supervise(children: Sequence[ChildProcess]) -> int:
@@ -399,6 +456,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="start the coordinator too (default: if the coordinator package can be run)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every channel (a local CA and per-process certificates, made at first "
+        "start), as cluster.tls = true in the config",
+    )
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT, metavar="SECONDS")
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS")
     return parser.parse_args(argv)
@@ -408,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         config = load_cluster_config(args.config)
+        secrets, issued = ensure_cluster_secrets(config)
     except ConfigError as exc:
         print(f"csbs-cluster: {exc}", file=sys.stderr)
         return 2
@@ -415,8 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if with_coordinator and not coordinator_available():
         print("csbs-cluster: the coordinator package has no __main__ yet", file=sys.stderr)
         return 2
-    nodes = [region_node_process(config, region, ChildProcess) for region in config.regions]
-    coordinator = coordinator_process(config, ChildProcess) if with_coordinator else None
+    nodes = [
+        region_node_process(config, region, ChildProcess, tls=args.tls) for region in config.regions
+    ]
+    coordinator = (
+        coordinator_process(config, ChildProcess, tls=args.tls) if with_coordinator else None
+    )
     children = [*nodes, *([coordinator] if coordinator is not None else [])]
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -430,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if coordinator is not None:
             coordinator.start()
             coordinator.wait_ready(args.ready_timeout)
-        _print_table(config, nodes, coordinator)
+        _print_issued(config, issued)
+        _print_table(config, secrets, nodes, coordinator)
         return _supervise(children)
     except _StopRequested as exc:
         print(f"\ncsbs-cluster: {exc}, stopping", file=sys.stderr)

@@ -4,6 +4,7 @@ listens and keeps its data. Loaded once in each process's __main__ and passed do
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from typing import Any
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
+SECRETS_FILE = "secrets.json"
+# A token given in the config: long and random enough to be a secret.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24,128}")
 
 
 class ConfigError(ValueError):
@@ -53,6 +57,9 @@ class CoordinatorConfig:
 class AccountConfig:
     account_id: str
     name: str
+    # API tokens given by the config (plain text, e.g. for tests); when none are given, one is
+    # generated at the cluster's first start and only its hash is kept (csbs/credentials.py).
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,25 @@ class ClusterConfig:
     accounts: tuple[AccountConfig, ...]
     regions: tuple[RegionConfig, ...]
     coordinator: CoordinatorConfig
+    # Operator credentials given by the config; when none, one is generated at first start.
+    operator_tokens: tuple[str, ...] = ()
+    # TLS on every channel (a local CA and per-process certificates in tls_dir); off by default.
+    tls: bool = False
+
+    @property
+    def secrets_path(self) -> Path:
+        """The cluster secrets file (owner-only): token hashes and the cluster credential."""
+        return self.data_dir / SECRETS_FILE
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def account(self, account_id: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.account_id == account_id:
+                return account
+        raise KeyError(account_id)
 
     def region(self, region_id: str) -> RegionConfig:
         for region in self.regions:
@@ -92,6 +118,22 @@ def _positive_seconds(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _tokens(table: dict[str, Any], where: str) -> tuple[str, ...]:
+    tokens = table.get("tokens", [])
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, str) and TOKEN_PATTERN.fullmatch(t) for t in tokens
+    ):
+        raise ConfigError(f"{where}.tokens: a list of tokens, each 24 to 128 of [A-Za-z0-9_-]")
+    return tuple(tokens)
+
+
+def _boolean(table: dict[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: true or false")
+    return value
+
+
 def load_cluster_config(path: Path | str) -> ClusterConfig:
     path = Path(path).resolve()
     try:
@@ -104,11 +146,21 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
     if chunk_size < 64 * 1024 or chunk_size > 4 << 20 or chunk_size & (chunk_size - 1):
         raise ConfigError("cluster.chunk_size: a power of two from 64 KiB to 4 MiB")
     accounts = tuple(
-        AccountConfig(_require(a, "id", f"accounts[{i}]", str), str(a.get("name", a["id"])))
+        AccountConfig(
+            _require(a, "id", f"accounts[{i}]", str),
+            str(a.get("name", a["id"])),
+            _tokens(a, f"accounts[{i}]"),
+        )
         for i, a in enumerate(raw.get("accounts", [{"id": "default"}]))
     )
     if not accounts:
         raise ConfigError("accounts: at least one account")
+    if len({a.account_id for a in accounts}) != len(accounts):
+        raise ConfigError("accounts: account IDs must be unique")
+    given = [t for a in accounts for t in a.tokens]
+    operator_tokens = _tokens(raw.get("operator", {}), "operator")
+    if len(set(given) | set(operator_tokens)) != len(given) + len(operator_tokens):
+        raise ConfigError("accounts.tokens, operator.tokens: a token may serve only one holder")
     account_ids = {a.account_id for a in accounts}
     regions = []
     seen_projects: set[str] = set()
@@ -159,6 +211,8 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
         simulated_clock=str(cluster.get("clock", "wall")) == "simulated",
         accounts=accounts,
         regions=tuple(regions),
+        operator_tokens=operator_tokens,
+        tls=_boolean(cluster, "tls", "cluster"),
         coordinator=CoordinatorConfig(
             listen=str(coordinator.get("listen", "127.0.0.1:0")),
             data_dir=data_dir / "coordinator",

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from csbs.errors import CsbsError, ErrorKind
+from csbs.tls import ProcessTls, channel_credentials, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,22 @@ def add_health_and_reflection(
     return health_servicer
 
 
-def bind(server: grpc.Server, listen: str) -> str:
-    """Binds `listen` (port 0 for an ephemeral port) and returns the address actually bound."""
+def open_channel(address: str, ca_pem: bytes | None = None) -> grpc.Channel:
+    """A channel to a csbs process: TLS verifying the server against `ca_pem` when given,
+    plaintext otherwise."""
+    if ca_pem is None:
+        return grpc.insecure_channel(address, options=channel_options())
+    return grpc.secure_channel(address, channel_credentials(ca_pem), options=channel_options())
+
+
+def bind(server: grpc.Server, listen: str, tls: ProcessTls | None = None) -> str:
+    """Binds `listen` (port 0 for an ephemeral port), with TLS when `tls` is given, and returns
+    the address actually bound."""
     host, _, _ = listen.rpartition(":")
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, server_credentials(tls))
     if port == 0:
         raise OSError(f"could not bind {listen}")
     return f"{host}:{port}"

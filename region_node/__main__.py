@@ -8,7 +8,9 @@ import sys
 
 from csbs.clock import Clock, SimulatedClock, WallClock
 from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
+from csbs.tls import TlsError
 from region_node.config import NodeConfig
 from region_node.server import build_server
 
@@ -17,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-region-node", description=__doc__)
     parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
     parser.add_argument("--region", required=True, help="the region this node serves")
+    parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster = load_cluster_config(args.config)
         region = cluster.region(args.region)
-    except ConfigError as exc:
+        security = process_security(cluster, region.region_id, cluster.tls or args.tls)
+    except (ConfigError, TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError:
@@ -33,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     config = NodeConfig.from_cluster(cluster, region)
     # In simulated mode the coordinator moves this clock; it starts where it was persisted.
     clock: Clock = SimulatedClock(WallClock().now()) if cluster.simulated_clock else WallClock()
-    server, address, service, health_servicer = build_server(config, clock)
+    log = logging.getLogger("region_node")
+    for line in describe_issued(security.issued):
+        log.warning("issued (shown once): %s", line)
+    server, address, service, health_servicer = build_server(
+        config, clock, security.secrets, security.tls
+    )
     server.start()
     write_address_file(config.data_dir, address)
-    logging.getLogger("region_node").info("region %s serving on %s", config.region_id, address)
+    log.info(
+        "region %s serving on %s%s", config.region_id, address, " (TLS)" if security.tls else ""
+    )
     serve_until_signal(server, health_servicer, on_stop=service.close)
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from csbs.database import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -144,6 +144,18 @@ _MIGRATIONS: dict[int, str] = {
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     );
+    """,
+    2: """
+    -- The chunks that have arrived for each replica still being replicated (issue 6:
+    -- deduplication never crosses accounts): a resumed job counts them as already held.
+    -- Written in the transaction that indexes them, deleted once the replica completes or is
+    -- removed (no semicolons in these comments: a migration is split on them).
+    CREATE TABLE replica_arrivals (
+        replica_id TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (replica_id, hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX replica_arrivals_by_hash ON replica_arrivals(hash);
     """,
 }
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health
 
+from csbs.auth import AuthInterceptor
 from csbs.clock import Clock
+from csbs.credentials import ClusterSecrets, Role
 from csbs.rpc import add_health_and_reflection, bind, new_server
+from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
 from region_node.service import RegionNodeService
@@ -16,18 +19,26 @@ from region_node.servicer import (
     RegionNodeServicer,
 )
 
-SERVICE_NAMES = [
-    region_node_pb2.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("RegionNode", "RegionNodeInternal", "RegionNodeAdmin")
-]
+# What each service's calls need: users, the coordinator alone, the operator.
+REQUIRED_ROLES = {
+    region_node_pb2.DESCRIPTOR.services_by_name[name].full_name: role
+    for name, role in (
+        ("RegionNode", Role.USER),
+        ("RegionNodeInternal", Role.CLUSTER),
+        ("RegionNodeAdmin", Role.OPERATOR),
+    )
+}
+SERVICE_NAMES = list(REQUIRED_ROLES)
 
 
 def build_server(
-    config: NodeConfig, clock: Clock
+    config: NodeConfig, clock: Clock, secrets: ClusterSecrets, tls: ProcessTls | None = None
 ) -> tuple[grpc.Server, str, RegionNodeService, health.HealthServicer]:
     """The server, bound (not started), with the address it got and its domain service."""
     service = RegionNodeService(config, clock)
-    server = new_server()
+    server = new_server(
+        interceptors=[AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True)]
+    )
     region_node_pb2_grpc.add_RegionNodeServicer_to_server(RegionNodeServicer(service), server)
     region_node_pb2_grpc.add_RegionNodeInternalServicer_to_server(
         RegionNodeInternalServicer(service), server
@@ -36,5 +47,5 @@ def build_server(
         RegionNodeAdminServicer(service), server
     )
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
-    address = bind(server, config.listen)
+    address = bind(server, config.listen, tls)
     return server, address, service, health_servicer

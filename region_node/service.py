@@ -26,6 +26,7 @@ from csbs.errors import (
     ImageNotFound,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ProjectNotFound,
     ServerNotFound,
 )
@@ -205,12 +206,16 @@ class RegionNodeService:
         self._catalog.close()
 
     # -- region -------------------------------------------------------------------------------
-    def region_info(self) -> RegionInfo:
+    def region_info(self, account_id: str = "") -> RegionInfo:
+        """The region as `account_id` sees it: only that account's projects (issue 6); every
+        project when the call acts for no account (the coordinator's own calls)."""
         return RegionInfo(
             region_id=self._config.region_id,
             display_name=self._config.display_name,
             accepts_replication=self._accepts_replication,
-            projects=tuple(self._projects.values()),
+            projects=tuple(
+                p for p in self._projects.values() if not account_id or p.account_id == account_id
+            ),
             chunk_size=self._cs,
         )
 
@@ -220,13 +225,38 @@ class RegionNodeService:
         self._accepts_replication = accepts
         return self.region_info()
 
-    def resolve_project(self, project_id: str) -> str:
-        """The project a call acts in: the given one, or the main project when empty."""
+    def authorize_project(self, account_id: str, project_id: str) -> str:
+        """The project a call of `account_id` acts in: the named one, which must be one of the
+        account's own (issue 6: a token acts only on its own account's projects), or the
+        account's main project in this region when none is named. A call that acts for no
+        account (the coordinator's own) may name any project."""
         if not project_id:
-            return next(p.project_id for p in self._projects.values() if p.main)
-        if project_id not in self._projects:
+            if not account_id:
+                raise InvalidArgument("project_id: required when a call acts for no account")
+            main = next(
+                (p for p in self._projects.values() if p.account_id == account_id and p.main),
+                None,
+            )
+            if main is None:
+                raise NotFound("main project of account", account_id)
+            return main.project_id
+        project = self._projects.get(project_id)
+        if project is None:
             raise ProjectNotFound(project_id)
+        if account_id and project.account_id != account_id:
+            raise PermissionDenied(
+                f"project {project_id} is not a project of your account: a token acts only on "
+                "its own account's projects"
+            )
         return project_id
+
+    def resolve_project(self, project_id: str) -> str:
+        """The project a domain call acts in: the given one, or, when the node's projects
+        belong to one account, that account's main project."""
+        accounts = {p.account_id for p in self._projects.values()}
+        return self.authorize_project(
+            next(iter(accounts)) if len(accounts) == 1 and not project_id else "", project_id
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def _buffer(self) -> bytearray:
@@ -1070,6 +1100,7 @@ class RegionNodeService:
             ]
             for table in ("manifest", "backup_disks", "replication_records", "backups"):
                 conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
+            conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (backup_id,))
             conn.execute(
                 "DELETE FROM requests WHERE kind = 'backup' AND resource_id = ?", (backup_id,)
             )
@@ -1505,13 +1536,46 @@ class RegionNodeService:
         return row
 
     def find_missing_chunks(self, replica_id: str) -> MissingChunks:
+        """The chunks of a replica's manifest the coordinator must send, and those it need not.
+
+        Issue 6: deduplication never crosses accounts. A chunk counts as already held only if
+        the store has it and the replica's own account holds it: it arrived already for one of
+        the account's replicas (so a resumed job does not send it again), or a backup of the
+        account whose chunks are all stored (available, or being restored from: a backup still
+        being taken or replicated has only part of its chunks) references it. A chunk that only
+        another account holds is reported missing and sent again, so that no one learns what
+        another account stores; the store still keeps its bytes once."""
         with self._catalog.read() as conn:
-            self._replica_row(conn, replica_id)
+            row = self._replica_row(conn, replica_id)
+            owner = self._projects.get(row[1])
+            projects = [row[1]] + [
+                p.project_id
+                for p in self._projects.values()
+                if owner is not None and p.account_id == owner.account_id and p is not owner
+            ]
+            marks = ", ".join("?" * len(projects))
+            # Per manifest entry: a seek in `chunks`, then in replica_arrivals and in manifest
+            # by hash (manifest_by_hash), whose rows are checked against the account's backups
+            # (a list made once per query; `+` keeps SQLite from seeking once per backup of
+            # the account instead, which costs more the more backups the account has).
             rows = conn.execute(
-                "SELECT m.hash, m.length, c.hash IS NOT NULL FROM manifest m "
-                "LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
+                "SELECT m.hash, m.length, CASE WHEN c.hash IS NULL THEN 0 "
+                "WHEN EXISTS (SELECT 1 FROM replica_arrivals a "
+                "JOIN backups r ON r.backup_id = a.replica_id "
+                f"WHERE a.hash = m.hash AND r.project_id IN ({marks})) THEN 1 "
+                "WHEN EXISTS (SELECT 1 FROM manifest o INDEXED BY manifest_by_hash "
+                "WHERE o.hash = m.hash AND +o.backup_id IN (SELECT backup_id FROM backups "
+                f"WHERE project_id IN ({marks}) AND status IN (?, ?))) THEN 1 "
+                "ELSE 0 END "
+                "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
                 "ORDER BY m.disk_index, m.chunk_index",
-                (replica_id,),
+                (
+                    *projects,
+                    *projects,
+                    BackupStatus.AVAILABLE,
+                    BackupStatus.RESTORING,
+                    replica_id,
+                ),
             ).fetchall()
         missing: dict[bytes, None] = {}
         held = held_bytes = 0
@@ -1546,7 +1610,11 @@ class RegionNodeService:
                 )
             }
         written = written_bytes = present = 0
-        batch: list[bytes] = []
+        batch: list[bytes] = []  # stored by this call, indexed at the next commit
+        # Every verified chunk, stored now or already in the store (maybe for another account):
+        # recorded as arrived for the replica at the next commit (issue 6: deduplication never
+        # crosses accounts, so only what arrived for the account counts as held on a resume).
+        arrived: list[bytes] = []
         try:
             for digest, data in chunks:
                 self._check_hash(digest)
@@ -1562,20 +1630,35 @@ class RegionNodeService:
                     batch.append(digest)
                 else:
                     present += 1
-                if len(batch) >= COMMIT_EVERY:
-                    self._commit_chunks(batch)
+                arrived.append(digest)
+                if len(arrived) >= COMMIT_EVERY:
+                    self._commit_chunks(replica_id, batch, arrived)
                     batch = []
+                    arrived = []
         finally:
-            # Even when the stream is cut: what arrived whole is kept, and indexed.
-            self._commit_chunks(batch)
+            # Even when the stream is cut: what arrived whole is kept, indexed and recorded.
+            self._commit_chunks(replica_id, batch, arrived)
         return written, written_bytes, present
 
-    def _commit_chunks(self, digests: list[bytes]) -> None:
-        if not digests:
+    def _commit_chunks(self, replica_id: str, digests: list[bytes], arrived: list[bytes]) -> None:
+        """In one transaction: indexes the chunks this writer stored (`digests`) and records
+        every chunk that `arrived` for the replica. Only our own pending chunks are indexed and
+        forgotten: a chunk another writer has pending is that writer's to index."""
+        if not digests and not arrived:
             return
-        self._store.sync()
+        if digests:
+            self._store.sync()
         with self._catalog.transaction() as conn:
             self._store.index(conn, digests)
+            status = conn.execute(
+                "SELECT status FROM backups WHERE backup_id = ?", (replica_id,)
+            ).fetchone()
+            # A replica that completed or was removed meanwhile keeps no arrivals.
+            if status is not None and status[0] == BackupStatus.REPLICATING:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO replica_arrivals(replica_id, hash) VALUES (?, ?)",
+                    [(replica_id, d) for d in arrived],
+                )
         self._store.forget_pending(digests)
 
     def complete_replica(self, replica_id: str) -> Backup:
@@ -1599,6 +1682,9 @@ class RegionNodeService:
                     "completed_at = ? WHERE backup_id = ?",
                     (BackupStatus.AVAILABLE, total, now, now, replica_id),
                 )
+                # Available now, its manifest counts for its account (issue 6): the arrivals
+                # are no longer needed.
+                conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (replica_id,))
             elif status != BackupStatus.AVAILABLE:
                 raise FailedPrecondition(f"replica {replica_id} is {status.name.lower()}")
             result = self._to_backup(conn, self._backup_row(conn, None, replica_id))
@@ -1633,6 +1719,7 @@ class RegionNodeService:
             ]
             for table in ("manifest", "backup_disks", "replication_records", "backups"):
                 conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (replica_id,))
+            conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (replica_id,))
             freed = self._store.unindex(conn, self._store.unreferenced(conn, hashes))
         self._store.release(freed)
         self.notifier.changed(replica_id)

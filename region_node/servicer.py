@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from csbs.auth import caller_of
 from csbs.errors import InvalidArgument
 from csbs.rpc import rpc_method
 from csbs.timestamps import instant, timestamp
@@ -20,18 +21,24 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def __init__(self, service: RegionNodeService) -> None:
         self._service = service
 
+    def _project(self, context: grpc.ServicerContext, project_id: str) -> str:
+        """The project the call acts in, checked against the caller's account (issue 6)."""
+        return self._service.authorize_project(caller_of(context).account_id, project_id)
+
     @rpc_method
     def GetRegionInfo(
         self, request: pb.GetRegionInfoRequest, context: grpc.ServicerContext
     ) -> common_pb2.RegionInfo:
-        return convert.region_info_to_proto(self._service.region_info())
+        return convert.region_info_to_proto(
+            self._service.region_info(caller_of(context).account_id)
+        )
 
     @rpc_method
     def CreateServer(
         self, request: pb.CreateServerRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         server = self._service.create_server(
-            request.project_id,
+            self._project(context, request.project_id),
             request.name,
             request.server_type,
             [d.size_bytes for d in request.disks],
@@ -43,14 +50,16 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     @rpc_method
     def GetServer(self, request: pb.GetServerRequest, context: grpc.ServicerContext) -> pb.Server:
         return convert.server_to_proto(
-            self._service.get_server(request.project_id, request.server_id)
+            self._service.get_server(self._project(context, request.project_id), request.server_id)
         )
 
     @rpc_method
     def ListServers(
         self, request: pb.ListServersRequest, context: grpc.ServicerContext
     ) -> pb.ListServersResponse:
-        page = self._service.list_servers(request.project_id, request.page_size, request.page_token)
+        page = self._service.list_servers(
+            self._project(context, request.project_id), request.page_size, request.page_token
+        )
         return pb.ListServersResponse(
             servers=[convert.server_to_proto(s) for s in page.items],
             next_page_token=page.next_page_token,
@@ -61,7 +70,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.DeleteServerRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         return convert.server_to_proto(
-            self._service.delete_server(request.project_id, request.server_id)
+            self._service.delete_server(
+                self._project(context, request.project_id), request.server_id
+            )
         )
 
     @rpc_method
@@ -69,7 +80,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.GetServerRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Server]:
         for server in self._service.watch_server(
-            request.project_id, request.server_id, context.is_active
+            self._project(context, request.project_id), request.server_id, context.is_active
         ):
             yield convert.server_to_proto(server)
 
@@ -96,7 +107,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
                 yield message.offset, message.data
 
         written = self._service.write_disk(
-            first.project_id, first.server_id, first.disk_index, writes()
+            self._project(context, first.project_id), first.server_id, first.disk_index, writes()
         )
         return pb.WriteDiskResponse(bytes_written=written)
 
@@ -105,7 +116,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.ReadDiskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ReadDiskResponse]:
         for offset, data in self._service.read_disk(
-            request.project_id,
+            self._project(context, request.project_id),
             request.server_id,
             request.disk_index,
             request.offset,
@@ -118,7 +129,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.CreateBackupRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         backup = self._service.create_backup(
-            request.project_id,
+            self._project(context, request.project_id),
             request.server_id,
             request.name,
             request.description,
@@ -130,7 +141,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     @rpc_method
     def GetBackup(self, request: pb.GetBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
         return convert.backup_to_proto(
-            self._service.get_backup(request.project_id, request.backup_id)
+            self._service.get_backup(self._project(context, request.project_id), request.backup_id)
         )
 
     @rpc_method
@@ -138,7 +149,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.ListBackupsRequest, context: grpc.ServicerContext
     ) -> pb.ListBackupsResponse:
         page = self._service.list_backups(
-            request.project_id,
+            self._project(context, request.project_id),
             request.server_id,
             request.status,
             request.policy_id,
@@ -154,7 +165,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def DeleteBackup(
         self, request: pb.DeleteBackupRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBackupResponse:
-        freed = self._service.delete_backup(request.project_id, request.backup_id)
+        freed = self._service.delete_backup(
+            self._project(context, request.project_id), request.backup_id
+        )
         return pb.DeleteBackupResponse(bytes_freed=freed)
 
     @rpc_method
@@ -162,7 +175,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.GetBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Backup]:
         for backup in self._service.watch_backup(
-            request.project_id, request.backup_id, context.is_active
+            self._project(context, request.project_id), request.backup_id, context.is_active
         ):
             yield convert.backup_to_proto(backup)
 
@@ -171,7 +184,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         return convert.server_to_proto(
-            self._service.restore_backup(request.project_id, request.backup_id)
+            self._service.restore_backup(
+                self._project(context, request.project_id), request.backup_id
+            )
         )
 
     @rpc_method
@@ -179,7 +194,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.CreateImageRequest, context: grpc.ServicerContext
     ) -> pb.Image:
         image = self._service.create_image(
-            request.project_id,
+            self._project(context, request.project_id),
             request.backup_id,
             request.name,
             request.description,
@@ -189,13 +204,17 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
 
     @rpc_method
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.Image:
-        return convert.image_to_proto(self._service.get_image(request.project_id, request.image_id))
+        return convert.image_to_proto(
+            self._service.get_image(self._project(context, request.project_id), request.image_id)
+        )
 
     @rpc_method
     def ListImages(
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
-        page = self._service.list_images(request.project_id, request.page_size, request.page_token)
+        page = self._service.list_images(
+            self._project(context, request.project_id), request.page_size, request.page_token
+        )
         return pb.ListImagesResponse(
             images=[convert.image_to_proto(i) for i in page.items],
             next_page_token=page.next_page_token,
@@ -205,7 +224,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def DeleteImage(
         self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
     ) -> pb.DeleteImageResponse:
-        self._service.delete_image(request.project_id, request.image_id)
+        self._service.delete_image(self._project(context, request.project_id), request.image_id)
         return pb.DeleteImageResponse()
 
 

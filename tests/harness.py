@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from csbs.auth import Metadata, bearer, with_metadata
 from csbs.cluster import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
@@ -25,37 +26,77 @@ from csbs.cluster import (
     stop_all,
 )
 from csbs.config import ClusterConfig, load_cluster_config
-from csbs.rpc import channel_options
+from csbs.credentials import ClusterSecrets, ensure_cluster_secrets
+from csbs.rpc import open_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The accounts of config/cluster.toml, with tokens the tests know (a real cluster issues its
+# own at first start and keeps only their hashes).
+DEFAULT_ACCOUNT = "default"
+SECOND_ACCOUNT = "acme"
+ACCOUNT_TOKENS = {
+    DEFAULT_ACCOUNT: "csbs_test_token_of_the_default_account",
+    SECOND_ACCOUNT: "csbs_test_token_of_the_acme_account_0",
+}
+OPERATOR_TOKEN = "csbsop_test_operator_credential_00"
+# Services whose calls need another credential than an account's token.
+INTERNAL_SERVICE = "/csbs.v1.RegionNodeInternal/"
+ADMIN_SERVICES = ("/csbs.v1.RegionNodeAdmin/", "/csbs.v1.CoordinatorAdmin/")
+
+
+def _projects(region_id: str, name: str, *extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default account's main project in a region, `extra` ones, the second account's."""
+    return [
+        {"id": f"{region_id}_default", "name": name, "account": DEFAULT_ACCOUNT, "main": True},
+        *extra,
+        {
+            "id": f"{region_id}_acme",
+            "name": f"{name}_acme",
+            "account": SECOND_ACCOUNT,
+            "main": True,
+        },
+    ]
+
+
+def _with_every_account(region: dict[str, Any]) -> dict[str, Any]:
+    """The region with a main project for each account that has none there (P3: every account
+    has its main project in every region)."""
+    projects = list(region.get("projects", []))
+    for account in ACCOUNT_TOKENS:
+        if not any(p.get("account") == account and p.get("main") for p in projects):
+            project_id = f"{region['id']}_{account}"
+            projects.append(
+                {"id": project_id, "name": project_id, "account": account, "main": True}
+            )
+    return {**region, "projects": projects}
+
+
 # The regions of config/cluster.toml, on port 0: two accept replication and one does not (R5);
-# cn-east-3 holds a second project of the default account besides its main one (P3).
+# every account has a main project in each; cn-east-3 holds a second project of the default
+# account besides its main one (P3).
 DEFAULT_REGIONS: tuple[dict[str, Any], ...] = (
     {
         "id": "cn-north-4",
         "name": "CN North-Beijing4",
         "accepts_replication": True,
-        "projects": [
-            {"id": "cn-north-4_default", "name": "cn-north-4", "account": "default", "main": True},
-        ],
+        "projects": _projects("cn-north-4", "cn-north-4"),
     },
     {
         "id": "cn-east-3",
         "name": "CN East-Shanghai1",
         "accepts_replication": True,
-        "projects": [
-            {"id": "cn-east-3_default", "name": "cn-east-3", "account": "default", "main": True},
+        "projects": _projects(
+            "cn-east-3",
+            "cn-east-3",
             {"id": "cn-east-3_dr", "name": "cn-east-3_dr", "account": "default", "main": False},
-        ],
+        ),
     },
     {
         "id": "cn-south-1",
         "name": "CN South-Guangzhou",
         "accepts_replication": False,
-        "projects": [
-            {"id": "cn-south-1_default", "name": "cn-south-1", "account": "default", "main": True},
-        ],
+        "projects": _projects("cn-south-1", "cn-south-1"),
     },
 )
 ANY_PORT = "127.0.0.1:0"
@@ -83,18 +124,23 @@ def write_cluster_config(
     chunk_size: int = 1 << 20,
     simulated_clock: bool = False,
     coordinator: dict[str, Any] | None = None,
+    tls: bool = False,
 ) -> Path:
     """Writes `<tmp_dir>/cluster.toml` with data under `<tmp_dir>/data` and every process on
     127.0.0.1:0, and returns its path. `regions` take the config file's keys (id, name,
-    accepts_replication, projects); any `listen` in them is replaced by port 0. `coordinator`
+    accepts_replication, projects); any `listen` in them is replaced by port 0, and an account
+    without a main project in a region gets one. `coordinator`
     takes keys of the `[coordinator]` table (retry_budget_seconds, cleanup_interval_seconds);
-    its `listen` too is always port 0."""
+    its `listen` too is always port 0. Both accounts (and the operator) get the tokens in
+    ACCOUNT_TOKENS (OPERATOR_TOKEN); a region's projects name their account. `tls` runs every
+    channel with TLS."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "[cluster]",
         f"data_dir = {_toml_value(str(tmp_dir / 'data'))}",
         f"chunk_size = {chunk_size}",
         f"clock = {_toml_value('simulated' if simulated_clock else 'wall')}",
+        f"tls = {_toml_value(tls)}",
         "",
         "[coordinator]",
         *(
@@ -102,13 +148,15 @@ def write_cluster_config(
             for key, value in {**(coordinator or {}), "listen": ANY_PORT}.items()
         ),
         "",
-        "[[accounts]]",
-        'id = "default"',
-        'name = "Default account"',
+        "[operator]",
+        f"tokens = {_toml_value([OPERATOR_TOKEN])}",
     ]
+    for account_id, token in ACCOUNT_TOKENS.items():
+        lines += ["", "[[accounts]]", f"id = {_toml_value(account_id)}"]
+        lines.append(f"tokens = {_toml_value([token])}")
     for region in DEFAULT_REGIONS if regions is None else regions:
         lines += ["", "[[regions]]"]
-        for key, value in {**region, "listen": ANY_PORT}.items():
+        for key, value in {**_with_every_account(region), "listen": ANY_PORT}.items():
             lines.append(f"{key} = {_toml_value(value)}")
     path = tmp_dir / "cluster.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -176,6 +224,9 @@ class Cluster:
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.config: ClusterConfig = load_cluster_config(config_path)
+        # The secrets file, made before any process starts: the tests need the cluster
+        # credential to call the nodes' internal services directly.
+        self.secrets: ClusterSecrets = ensure_cluster_secrets(self.config)[0]
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self._nodes = {
@@ -184,6 +235,8 @@ class Cluster:
         }
         self._coordinator = coordinator_process(self.config, ProcessHandle)
         self._channels: dict[str, tuple[str, grpc.Channel]] = {}
+        # (process, account) -> (the plain channel it wraps, the channel with credentials)
+        self._authorized: dict[tuple[str, str], tuple[grpc.Channel, grpc.Channel]] = {}
 
     def __enter__(self) -> Cluster:
         return self
@@ -231,12 +284,38 @@ class Cluster:
     def coordinator(self) -> ProcessHandle:
         return self._coordinator
 
-    def channel(self, region_id: str) -> grpc.Channel:
-        """A channel to a region node, reused until the node comes back on another address."""
-        return self._channel(region_id, self.node(region_id))
+    def channel(self, region_id: str, account: str | None = DEFAULT_ACCOUNT) -> grpc.Channel:
+        """A channel to a region node, reused until the node comes back on another address.
+        Its calls carry `account`'s token on user services, the cluster credential on the
+        internal service and the operator credential on the admin service, unless a call
+        sends its own `authorization`; with `account=None` they carry nothing."""
+        return self._authorized_channel(region_id, self.node(region_id), account)
 
-    def coordinator_channel(self) -> grpc.Channel:
-        return self._channel("coordinator", self._coordinator)
+    def coordinator_channel(self, account: str | None = DEFAULT_ACCOUNT) -> grpc.Channel:
+        return self._authorized_channel("coordinator", self._coordinator, account)
+
+    def credentials_for(self, account: str) -> Metadata:
+        return [bearer(ACCOUNT_TOKENS[account])]
+
+    def _metadata_for(self, account: str, method: str) -> Metadata:
+        if method.startswith(INTERNAL_SERVICE):
+            return [bearer(self.secrets.cluster_credential)]
+        if method.startswith(ADMIN_SERVICES):
+            return [bearer(OPERATOR_TOKEN)]
+        return self.credentials_for(account)
+
+    def _authorized_channel(
+        self, key: str, process: ProcessHandle, account: str | None
+    ) -> grpc.Channel:
+        channel = self._channel(key, process)
+        if account is None:
+            return channel
+        cached = self._authorized.get((key, account))
+        # The channel with credentials wraps the plain one: made again when that one changes.
+        if cached is None or cached[0] is not channel:
+            wrapped = with_metadata(channel, lambda method: self._metadata_for(account, method))
+            cached = self._authorized[(key, account)] = (channel, wrapped)
+        return cached[1]
 
     def health(self, region_id: str, service: str = "", timeout: float = 2.0) -> str:
         """The health status a region node reports (SERVING, NOT_SERVING) or the failed call's
@@ -248,6 +327,7 @@ class Cluster:
         for _, channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        self._authorized.clear()
         stop_all([self._coordinator, *self._nodes.values()], self.stop_timeout)
 
     def _channel(self, key: str, process: ProcessHandle) -> grpc.Channel:
@@ -257,6 +337,6 @@ class Cluster:
             if cached[0] == address:
                 return cached[1]
             cached[1].close()
-        channel = grpc.insecure_channel(address, options=channel_options())
+        channel = open_channel(address, process.ca_pem())
         self._channels[key] = (address, channel)
         return channel

@@ -36,7 +36,13 @@ from typer.testing import CliRunner
 from csbs.cli.main import app
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
-from tests.harness import Cluster, write_cluster_config
+from tests.harness import (
+    ACCOUNT_TOKENS,
+    DEFAULT_ACCOUNT,
+    OPERATOR_TOKEN,
+    Cluster,
+    write_cluster_config,
+)
 from tests.node_helpers import MIB, node, seeded_bytes
 
 SOURCE = "cn-north-4"
@@ -49,6 +55,16 @@ RUN_TIMEOUT = 180.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def cluster_env(cluster: Cluster) -> dict[str, str]:
+    """The environment a user of the cluster has: its config, the default account's token and
+    the operator credential."""
+    return _clean_env(
+        CSBS_CONFIG=str(cluster.config.path),
+        CSBS_TOKEN=ACCOUNT_TOKENS[DEFAULT_ACCOUNT],
+        CSBS_OPERATOR_TOKEN=OPERATOR_TOKEN,
+    )
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -67,7 +83,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> dict[str, str]:
-    return _clean_env(CSBS_CONFIG=str(cluster.config.path))
+    return cluster_env(cluster)
 
 
 def csbs(env: dict[str, str], *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -567,7 +583,7 @@ def test_ca_makes_a_tls_channel_that_trusts_that_root(tmp_path: Path) -> None:
     done = csbs(
         _clean_env(), *address, "--ca", str(tmp_path / "none.pem"), "region", "list", code=2
     )
-    assert _one_error_line(done).startswith("error: --ca: cannot read ")
+    assert _one_error_line(done).startswith("error: --ca: "), done.stderr
 
 
 # --- help and the demo -------------------------------------------------------------------------

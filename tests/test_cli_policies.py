@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import MIB, seeded_bytes
-from tests.test_cli import CSBS, RUN_TIMEOUT, _clean_env, _one_error_line, csbs, csbs_json
+from tests.test_cli import CSBS, RUN_TIMEOUT, _one_error_line, cluster_env, csbs, csbs_json
 
 SOURCE = "cn-north-4"
 TARGET = "cn-east-3"
@@ -50,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> dict[str, str]:
-    return _clean_env(CSBS_CONFIG=str(cluster.config.path))
+    return cluster_env(cluster)
 
 
 def _server(env: dict[str, str], data_mib: int = 0, seed: int = 0) -> str:
@@ -359,7 +359,7 @@ def test_a_wall_clock_cluster_cannot_be_advanced(tmp_path: Path) -> None:
     ]
     with Cluster(write_cluster_config(tmp_path, regions=one_region)) as wall:
         wall.start(coordinator=True)
-        env = _clean_env(CSBS_CONFIG=str(wall.config.path))
+        env = cluster_env(wall)
         clock = csbs_json(env, "clock", "show")
         assert clock["simulated"] is False
         assert abs(instant(clock["now"]) - datetime.now(UTC)) < timedelta(minutes=1)

@@ -1325,6 +1325,7 @@ class Fuzzer:
         CreateReplica: WriteChunks, FindMissingChunks and CompleteReplica have work to do."""
         job_id = f"seed-{uuid.uuid4()}"
         header = pb.CreateReplicaHeader(
+            project_id=f"{TARGET}_default",
             name="pending-seed",
             server_type=common_pb2.SERVER_TYPE_ECS,
             disks=[pb.BackupDisk(disk_index=0, size_bytes=MIB)],

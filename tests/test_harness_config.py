@@ -20,12 +20,13 @@ def test_written_config_has_three_regions_on_port_0(tmp_path: Path) -> None:
         "cn-east-3": True,
         "cn-south-1": False,
     }
-    assert [len(r.projects) for r in config.regions] == [1, 2, 1]
+    assert [len(r.projects) for r in config.regions] == [2, 3, 2]
     east = config.region("cn-east-3")
     assert east.main_project("default").project_id == "cn-east-3_default"
     assert all(r.listen == "127.0.0.1:0" for r in config.regions)
     assert config.coordinator.listen == "127.0.0.1:0"
-    assert [a.account_id for a in config.accounts] == ["default"]
+    assert [a.account_id for a in config.accounts] == ["default", "acme"]
+    assert config.account("acme").tokens and config.operator_tokens
     assert config.data_dir == (tmp_path / "data").resolve()
     assert all(r.data_dir.is_relative_to(config.data_dir) for r in config.regions)
     assert config.chunk_size == 1 << 20

@@ -274,7 +274,9 @@ def test_policy_replication_keeps_r1_and_skips_with_the_rule(simulated: Cluster)
     internal = RegionNodeInternalStub(simulated.channel(SOURCE))
     data_only = internal.CreatePolicyBackup(
         pb.CreatePolicyBackupRequest(
-            backup=pb.CreateBackupRequest(server_id=server.server_id, disk_indexes=[1]),
+            backup=pb.CreateBackupRequest(
+                project_id=server.project_id, server_id=server.server_id, disk_indexes=[1]
+            ),
             policy_id=policy.policy_id,
         )
     )

@@ -10,6 +10,8 @@ and is not what a user calls."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -52,6 +54,33 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and _code(exc) == grpc.StatusCode.UNAVAILABLE
 
 
+def socket_open(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def speaks_tls(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the process at `address` answers a TLS handshake (its certificate unchecked:
+    this only tells a TLS server from a plaintext one, to explain a failed connection)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 class Endpoint:
     """One process of the cluster as the command line calls it: its channel, the metadata every
     call carries (the user token), and how its failures read."""
@@ -63,12 +92,17 @@ class Endpoint:
         channel: grpc.Channel,
         metadata: Metadata = (),
         not_found_where: str = "",
+        *,
+        operator_metadata: Metadata = (),
+        tls: bool = False,
     ) -> None:
         self.what = what  # "region cn-north-4", "the coordinator"
         self.address = address
         self._channel = channel
         self._metadata = metadata
+        self._operator_metadata = operator_metadata
         self._not_found_where = not_found_where
+        self._tls = tls
 
     @property
     def channel(self) -> grpc.Channel:
@@ -79,13 +113,21 @@ class Endpoint:
 
     # -- calls -----------------------------------------------------------------------------------
     def unary(
-        self, method: Any, request: Any, *, timeout: float = UNARY_TIMEOUT, retry: bool = False
+        self,
+        method: Any,
+        request: Any,
+        *,
+        timeout: float = UNARY_TIMEOUT,
+        retry: bool = False,
+        operator: bool = False,
     ) -> Any:
         """One unary call. `retry`: the call is idempotent (a read, or a create with a request
-        ID), so it is tried again while the process answers UNAVAILABLE."""
+        ID), so it is tried again while the process answers UNAVAILABLE. `operator`: an
+        operator call, made with the operator credential instead of the user token."""
+        metadata = self._operator_metadata if operator else self._metadata
 
         def once() -> Any:
-            return method(request, timeout=timeout, metadata=self._metadata)
+            return method(request, timeout=timeout, metadata=metadata)
 
         try:
             if not retry:
@@ -156,13 +198,18 @@ class Endpoint:
         details = _details(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self._connected():
-                return Unreachable(f"cannot reach {self.what} at {self.address}: {START_HINT}")
+                return Unreachable(self._unreachable())
             # Its own answer: a process behind it (a region node the coordinator calls) is down.
             return Unreachable(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Unreachable(
                 f"{self.what} at {self.address} did not answer within {timeout:.0f}s "
                 "(overloaded, paused or cut off?)"
+            )
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return Refused(
+                f"{details}. Give your API token with --token or CSBS_TOKEN, the operator "
+                "credential with --operator-token or CSBS_OPERATOR_TOKEN"
             )
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return Refused(f"{self.what} at {self.address} does not implement this call yet")
@@ -171,6 +218,28 @@ class Endpoint:
         if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             return Refused(f"{self.what} failed: {details}")
         return Refused(details)
+
+    def _unreachable(self) -> str:
+        """Why the process cannot be reached: not running, or speaking TLS to a plaintext
+        client (or the other way round), or a certificate the given CA did not sign."""
+        tls = speaks_tls(self.address)
+        if tls and not self._tls:
+            return (
+                f"{self.what} at {self.address} serves TLS and this command spoke plaintext: "
+                "give --ca FILE (or CSBS_CA) with the cluster's CA certificate "
+                "(<data_dir>/tls/ca.pem) to verify it"
+            )
+        if tls:
+            return (
+                f"cannot set up TLS with {self.what} at {self.address}: its certificate is not "
+                "signed by the CA given with --ca (or CSBS_CA)"
+            )
+        if self._tls and socket_open(self.address):
+            return (
+                f"{self.what} at {self.address} does not serve TLS: this cluster runs without "
+                "it, so leave out --ca (and CSBS_CA)"
+            )
+        return f"cannot reach {self.what} at {self.address}: {START_HINT}"
 
     def _connected(self) -> bool:
         """Whether the channel reaches the process: an UNAVAILABLE from a connected process is
@@ -448,6 +517,7 @@ class CoordinatorClient:
         clock: cpb.ClockState = self.endpoint.unary(
             self._admin.AdvanceClock,
             request,
+            operator=True,
             timeout=ADVANCE_TIMEOUT,
             retry=request.WhichOneof("target") == "to",
         )

@@ -29,6 +29,7 @@ _FIELDS = {
     "opt_region": "region",
     "opt_project": "project",
     "opt_token": "token",
+    "opt_operator_token": "operator_token",
     "opt_ca": "ca",
     "opt_address": "addresses",
     "opt_coordinator": "coordinator",
@@ -93,8 +94,18 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             str | None,
             None,
             "--token",
-            "A user token, sent as `authorization: Bearer TOKEN`",
+            "Your account's API token, sent as `authorization: Bearer TOKEN` "
+            "(make cluster prints the default account's at the cluster's first start)",
             "CSBS_TOKEN",
+            "TOKEN",
+        ),
+        option(
+            "opt_operator_token",
+            str | None,
+            None,
+            "--operator-token",
+            "The operator credential, for operator calls (moving the simulated clock)",
+            "CSBS_OPERATOR_TOKEN",
             "TOKEN",
         ),
         option(
@@ -102,8 +113,10 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             Path | None,
             None,
             "--ca",
-            "Use TLS, trusting this root certificate (PEM)",
-            metavar="FILE",
+            "Use TLS, trusting this CA certificate (PEM; default with a TLS cluster config: "
+            "<data_dir>/tls/ca.pem)",
+            "CSBS_CA",
+            "FILE",
         ),
         option(
             "opt_address",

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
+from csbs.auth import bearer
 from csbs.cli.client import CoordinatorClient, Endpoint, RegionClient
 from csbs.cli.errors import START_HINT, Unreachable, UsageError
 from csbs.cli.output import Printer
 from csbs.cluster import DEFAULT_CONFIG, REPO_ROOT
 from csbs.config import ClusterConfig, ConfigError, load_cluster_config, resolve_address
-from csbs.rpc import channel_options
+from csbs.rpc import open_channel
+from csbs.tls import TlsError, ca_path, read_ca
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Options:
     region: str | None = None
     project: str | None = None
     token: str | None = None
+    operator_token: str | None = None
     ca: Path | None = None
     addresses: tuple[str, ...] = ()
     coordinator: str | None = None
@@ -126,14 +127,21 @@ class Session:
         # Empty: the caller's main project in the region, as every call of the contract takes it.
         self.project_id = options.project or ""
         self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {options.token}"),) if options.token else ()
+            (bearer(options.token),) if options.token else ()
         )
+        self._operator_metadata: tuple[tuple[str, str], ...] = (
+            (bearer(options.operator_token),) if options.operator_token else ()
+        )
+        # TLS: with the CA given, or the cluster's own when its config says it runs with TLS.
+        ca = options.ca
+        if ca is None and self.config is not None and self.config.tls:
+            ca = ca_path(self.config.tls_dir)
         self._root_certificates: bytes | None = None
-        if options.ca is not None:
+        if ca is not None:
             try:
-                self._root_certificates = options.ca.read_bytes()
-            except OSError as exc:
-                raise UsageError(f"--ca: cannot read {options.ca}: {exc.strerror}") from None
+                self._root_certificates = read_ca(ca)
+            except TlsError as exc:
+                raise UsageError(f"--ca: {exc}") from None
         self._region_clients: dict[str, RegionClient] = {}
         self._coordinator_client: CoordinatorClient | None = None
         self._endpoints: list[Endpoint] = []
@@ -206,11 +214,14 @@ class Session:
         self._coordinator_client = None
 
     def _endpoint(self, what: str, address: str, not_found_where: str = "") -> Endpoint:
-        if self._root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
-            channel = grpc.secure_channel(address, credentials, options=channel_options())
-        else:
-            channel = grpc.insecure_channel(address, options=channel_options())
-        endpoint = Endpoint(what, address, channel, self._metadata, not_found_where)
+        endpoint = Endpoint(
+            what,
+            address,
+            open_channel(address, self._root_certificates),
+            self._metadata,
+            not_found_where,
+            operator_metadata=self._operator_metadata,
+            tls=self._root_certificates is not None,
+        )
         self._endpoints.append(endpoint)
         return endpoint

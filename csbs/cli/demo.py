@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from csbs.cli.context import Options, Session
 from csbs.cli.errors import CliError, Refused, UsageError
 from csbs.cli.fresh_cluster import fresh_cluster
 from csbs.cli.output import recording
+from csbs.credentials import new_token
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
@@ -99,6 +100,8 @@ def _hidden_options(options: Options, config: Path | None) -> list[str]:
         hidden += ["--coordinator", options.coordinator]
     if options.token:
         hidden += ["--token", options.token]
+    if options.operator_token:
+        hidden += ["--operator-token", options.operator_token]
     if options.ca:
         hidden += ["--ca", str(options.ca)]
     return hidden
@@ -232,19 +235,24 @@ def _story(app: typer.Typer, session: Session, hidden: list[str], data_mib: int)
 
 
 @contextmanager
-def _cluster(session: Session, fresh: bool) -> Iterator[Path | None]:
+def _cluster(session: Session, fresh: bool, tls: bool) -> Iterator[Options]:
+    """The options the story runs with: the session's, or those of a fresh cluster (its own
+    config, the default account's token made for it, TLS if asked)."""
     if not fresh:
-        yield session.config_path
+        yield replace(session.options, config=session.config_path)
         return
     if session.config is None:
         raise UsageError("--fresh-cluster: needs a cluster config to copy the regions of")
     sys.stdout.write(
         f"# Starting a fresh cluster of the regions of {session.config_path} "
-        "(ephemeral ports, data in a temp dir)...\n"
+        f"(ephemeral ports, data in a temp dir{', TLS on every channel' if tls else ''})...\n"
     )
     sys.stdout.flush()
-    with fresh_cluster(session.config) as path:
-        yield path
+    account = session.config.default_account.account_id
+    token = new_token()
+    with fresh_cluster(session.config, {account: token}, tls) as path:
+        options = session.options
+        yield Options(config=path, region=options.region, project=options.project, token=token)
 
 
 def register(app: typer.Typer) -> None:
@@ -259,6 +267,10 @@ def register(app: typer.Typer) -> None:
                 "after (what `make demo` does)",
             ),
         ] = False,
+        tls: Annotated[
+            bool,
+            typer.Option("--tls", help="With --fresh-cluster: run it with TLS on every channel"),
+        ] = False,
         data_mib: Annotated[
             int,
             typer.Option("--data-mib", help="MiB of data on the system disk", min=2, max=1024),
@@ -268,9 +280,7 @@ def register(app: typer.Typer) -> None:
         a server from the replica there, and check their disks are identical; then R2 and R5
         refusing."""
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        with _cluster(session, fresh) as config:
-            options = session.options
-            if config is not session.config_path:
-                options = Options(config=config, region=options.region, project=options.project)
-            with Session(options) as running:
-                _story(app, running, _hidden_options(options, config), data_mib)
+        if tls and not fresh:
+            raise UsageError("--tls: only with --fresh-cluster (a running cluster has its own)")
+        with _cluster(session, fresh, tls) as options, Session(options) as running:
+            _story(app, running, _hidden_options(options, options.config), data_mib)

@@ -11,15 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-
-import grpc
 
 from csbs.cli.errors import Unreachable
 from csbs.cluster import COORDINATOR_SERVICE, REGION_NODE_SERVICE, check_health
 from csbs.config import ADDRESS_FILE, ClusterConfig, load_cluster_config
-from csbs.rpc import channel_options
+from csbs.rpc import open_channel
+from csbs.tls import TlsError, ca_path, read_ca
 
 ANY_PORT = "127.0.0.1:0"
 READY_TIMEOUT = 60.0
@@ -39,14 +38,19 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def write_fresh_config(base: ClusterConfig, directory: Path) -> Path:
-    """`base` with every process on an ephemeral port and its data under `directory`."""
+def write_fresh_config(
+    base: ClusterConfig, directory: Path, tokens: Mapping[str, str], tls: bool = False
+) -> Path:
+    """`base` with every process on an ephemeral port and its data under `directory`, each
+    account with the token `tokens` gives it (else one issued at first start), TLS on every
+    channel if `base` or `tls` asks for it."""
     c = base.coordinator
     lines = [
         "[cluster]",
         f"data_dir = {_toml(directory / 'data')}",
         f"chunk_size = {_toml(base.chunk_size)}",
         f"clock = {_toml('simulated' if base.simulated_clock else 'wall')}",
+        f"tls = {_toml(tls or base.tls)}",
         "",
         "[coordinator]",
         f"listen = {_toml(ANY_PORT)}",
@@ -56,6 +60,8 @@ def write_fresh_config(base: ClusterConfig, directory: Path) -> Path:
     for account in base.accounts:
         lines += ["", "[[accounts]]", f"id = {_toml(account.account_id)}"]
         lines.append(f"name = {_toml(account.name)}")
+        if account.account_id in tokens:
+            lines.append(f"tokens = [{_toml(tokens[account.account_id])}]")
     for region in base.regions:
         projects = ", ".join(
             f"{{ id = {_toml(p.project_id)}, name = {_toml(p.name)}, "
@@ -76,14 +82,15 @@ def write_fresh_config(base: ClusterConfig, directory: Path) -> Path:
     return path
 
 
-def _serving(data_dir: Path, service: str) -> bool:
+def _serving(config: ClusterConfig, data_dir: Path, service: str) -> bool:
     try:
         address = (data_dir / ADDRESS_FILE).read_text().strip()
-    except FileNotFoundError:
+        ca = read_ca(ca_path(config.tls_dir)) if config.tls else None
+    except (FileNotFoundError, TlsError):
         return False
     if not address:
         return False
-    with grpc.insecure_channel(address, options=channel_options()) as channel:
+    with open_channel(address, ca) as channel:
         return check_health(channel, service, timeout=1.0) == "SERVING"
 
 
@@ -101,15 +108,18 @@ def _wait_ready(config: ClusterConfig, process: subprocess.Popen[bytes], log: Pa
             raise ClusterDidNotStart(
                 f"the demo's cluster was not ready after {READY_TIMEOUT:.0f}s; see {log}"
             )
-        waiting = [(d, s) for d, s in waiting if not _serving(d, s)]
+        waiting = [(d, s) for d, s in waiting if not _serving(config, d, s)]
         time.sleep(POLL)
 
 
 @contextlib.contextmanager
-def fresh_cluster(base: ClusterConfig) -> Iterator[Path]:
-    """Runs a fresh copy of `base`'s cluster until the block ends; yields its config's path."""
+def fresh_cluster(
+    base: ClusterConfig, tokens: Mapping[str, str], tls: bool = False
+) -> Iterator[Path]:
+    """Runs a fresh copy of `base`'s cluster until the block ends; yields its config's path.
+    The temp dir is the user's alone (0700), as the tokens in its config are secrets."""
     with tempfile.TemporaryDirectory(prefix="csbs-demo-cluster-") as tmp:
-        path = write_fresh_config(base, Path(tmp))
+        path = write_fresh_config(base, Path(tmp), tokens, tls)
         log = Path(tmp) / "cluster.log"
         with log.open("wb") as out:
             # A session of its own: Ctrl-C reaches only the demo, which then stops the cluster.
