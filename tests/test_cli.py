@@ -13,7 +13,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -34,6 +33,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from csbs.cli.main import app
+from csbs.tls import ca_path, ensure_process_tls, server_credentials
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from tests.harness import (
@@ -557,20 +557,10 @@ def test_the_token_is_sent_as_bearer_authorization_metadata() -> None:
     assert [m.get("authorization") for m in seen] == ["Bearer s3cret-token", "Bearer another"]
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 def test_ca_makes_a_tls_channel_that_trusts_that_root(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    material = ensure_process_tls(tmp_path / "tls", "stand-in")
+    cert = ca_path(tmp_path / "tls")
+    credentials = server_credentials(material)
     with stand_in_node(credentials) as (port, seen):
         address = ("--address", f"r1=127.0.0.1:{port}")
         regions = csbs_json(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from csbs.cli import backup, clock, demo, image, job, policy, region, server
-from csbs.cli.commands import root_callback
+# gRPC's own log lines (a failed TLS handshake, say) are not for a command line's user: each
+# failure is told once, as one `error:` line. Set before gRPC starts.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import typer  # noqa: E402
+
+from csbs.cli import backup, clock, demo, image, job, policy, region, server  # noqa: E402
+from csbs.cli.commands import root_callback  # noqa: E402
 
 app = typer.Typer(
     name="csbs",
