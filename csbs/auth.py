@@ -7,7 +7,7 @@ open, as stock tools expect). An accepted call's servicer finds its `Caller` wit
 The interceptor also bounds how many streams one account holds open at once, so that a client
 that opens streams and stops reading cannot take every server thread.
 
-Clients: `BearerMetadata` adds the credential a method needs to each outgoing call.
+Clients: `with_metadata` adds the credential a method needs to each outgoing call.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import grpc
 
 from csbs.credentials import Caller, ClusterSecrets, Role
 from csbs.errors import Unauthenticated
+from csbs.rpc import replaced, rewrite_calls
 
 AUTHORIZATION = "authorization"
 # The account the coordinator acts for on a node's user service (cluster credential only).
@@ -187,53 +188,16 @@ def _wrapped(handler: Any, verdict: Caller | _Refusal, slots: _StreamSlots | Non
 # --- the client side ----------------------------------------------------------------------------
 
 
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Metadata | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: Any
+def with_metadata(channel: grpc.Channel, metadata_for: Callable[[str], Metadata]) -> grpc.Channel:
+    """The channel with `metadata_for(method)` added to every call that does not carry its own
+    authorization."""
 
-
-class BearerMetadata(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds `metadata_for(method)` to every call that does not carry its own authorization."""
-
-    def __init__(self, metadata_for: Callable[[str], Metadata]) -> None:
-        self._metadata_for = metadata_for
-
-    def _details(self, details: Any) -> Any:
+    def add(details: Any) -> Any:
         existing = list(details.metadata or ())
         if any(key == AUTHORIZATION for key, _ in existing):
             return details
         method = details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            [*existing, *self._metadata_for(name)],
-            details.credentials,
-            details.wait_for_ready,
-            getattr(details, "compression", None),
-        )
+        return replaced(details, metadata=[*existing, *metadata_for(name)])
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
-def with_metadata(channel: grpc.Channel, metadata_for: Callable[[str], Metadata]) -> grpc.Channel:
-    return grpc.intercept_channel(channel, BearerMetadata(metadata_for))
+    return rewrite_calls(channel, add)

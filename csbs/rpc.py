@@ -9,9 +9,9 @@ import inspect
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -109,6 +109,52 @@ def add_health_and_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     return health_servicer
+
+
+class CallDetails(NamedTuple):
+    """An outgoing call's details, as a client interceptor passes them on."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: Any
+
+
+def replaced(details: Any, **changes: Any) -> CallDetails:
+    """`details` (gRPC's or ours) with some fields changed."""
+    fields = {f: getattr(details, f, None) for f in CallDetails._fields}
+    return CallDetails(**{**fields, **changes})
+
+
+class RewriteCalls(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Passes every outgoing call of any kind on with `rewrite(details)` (credentials to add,
+    a default deadline)."""
+
+    def __init__(self, rewrite: Callable[[Any], Any]) -> None:
+        self._rewrite = rewrite
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._rewrite(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._rewrite(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._rewrite(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._rewrite(details), requests)
+
+
+def rewrite_calls(channel: grpc.Channel, rewrite: Callable[[Any], Any]) -> grpc.Channel:
+    return grpc.intercept_channel(channel, RewriteCalls(rewrite))
 
 
 def open_channel(address: str, ca_pem: bytes | None = None) -> grpc.Channel:

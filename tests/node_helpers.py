@@ -3,15 +3,15 @@ backups and servers to settle."""
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
+from csbs.rpc import replaced, rewrite_calls
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeStub
@@ -26,55 +26,13 @@ def node(channel: grpc.Channel) -> RegionNodeStub:
     return RegionNodeStub(channel)
 
 
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
-):
-    pass
-
-
-class _DefaultDeadline(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Gives every call that names no timeout of its own a deadline of `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-
-    def _details(self, details: Any) -> Any:
-        if details.timeout is not None:
-            return details
-        return _CallDetails(
-            details.method,
-            self._seconds,
-            details.metadata,
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
 def node_with_deadline(channel: grpc.Channel, seconds: float = 30.0) -> RegionNodeStub:
     """A stub whose calls all have a deadline: `seconds` unless the call names its own."""
-    return RegionNodeStub(grpc.intercept_channel(channel, _DefaultDeadline(seconds)))
+    return RegionNodeStub(
+        rewrite_calls(
+            channel, lambda d: d if d.timeout is not None else replaced(d, timeout=seconds)
+        )
+    )
 
 
 def make_server(

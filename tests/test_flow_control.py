@@ -67,7 +67,8 @@ def test_a_client_that_stops_reading_holds_only_its_own_streams(cluster: Cluster
         time.sleep(1.0)
         grown = _rss_mb(pid) - before
         print(
-            f"node RSS {before:.0f} MiB -> +{grown:.0f} MiB with {STREAMS_PER_ACCOUNT} stalled reads"
+            f"node RSS {before:.0f} MiB -> +{grown:.0f} MiB "
+            f"with {STREAMS_PER_ACCOUNT} stalled reads"
         )
         assert grown < 256, f"the node grew by {grown:.0f} MiB for streams nobody reads"
     finally:

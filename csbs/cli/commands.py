@@ -1,10 +1,11 @@
 """The options every csbs command takes, and how a command runs.
 
-The cluster options (--config, --region, --project, --token, --ca, --address, --coordinator) and
---json are accepted both before the command's name (`csbs --region cn-east-3 server list`) and
-after it (`csbs server list --region cn-east-3`): `command()` adds them to every command, so that
-each command's function declares only its own. The CSBS_* variables are read only for the
-options given before the name, so that an option given on the command line always wins.
+The cluster options (--config, --region, --project, --token, --operator-token, --ca, --address,
+--coordinator) and --json are accepted both before the command's name
+(`csbs --region cn-east-3 server list`) and after it (`csbs server list --region cn-east-3`):
+`command()` adds them to every command, so that each command's function declares only its own.
+The CSBS_* variables are read only for the options given before the name, so that an option
+given on the command line always wins.
 
 A command's function gets the Session and its own arguments; a CliError it raises is printed as
 one line (`error: ...`) and ends the command with the error's exit code."""

@@ -8,10 +8,10 @@ import os
 # failure is told once, as one `error:` line. Set before gRPC starts.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import typer  # noqa: E402
+import typer
 
-from csbs.cli import backup, clock, demo, image, job, policy, region, server  # noqa: E402
-from csbs.cli.commands import root_callback  # noqa: E402
+from csbs.cli import backup, clock, demo, image, job, policy, region, server
+from csbs.cli.commands import root_callback
 
 app = typer.Typer(
     name="csbs",
