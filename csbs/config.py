@@ -3,13 +3,13 @@ listens and keeps its data. Loaded once in each process's __main__ and passed do
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from csbs.files import write_atomic
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
@@ -225,10 +225,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
 def write_address_file(data_dir: Path, address: str) -> None:
     """Publishes the address a process actually bound (atomically), for ports chosen as 0."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".address.")
-    with os.fdopen(fd, "w") as f:
-        f.write(address)
-    os.replace(tmp, data_dir / ADDRESS_FILE)
+    write_atomic(data_dir / ADDRESS_FILE, address.encode())
 
 
 def resolve_address(listen: str, data_dir: Path) -> str:

@@ -16,20 +16,17 @@ gRPC: csbs/auth.py turns a caller's metadata into a `Caller` with `ClusterSecret
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
 import json
-import os
 import secrets
 import stat
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from csbs.config import ClusterConfig, ConfigError
+from csbs.files import exclusive_lock, write_atomic
 from csbs.tls import ProcessTls, ensure_process_tls
 
 SECRETS_VERSION = 1
@@ -94,17 +91,6 @@ class IssuedTokens:
     operator: str | None
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _read(path: Path) -> dict[str, Any]:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -121,26 +107,13 @@ def _read(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _write(path: Path, raw: dict[str, Any]) -> None:
-    # mkstemp creates the file 0600: it is never readable by others, not even for a moment.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(raw, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_cluster_secrets(config: ClusterConfig) -> tuple[ClusterSecrets, IssuedTokens]:
     """Reads the cluster secrets file, first creating it or adding to it what the config asks
     for: the hashes of the tokens the config gives, a new token for an account that has none,
     an operator credential if there is none. Returns the secrets and what was newly issued."""
     path = config.secrets_path
-    with _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path.parent / f".{path.name}.lock"):
         raw: dict[str, Any] = (
             _read(path)
             if path.exists()
@@ -171,7 +144,7 @@ def ensure_cluster_secrets(config: ClusterConfig) -> tuple[ClusterSecrets, Issue
             operator = new_token(OPERATOR_PREFIX)
             operator_hashes.append(token_hash(operator))
         if json.dumps(raw, sort_keys=True) != before:
-            _write(path, raw)
+            write_atomic(path, json.dumps(raw, indent=2, sort_keys=True).encode())
     configured = {a.account_id for a in config.accounts}
     return (
         ClusterSecrets(

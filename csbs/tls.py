@@ -20,14 +20,9 @@ then renamed into place, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import ipaddress
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from csbs.files import exclusive_lock, write_atomic
 
 CA_COMMON_NAME = "csbs-sim local CA"
 CA_VALIDITY = datetime.timedelta(days=3652)  # 10 years
@@ -78,7 +75,7 @@ def ensure_process_tls(tls_dir: Path, name: str) -> ProcessTls:
     otherwise. Safe to call from several processes at once."""
     _check_name(name)
     _make_dir(tls_dir)
-    with _locked(tls_dir / _LOCK):
+    with exclusive_lock(tls_dir / _LOCK):
         ca_cert, ca_key, ca_pem = _ensure_ca(tls_dir)
         cert_pem, key_pem = _ensure_process_cert(tls_dir, name, ca_cert, ca_key)
     return ProcessTls(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
@@ -129,16 +126,6 @@ def _make_dir(tls_dir: Path) -> None:
     tls_dir.chmod(0o700)
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the only descriptor releases the lock
-
-
 def _ensure_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, bytes]:
     cert_path, key_path = tls_dir / _CA_CERT, tls_dir / _CA_KEY
     if cert_path.exists():
@@ -160,8 +147,8 @@ def _ensure_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _build_ca_cert(key)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write_atomic(key_path, _key_pem(key))
-    _write_atomic(cert_path, cert_pem)
+    write_atomic(key_path, _key_pem(key))
+    write_atomic(cert_path, cert_pem)
     return cert, key, cert_pem
 
 
@@ -176,8 +163,8 @@ def _ensure_process_cert(
     cert = _build_process_cert(name, key, ca_cert, ca_key)
     cert_pem, key_pem = cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
     # Key first: a crash in between leaves a key that matches no certificate, which is reissued.
-    _write_atomic(key_path, key_pem)
-    _write_atomic(cert_path, cert_pem)
+    write_atomic(key_path, key_pem)
+    write_atomic(cert_path, cert_pem)
     return cert_pem, key_pem
 
 
@@ -314,24 +301,3 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
         return _parse_key(path.read_bytes())
     except OSError as exc:
         raise TlsError(f"TLS key {path} cannot be read: {exc.strerror}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replaces `path` with `data`: written to a 0600 temporary file in the same directory,
-    flushed to disk, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
