@@ -22,7 +22,7 @@ from typing import Any
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.models import JobStatus, Page, ReplicateRequest
-from coordinator.replication import ReplicationService
+from coordinator.replication import ReplicationService, own_project
 from coordinator.schedule import Schedule, validate_schedule
 from coordinator.store import Store
 from csbs.clients import BackupStatus, RegionNodes, ReplicationWay, ServerType
@@ -32,6 +32,7 @@ from csbs.errors import (
     InvalidArgument,
     NotFound,
     RegionNotFound,
+    TargetProjectNotFound,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.paging import PageTokens, page_size
@@ -243,11 +244,11 @@ class PolicyService:
         validate_description(policy.description, "description")
         if policy.region_id not in self._nodes:
             raise RegionNotFound(policy.region_id)
-        project = self._replication.own_project(
-            policy.region_id, policy.account_id, policy.project_id, "project_id"
+        info = self._nodes.client(policy.region_id).region_info()  # every project
+        project = own_project(
+            info, policy.region_id, policy.account_id, policy.project_id, "project_id"
         )
-        policy = replace(policy, project_id=project.project_id)
-        validate_schedule(
+        schedule = validate_schedule(
             policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
         )
         r = policy.retention
@@ -256,12 +257,7 @@ class PolicyService:
         for name, value in (("keep_count", r.keep_count), ("keep_days", r.keep_days)):
             if not 0 <= value <= MAX_KEEP:
                 raise InvalidArgument(f"retention.{name} {value}: 1 to {MAX_KEEP}")
-        policy = replace(
-            policy,
-            backup_schedule=validate_schedule(
-                policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
-            ),
-        )
+        policy = replace(policy, project_id=project.project_id, backup_schedule=schedule)
         if policy.replication is not None:
             policy = replace(policy, replication=self._check_replication(policy))
         return policy
@@ -279,13 +275,19 @@ class PolicyService:
                 "replication.target_region_id: the target must be another region than the "
                 f"policy's region {policy.region_id}"
             )
-        if not self._nodes.client(target).region_info().accepts_replication:
+        info = self._nodes.client(target).region_info()  # every project of the region
+        if not info.accepts_replication:
             raise FailedPrecondition(
                 f"R5: region {target} does not accept replication; it cannot be a policy's "
                 "replication target"
             )
-        project = self._replication.own_project(
-            target, policy.account_id, repl.target_project_id, "replication.target_project_id"
+        project = own_project(
+            info,
+            target,
+            policy.account_id,
+            repl.target_project_id,
+            "replication.target_project_id",
+            TargetProjectNotFound,
         )
         if not 0 <= repl.replica_keep_count <= MAX_KEEP:
             raise InvalidArgument(f"replication.replica_keep_count: 0 to {MAX_KEEP}")

@@ -150,6 +150,38 @@ class _ProgressTracker:
         self._save(snapshot)
 
 
+def _project_not_found(project_id: str, region_id: str) -> CsbsError:
+    return NotFound("project", f"{project_id} in region {region_id}")
+
+
+def own_project(
+    info: RegionSummary,
+    region_id: str,
+    account_id: str,
+    project_id: str,
+    field_name: str,
+    not_found: Callable[[str, str], CsbsError] = _project_not_found,
+) -> ProjectSummary:
+    """The named project, which must be one of the account's own, or the account's main
+    project in the region when none is named (P3). Another account's project is
+    PERMISSION_DENIED, an unknown one `not_found` (issue 6). `info` must show every project of
+    the region (asked for no account), to tell the two apart."""
+    if not project_id:
+        main = info.main_project(account_id)
+        if main is None:
+            raise not_found("(main)", region_id)
+        return main
+    project = info.project(project_id)
+    if project is None:
+        raise not_found(project_id, region_id)
+    if project.account_id != account_id:
+        raise PermissionDenied(
+            f"{field_name}: project {project_id} in region {region_id} is not a project of "
+            "your account"
+        )
+    return project
+
+
 class ReplicationService:
     def __init__(
         self, config: CoordinatorConfig, clock: Clock, nodes: RegionNodes, store: Store
@@ -189,28 +221,6 @@ class ReplicationService:
 
     def _region_info(self, region_id: str, account_id: str) -> RegionSummary:
         return self._client(region_id, account_id).region_info()
-
-    def own_project(
-        self, region_id: str, account_id: str, project_id: str, field_name: str
-    ) -> ProjectSummary:
-        """The named project, which must be one of the account's own, or the account's main
-        project in the region when none is named (P3). Another account's project is
-        PERMISSION_DENIED, an unknown one NOT_FOUND (issue 6)."""
-        info = self._region_info(region_id, "")  # every project: to tell the two apart
-        if not project_id:
-            main = info.main_project(account_id)
-            if main is None:
-                raise NotFound("main project", f"of account {account_id} in region {region_id}")
-            return main
-        project = info.project(project_id)
-        if project is None:
-            raise NotFound("project", f"{project_id} in region {region_id}")
-        if project.account_id != account_id:
-            raise PermissionDenied(
-                f"{field_name}: project {project_id} in region {region_id} is not a project of "
-                "your account"
-            )
-        return project
 
     # -- targets (R5) ----------------------------------------------------------------------------
     def list_targets(self, account_id: str, source_region_id: str) -> list[ReplicationTarget]:
@@ -267,8 +277,9 @@ class ReplicationService:
         token = validate_request_id(request.idempotency_token, "idempotency_token")
 
         source = self._client(src, account)
-        source_project_id = self.own_project(
-            src, account, request.source_project_id, "source_project_id"
+        # Every project of the region (asked for no account): see own_project.
+        source_project_id = own_project(
+            self._region_info(src, ""), src, account, request.source_project_id, "source_project_id"
         ).project_id
         if token:
             with self._store.read() as conn:
@@ -279,23 +290,17 @@ class ReplicationService:
         backup = source.get_backup(source_project_id, backup_id)
         self._check_replicable(src, backup)
 
-        # Every project of the target region, to tell another account's from an unknown one.
         target_info = self._region_info(tgt, "")
         if not target_info.accepts_replication:
             raise RegionRefusesReplication(tgt)
-        if request.target_project_id:
-            target_project = target_info.project(request.target_project_id)
-            if target_project is None:
-                raise TargetProjectNotFound(request.target_project_id, tgt)
-            if target_project.account_id != account:
-                raise PermissionDenied(
-                    f"P3: target project {request.target_project_id} in region {tgt} is not a "
-                    "project of your account: replication crosses regions, never accounts"
-                )
-        else:
-            target_project = target_info.main_project(account)
-            if target_project is None:
-                raise TargetProjectNotFound("(main)", tgt)
+        target_project = own_project(
+            target_info,
+            tgt,
+            account,
+            request.target_project_id,
+            "P3: target_project_id (replication never crosses accounts)",
+            TargetProjectNotFound,
+        )
         default_name = (
             f"manual_rep_from_{backup.backup_id}"
             if request.way == ReplicationWay.MANUAL
