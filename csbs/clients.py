@@ -802,10 +802,10 @@ class RegionNodes:
         self._ca_pem = ca_pem
         self._client_options = client_options
         self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}  # per region: (address, channel)
-        self._addresses: dict[str, str] = {}
-        self._clients: dict[tuple[str, str], RegionNodeClient] = {}
-        self._closed: list[grpc.Channel] = []
+        self._current: dict[str, tuple[str, grpc.Channel]] = {}  # region: (address, channel)
+        # Every channel opened, closed only at close(): a call may still use an old one.
+        self._opened: list[grpc.Channel] = []
+        self._clients: dict[tuple[str, str], RegionNodeClient] = {}  # (region, account)
 
     @property
     def region_ids(self) -> list[str]:
@@ -824,13 +824,10 @@ class RegionNodes:
         except ConfigError as exc:
             raise NodeError(region_id, grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         with self._lock:
-            if self._addresses.get(region_id) != address:
-                # The old channel is closed only at close(): a call may still use it.
-                old = self._channels.pop(region_id, None)
-                if old is not None:
-                    self._closed.append(old)
-                self._channels[region_id] = open_channel(address, self._ca_pem)
-                self._addresses[region_id] = address
+            current = self._current.get(region_id)
+            if current is None or current[0] != address:
+                current = self._current[region_id] = (address, open_channel(address, self._ca_pem))
+                self._opened.append(current[1])
                 for key in [k for k in self._clients if k[0] == region_id]:
                     del self._clients[key]
             client = self._clients.get((region_id, account_id))
@@ -838,16 +835,15 @@ class RegionNodes:
                 metadata = [bearer(self._credential)]
                 if account_id:
                     metadata.append((ACTING_ACCOUNT, account_id))
-                channel = with_metadata(self._channels[region_id], lambda _method: metadata)
+                channel = with_metadata(current[1], lambda _method: metadata)
                 client = RegionNodeClient(region_id, channel, **self._client_options)
                 self._clients[(region_id, account_id)] = client
             return client
 
     def close(self) -> None:
         with self._lock:
-            for channel in [*self._channels.values(), *self._closed]:
+            for channel in self._opened:
                 channel.close()
-            self._channels.clear()
-            self._closed.clear()
-            self._addresses.clear()
+            self._opened.clear()
+            self._current.clear()
             self._clients.clear()

@@ -253,10 +253,10 @@ class RegionNodeService:
     def resolve_project(self, project_id: str) -> str:
         """The project a domain call acts in: the given one, or, when the node's projects
         belong to one account, that account's main project."""
+        if project_id:
+            return self.authorize_project("", project_id)
         accounts = {p.account_id for p in self._projects.values()}
-        return self.authorize_project(
-            next(iter(accounts)) if len(accounts) == 1 and not project_id else "", project_id
-        )
+        return self.authorize_project(next(iter(accounts)) if len(accounts) == 1 else "", "")
 
     # -- helpers ------------------------------------------------------------------------------
     def _buffer(self) -> bytearray:

@@ -54,31 +54,25 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and _code(exc) == grpc.StatusCode.UNAVAILABLE
 
 
-def socket_open(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def speaks_tls(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the process at `address` answers a TLS handshake (its certificate unchecked:
-    this only tells a TLS server from a plaintext one, to explain a failed connection)."""
+def probe(address: str, timeout: float = PROBE_TIMEOUT) -> str:
+    """What listens at `address`: "closed" (nothing accepts a connection), "tls" (it answers a
+    TLS handshake, its certificate unchecked) or "plaintext". Only to explain a failed call."""
     host, _, port = address.rpartition(":")
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     try:
-        with (
-            socket.create_connection((host, int(port)), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host),
-        ):
-            return True
+        raw = socket.create_connection((host, int(port)), timeout=timeout)
     except (OSError, ValueError):
-        return False
+        return "closed"
+    try:
+        with context.wrap_socket(raw, server_hostname=host):
+            return "tls"
+    except OSError:
+        return "plaintext"
+    finally:
+        raw.close()
 
 
 class Endpoint:
@@ -222,19 +216,19 @@ class Endpoint:
     def _unreachable(self) -> str:
         """Why the process cannot be reached: not running, or speaking TLS to a plaintext
         client (or the other way round), or a certificate the given CA did not sign."""
-        tls = speaks_tls(self.address)
-        if tls and not self._tls:
+        listening = probe(self.address)
+        if listening == "tls" and not self._tls:
             return (
                 f"{self.what} at {self.address} serves TLS and this command spoke plaintext: "
                 "give --ca FILE (or CSBS_CA) with the cluster's CA certificate "
                 "(<data_dir>/tls/ca.pem) to verify it"
             )
-        if tls:
+        if listening == "tls":
             return (
                 f"cannot set up TLS with {self.what} at {self.address}: its certificate is not "
                 "signed by the CA given with --ca (or CSBS_CA)"
             )
-        if self._tls and socket_open(self.address):
+        if listening == "plaintext" and self._tls:
             return (
                 f"{self.what} at {self.address} does not serve TLS: this cluster runs without "
                 "it, so leave out --ca (and CSBS_CA)"
