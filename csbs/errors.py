@@ -61,14 +61,31 @@ class ResourceExhausted(CsbsError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
+class StorageFull(ResourceExhausted):
+    """A region's storage has no room for what a call wanted to write. Nothing acknowledged is
+    lost and nothing half-written is kept; deleting still works, to make room."""
+
+    def __init__(self, region_id: str, what: str) -> None:
+        super().__init__(
+            f"region {region_id} has no storage space left for {what}; delete backups, "
+            "images or servers there to make room, or try again once space is added"
+        )
+        self.region_id = region_id
+
+
 class Unavailable(CsbsError):
     kind = ErrorKind.UNAVAILABLE
 
 
 class ChunkCorrupted(CsbsError):
-    """A stored chunk does not match its hash: never hand out wrong bytes."""
+    """A stored chunk does not match its hash, or is missing: never hand out wrong bytes.
+    `digest` names the chunk when one is known, so that the backups holding it are marked."""
 
     kind = ErrorKind.DATA_LOSS
+
+    def __init__(self, message: str, digest: bytes = b"") -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class ServerNotFound(NotFound):

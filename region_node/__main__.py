@@ -13,6 +13,7 @@ from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
 from region_node.config import NodeConfig
 from region_node.server import build_server
+from region_node.service import ChunkSizeMismatch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("region_node")
     for line in describe_issued(security.issued):
         log.warning("issued (shown once): %s", line)
-    server, address, service, health_servicer = build_server(
-        config, clock, security.secrets, security.tls
-    )
+    try:
+        server, address, service, health_servicer = build_server(
+            config, clock, security.secrets, security.tls
+        )
+    except ChunkSizeMismatch as exc:
+        print(f"error: region {config.region_id}: {exc}", file=sys.stderr)
+        return 2
     server.start()
     write_address_file(config.data_dir, address)
     log.info(

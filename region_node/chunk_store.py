@@ -6,7 +6,19 @@ rebuilt from the packs alone. The index (the `chunks` table of the catalog) is c
 after the pack data is fsynced, in the same transaction as the manifest that references it: a
 chunk is either fully there or not there at all. Space of chunks no manifest references is
 given back by punching holes in their pack; a pack with no chunks left is deleted. Every read is
-verified against the hash: a mismatch is ChunkCorrupted, never wrong bytes."""
+verified against the hash: a mismatch is ChunkCorrupted, never wrong bytes.
+
+What keeps a chunk alive (the rules every path that frees chunks keeps):
+- a manifest row that names its hash (an available, restoring, replicating or error backup's;
+  a running backup's rows shared with its base are committed when it starts);
+- a pin: every `put` pins its chunk, whether it wrote it or found it stored, until the writer
+  has committed the manifest that references it or has given up (`unpin`). A running backup's
+  or replica's chunks that are not committed yet live only in its memory: the pin is what
+  deletion sees of them;
+- a pending record (written, not yet indexed): only its writer indexes or abandons it.
+Space is freed only by `unindex` in a catalog transaction that checked all three, then
+`release` after that transaction committed. A record whose write failed is never indexed: its
+space is given back at once and its pending entry dropped."""
 
 from __future__ import annotations
 
@@ -16,6 +28,7 @@ import os
 import sqlite3
 import struct
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +37,7 @@ import blake3
 
 from csbs.errors import ChunkCorrupted
 from region_node.catalog import Catalog
-from region_node.fileio import drop_cache, fsync_dir, punch_hole
+from region_node.fileio import drop_cache, fsync_dir, punch_hole, write_all, writev_all
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,7 @@ class ChunkStore:
         self._dirty: dict[int, _Pack] = {}  # packs with writes not yet fsynced
         self._inflight = 0
         self._pending: dict[bytes, ChunkLocation] = {}  # written, not yet in the index
+        self._pins: Counter[bytes] = Counter()  # chunks put by writers that have not committed
         self._read_fds: dict[int, int] = {}
         # Pack IDs come from the files, never the catalog: the store lock is never held while
         # taking the catalog's (lock order: catalog, then store).
@@ -92,9 +106,14 @@ class ChunkStore:
         self._next_pack_id += 1
         path = self._pack_path(pack_id)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.pwrite(fd, PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION), 0)
-        os.fsync(fd)
-        fsync_dir(str(self._root))
+        try:
+            write_all(fd, PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION), 0)
+            os.fsync(fd)
+            fsync_dir(str(self._root))
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         return _Pack(pack_id, path, fd, PACK_HEADER.size)
 
     def is_stored(self, digest: bytes) -> bool:
@@ -107,8 +126,20 @@ class ChunkStore:
         return row is not None
 
     def put(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
-        """Writes a chunk unless the store has it. Returns the bytes newly written. The chunk
-        is durable and indexed only after `sync()` and `index()` in the caller's transaction."""
+        """Writes a chunk unless the store has it, and pins it either way (see the module's
+        rules) until the caller's `unpin`. Returns the bytes newly written. The chunk is
+        durable and indexed only after `sync()` and `index()` in the caller's transaction."""
+        with self._lock:
+            # Pinned before the index is looked at: a deletion that commits after this point
+            # sees the pin; one that committed before it is seen as "not stored" below.
+            self._pins[digest] += 1
+        try:
+            return self._write_unless_stored(digest, data)
+        except BaseException:
+            self.unpin([digest])
+            raise
+
+    def _write_unless_stored(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
         if self.is_stored(digest):
             return 0
         length = len(data)
@@ -127,8 +158,10 @@ class ChunkStore:
             self._inflight += 1
         try:
             header = RECORD_HEADER.pack(digest, length, RECORD_VERSION)
-            os.pwritev(pack.fd, [header, data], record_at)
+            writev_all(pack.fd, [header, data], record_at)
         except BaseException:
+            # Never indexed, never reused: the half-written record's space goes back now.
+            punch_hole(pack.fd, record_at, RECORD_HEADER.size + length)
             with self._lock:
                 self._pending.pop(digest, None)
                 self._inflight -= 1
@@ -148,8 +181,36 @@ class ChunkStore:
             drop_cache(pack.fd, 0, record_at)
         return length
 
+    def unpin(self, digests: Iterable[bytes]) -> None:
+        """The writer that put these chunks has committed what references them, or gave up."""
+        with self._lock:
+            for d in digests:
+                left = self._pins[d] - 1
+                if left > 0:
+                    self._pins[d] = left
+                else:
+                    del self._pins[d]
+
+    def abandon(self, digests: Iterable[bytes]) -> None:
+        """A writer gives up on chunks it wrote and will never index (after its `unpin`): their
+        records are forgotten and their space given back, never reused. A chunk another writer
+        still has pinned stays pending: that writer found it here and indexes it."""
+        with self._lock:
+            while self._inflight:
+                self._lock.wait()
+            dropped = [
+                loc
+                for d in set(digests)
+                if d not in self._pins and (loc := self._pending.pop(d, None))
+            ]
+        for loc in dropped:
+            fd = self._read_fd(loc.pack_id)
+            punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size)
+
     def sync(self) -> None:
-        """Makes every chunk written so far durable (waits for writes in flight)."""
+        """Makes every chunk written so far durable (waits for writes in flight). If the
+        filesystem cannot make them durable, the records not yet synced are dropped (never
+        indexed: their writers' commits then find them missing) and the pack is retired."""
         with self._lock:
             while self._inflight:
                 self._lock.wait()
@@ -158,8 +219,20 @@ class ChunkStore:
                 pack.synced_to = tail
             self._dirty.clear()
         for pack, start, end in packs:
-            os.fdatasync(pack.fd)
+            try:
+                os.fdatasync(pack.fd)
+            except OSError:
+                self._drop_unsynced(pack, start)
+                raise
             drop_cache(pack.fd, start, end - start)  # only what this sync made durable
+
+    def _drop_unsynced(self, pack: _Pack, start: int) -> None:
+        with self._lock:
+            for digest, loc in list(self._pending.items()):
+                if loc.pack_id == pack.pack_id and loc.offset >= start:
+                    del self._pending[digest]
+            if self._active is pack:
+                self._active = None  # later writes go to a new pack; this one is read-only now
 
     def index(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> None:
         """Inside the caller's transaction, after `sync()`: indexes the written chunks among
@@ -207,7 +280,7 @@ class ChunkStore:
         be at least as long as the chunk), so that streaming reuses one buffer."""
         loc = self.locate(digest)
         if loc is None:
-            raise ChunkCorrupted(f"chunk {digest.hex()} is missing from the store")
+            raise ChunkCorrupted(f"chunk {digest.hex()} is missing from the store", digest)
         return self.read_at(digest, loc, buffer)
 
     def read_at(
@@ -221,7 +294,7 @@ class ChunkStore:
         got = os.preadv(fd, [view], loc.offset)
         if got != loc.length or chunk_hash(view) != digest:
             raise ChunkCorrupted(
-                f"chunk {digest.hex()} in pack {loc.pack_id} does not match its hash"
+                f"chunk {digest.hex()} in pack {loc.pack_id} does not match its hash", digest
             )
         return view
 
@@ -244,12 +317,14 @@ class ChunkStore:
 
     # -- freeing ------------------------------------------------------------------------------
     def unreferenced(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[bytes]:
-        """Of `digests`, those no manifest references any more and no writer holds pending."""
+        """Of `digests`, those nothing keeps alive any more (see the module's rules): no
+        manifest references them, no writer has them pinned or pending. Inside the transaction
+        that unindexes them."""
         with self._lock:
-            pending = set(self._pending)
+            kept = set(self._pending) | set(self._pins)
         out = []
         for d in set(digests):
-            if d in pending:
+            if d in kept:
                 continue
             if conn.execute("SELECT 1 FROM manifest WHERE hash = ? LIMIT 1", (d,)).fetchone():
                 continue

@@ -29,6 +29,9 @@ class BackupSession:
         self.todo = todo
         self.capture = capture
         self.locks = [threading.Lock() for _ in range(STRIPES)]
+        # A chunk taken out of `todo` whose capture failed (a writer's copy-on-write on a full
+        # disk): the backup lacks it and must end in error, never available.
+        self.failure: BaseException | None = None
 
 
 class DiskState:

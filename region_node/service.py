@@ -6,6 +6,8 @@ from an image) runs in the background and reports progress that watchers follow.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -29,6 +31,7 @@ from csbs.errors import (
     PermissionDenied,
     ProjectNotFound,
     ServerNotFound,
+    StorageFull,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.notifier import Notifier
@@ -37,7 +40,7 @@ from region_node.catalog import Catalog
 from region_node.chunk_store import HASH_BYTES, ChunkLocation, ChunkStore, chunk_hash
 from region_node.config import NodeConfig
 from region_node.disks import STRIPES, BackupSession, DiskState
-from region_node.fileio import drop_cache, zero_range
+from region_node.fileio import drop_cache, out_of_space, write_all, zero_range
 from region_node.models import (
     Backup,
     BackupStatus,
@@ -57,6 +60,7 @@ from region_node.models import (
     ServerStatus,
     ServerType,
 )
+from region_node.space import SpaceReserve
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,53 @@ FLUSH_EVERY_BYTES = 64 * MIB
 PREFETCH_CHUNKS = 16  # chunks read ahead while writing a backup onto disks
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 Row = tuple[Any, ...]  # a catalog row
+# What a running backup captured: (disk index, chunk index) -> (hash, length, bytes stored new).
+_Entries = dict[tuple[int, int], tuple[bytes, int, int]]
 _END = object()
+
+
+class ChunkSizeMismatch(RuntimeError):
+    """The node's data was written with another chunk size than the config gives."""
+
+
+def needs_space(what: str) -> Callable[[F], F]:
+    """A domain call that writes: a full filesystem becomes StorageFull naming the region and
+    `what` did not fit (RESOURCE_EXHAUSTED), never an internal error."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: RegionNodeService, *args: Any, **kwargs: Any) -> Any:
+            self._reserve.ensure()
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if out_of_space(exc):
+                    raise StorageFull(self._config.region_id, what) from exc
+                raise
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def makes_room(method: F) -> F:
+    """A call that frees space (a deletion): on a full filesystem it gives the reserved room
+    back and tries once more, so a user can always make room through the API."""
+
+    @functools.wraps(method)
+    def wrapper(self: RegionNodeService, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not out_of_space(exc) or not self._reserve.release():
+                if out_of_space(exc):
+                    raise StorageFull(self._config.region_id, "the deletion's record") from exc
+                raise
+        return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _ts(value: datetime) -> float:
@@ -115,10 +164,20 @@ class RegionNodeService:
         self._cs = config.chunk_size
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._catalog = Catalog(config.data_dir / "catalog.db")
+        stored_chunk_size = int(self._catalog.setting("chunk_size", str(self._cs)))
+        if stored_chunk_size != self._cs:
+            self._catalog.close()
+            raise ChunkSizeMismatch(
+                f"the data in {config.data_dir} was written with chunk_size {stored_chunk_size} "
+                f"but cluster.chunk_size is {self._cs}; start with chunk_size = "
+                f"{stored_chunk_size}, or with another data_dir"
+            )
         self._store = ChunkStore(config.data_dir / "chunks", self._catalog)
         self._disk_dir = config.data_dir / "disks"
         self._disk_dir.mkdir(parents=True, exist_ok=True)
+        self._reserve = SpaceReserve(config.data_dir / "reserved-room")
         self._zero_hash = {self._cs: chunk_hash(bytes(self._cs))}
+        self._closing = threading.Event()
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self._workers = ThreadPoolExecutor(
             max_workers=config.workers * 4, thread_name_prefix="chunk"
@@ -127,8 +186,6 @@ class RegionNodeService:
         self._disks: dict[str, DiskState] = {}
         self._disks_lock = threading.Lock()
         self._progress: dict[str, _Progress] = {}
-        # Per running backup: (disk, chunk) -> (hash, length, bytes newly stored).
-        self._entries: dict[str, dict[tuple[int, int], tuple[bytes, int, int]]] = {}
         self.notifier = Notifier()
         self._tokens = PageTokens(
             self._catalog.setting("page_token_secret", secrets.token_hex(32)).encode()
@@ -170,16 +227,29 @@ class RegionNodeService:
                         backup_id,
                     ),
                 )
+            # A restore resumes below: its backup stays RESTORING (so it cannot be deleted
+            # under it) exactly while a server is being restored from it.
             conn.execute(
-                "UPDATE backups SET status = ? WHERE status = ?",
-                (BackupStatus.AVAILABLE, BackupStatus.RESTORING),
+                "UPDATE backups SET status = CASE WHEN EXISTS (SELECT 1 FROM servers s "
+                "WHERE s.restoring_backup_id = backups.backup_id AND s.status = ?) "
+                "THEN ? ELSE ? END WHERE status = ?",
+                (
+                    ServerStatus.RESTORING,
+                    BackupStatus.RESTORING,
+                    BackupStatus.AVAILABLE,
+                    BackupStatus.RESTORING,
+                ),
             )
+            known = {r[0] for r in conn.execute("SELECT disk_id FROM disks")}
         freed = self._store.collect_garbage()
-        if interrupted or freed:
+        orphans = self._remove_orphan_disk_files(known)
+        if interrupted or freed or orphans:
             log.info(
-                "recovered: %d interrupted backups marked error, %d bytes of garbage freed",
+                "recovered: %d interrupted backups marked error, %d bytes of garbage freed, "
+                "%d disk files no server names removed",
                 len(interrupted),
                 freed,
+                orphans,
             )
         with self._catalog.read() as conn:
             unfinished = conn.execute(
@@ -196,7 +266,38 @@ class RegionNodeService:
             else:
                 self._start_fill(server_id, restoring_backup_id, zero_first=True)
 
+    def _remove_orphan_disk_files(self, known: set[str]) -> int:
+        """Disk files no catalog row names (a node killed while creating a server, a create
+        whose transaction failed) are removed at start, before anything can create one."""
+        removed = 0
+        for entry in self._disk_dir.iterdir():
+            if entry.suffix == ".disk" and entry.stem not in known:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _settle(self, step: Callable[[], None], what: str) -> None:
+        """Runs a step that ends work (marks it failed or done, removes what it left): it is
+        never dropped. On a full filesystem the reserved room is given back; any other failure
+        is retried with backoff until it succeeds or the node stops (the next start then
+        finishes the work: `_recover`)."""
+        delay = 0.1
+        while True:
+            try:
+                step()
+                return
+            except Exception as exc:
+                if out_of_space(exc) and self._reserve.release():
+                    continue
+                if self._closing.is_set():
+                    log.error("%s left to the next start: %s", what, exc)
+                    return
+                log.warning("%s failed, trying again in %.1fs: %s", what, delay, exc)
+            self._closing.wait(delay)
+            delay = min(delay * 2, 5.0)
+
     def close(self) -> None:
+        self._closing.set()
         self._jobs.shutdown(wait=True, cancel_futures=False)
         self._workers.shutdown(wait=True)
         with self._disks_lock:
@@ -219,6 +320,7 @@ class RegionNodeService:
             chunk_size=self._cs,
         )
 
+    @needs_space("the replication capability")
     def set_replication_capability(self, accepts: bool) -> RegionInfo:
         """R5: the region's own word on whether it accepts replication, advertised at once."""
         self._catalog.put_setting("accepts_replication", "1" if accepts else "0")
@@ -303,18 +405,20 @@ class RegionNodeService:
             raise errors[0]
 
     def _disk_state(self, disk_id: str) -> DiskState:
+        # `_disks_lock` is a leaf: the catalog is never taken while holding it.
         with self._disks_lock:
             state = self._disks.get(disk_id)
-            if state is None:
-                with self._catalog.read() as conn:
-                    row = conn.execute(
-                        "SELECT size_bytes, epoch FROM disks WHERE disk_id = ?", (disk_id,)
-                    ).fetchone()
-                if row is None:
-                    raise ServerNotFound(disk_id)
-                state = DiskState(disk_id, self._disk_dir / f"{disk_id}.disk", row[0], row[1])
-                self._disks[disk_id] = state
+        if state is not None:
             return state
+        with self._catalog.read() as conn:
+            row = conn.execute(
+                "SELECT size_bytes, epoch FROM disks WHERE disk_id = ?", (disk_id,)
+            ).fetchone()
+        if row is None:
+            raise ServerNotFound(disk_id)
+        fresh = DiskState(disk_id, self._disk_dir / f"{disk_id}.disk", row[0], row[1])
+        with self._disks_lock:
+            return self._disks.setdefault(disk_id, fresh)
 
     def _check_request(
         self, conn: sqlite3.Connection, kind: str, project_id: str, request_id: str
@@ -343,6 +447,7 @@ class RegionNodeService:
             )
 
     # -- servers ------------------------------------------------------------------------------
+    @needs_space("the new server's disks")
     def create_server(
         self,
         project_id: str,
@@ -378,7 +483,6 @@ class RegionNodeService:
                     raise InvalidArgument(
                         f"disks[{i}].size_bytes {size}: must be 1 MiB to 8 TiB, a multiple of 1 MiB"
                     )
-        now = _ts(self._clock.now())
         server_id = _new_id()
         disks = [Disk(i, _new_id(), size) for i, size in enumerate(disk_sizes)]
         states = [
@@ -391,8 +495,42 @@ class RegionNodeService:
         except OSError as exc:
             for state in states:
                 state.remove_file()
+            if out_of_space(exc):
+                raise
             raise FailedPrecondition(f"the region cannot hold these disks now: {exc}") from exc
         status = ServerStatus.CREATING if image_id else ServerStatus.ACTIVE
+        try:
+            existing = self._insert_server(
+                project_id, server_id, name, server_type, status, image_id, disks, request_id
+            )
+        except BaseException:
+            for state in states:  # no row names them: they go now, not at the next start
+                state.remove_file()
+            raise
+        if existing is not None:
+            for state in states:
+                state.remove_file()
+            return self.get_server(project_id, existing)
+        with self._disks_lock:
+            for state in states:
+                self._disks[state.disk_id] = state
+        if image_id:
+            self._start_fill(server_id, backup_id, zero_first=False)
+        return self.get_server(project_id, server_id)
+
+    def _insert_server(
+        self,
+        project_id: str,
+        server_id: str,
+        name: str,
+        server_type: int,
+        status: ServerStatus,
+        image_id: str,
+        disks: list[Disk],
+        request_id: str,
+    ) -> str | None:
+        """The server's rows, or the ID of the server an earlier call with `request_id` made."""
+        now = _ts(self._clock.now())
         with self._catalog.transaction() as conn:
             existing = self._check_request(conn, "server", project_id, request_id)
             if existing is None:
@@ -408,16 +546,7 @@ class RegionNodeService:
                     [(d.disk_id, server_id, d.disk_index, d.size_bytes) for d in disks],
                 )
                 self._remember_request(conn, "server", project_id, request_id, server_id)
-        if existing is not None:
-            for state in states:
-                state.remove_file()
-            return self.get_server(project_id, existing)
-        with self._disks_lock:
-            for state in states:
-                self._disks[state.disk_id] = state
-        if image_id:
-            self._start_fill(server_id, backup_id, zero_first=False)
-        return self.get_server(project_id, server_id)
+        return existing
 
     def _server_row(self, conn: sqlite3.Connection, project_id: str, server_id: str) -> Row:
         row = conn.execute(
@@ -488,6 +617,7 @@ class RegionNodeService:
             )
         self.notifier.changed(server_id)
 
+    @makes_room
     def delete_server(self, project_id: str, server_id: str) -> Server:
         project_id = self.resolve_project(project_id)
         with self._catalog.read() as conn:
@@ -530,6 +660,9 @@ class RegionNodeService:
         return deleting
 
     def _finish_delete_server(self, server_id: str) -> None:
+        self._settle(lambda: self._delete_server_now(server_id), f"deleting server {server_id}")
+
+    def _delete_server_now(self, server_id: str) -> None:
         with self._catalog.read() as conn:
             disk_ids = [
                 r[0]
@@ -589,6 +722,7 @@ class RegionNodeService:
             raise InvalidArgument(f"disk_index {disk_index}: server {server_id} has no such disk")
         return self._disk_state(disk[0])
 
+    @needs_space("the data written to the disk")
     def write_disk(
         self, project_id: str, server_id: str, disk_index: int, writes: Iterable[tuple[int, bytes]]
     ) -> int:
@@ -633,7 +767,7 @@ class RegionNodeService:
             if session is not None:
                 for i in range(first, last + 1):
                     self._preserve(disk, session, i)
-            os.pwrite(disk.fd, data, offset)
+            write_all(disk.fd, data, offset)
 
     def _preserve(self, disk: DiskState, session: BackupSession, chunk_index: int) -> None:
         """Copy-on-write: a chunk the running backup has not read yet is read now, before the
@@ -645,7 +779,12 @@ class RegionNodeService:
             length = self._chunk_length(disk.size_bytes, chunk_index)
             buf = bytearray(length)
             os.preadv(disk.fd, [buf], chunk_index * self._cs)
-        session.capture(chunk_index, memoryview(buf))
+        try:
+            session.capture(chunk_index, memoryview(buf))
+        except Exception as exc:
+            # The write goes on; the backup that lost this chunk ends in error.
+            log.warning("backup copy-on-write of chunk %d failed: %s", chunk_index, exc)
+            session.failure = exc
 
     def read_disk(
         self, project_id: str, server_id: str, disk_index: int, offset: int, length: int
@@ -675,6 +814,7 @@ class RegionNodeService:
             offset += n
 
     # -- backups ------------------------------------------------------------------------------
+    @needs_space("the backup")
     def create_backup(
         self,
         project_id: str,
@@ -759,9 +899,12 @@ class RegionNodeService:
             if existing is not None:
                 return self.get_backup(project_id, existing)
             progress = self._progress[backup_id] = _Progress(total=to_read)
+            # What the backup captured, made before its sessions so that a writer's
+            # copy-on-write, possible from the moment the gates open, always has a place to go.
+            entries: _Entries = {}
             for plan in plans:
                 plan.session = BackupSession(
-                    set(plan.todo), self._capture_for(backup_id, plan, progress)
+                    set(plan.todo), self._capture_for(entries, plan, progress)
                 )
                 plan.disk.epoch += 1
                 plan.disk.marked.clear()
@@ -769,8 +912,7 @@ class RegionNodeService:
         finally:
             for state in reversed(states):
                 state.gate.release()
-        self._entries[backup_id] = {}
-        self._jobs.submit(self._run_backup, backup_id, plans)
+        self._jobs.submit(self._run_backup, backup_id, plans, entries)
         return self.get_backup(project_id, backup_id)
 
     def _begin_backup(
@@ -854,18 +996,14 @@ class RegionNodeService:
         return to_read
 
     def _capture_for(
-        self, backup_id: str, plan: _DiskPlan, progress: _Progress
+        self, entries: _Entries, plan: _DiskPlan, progress: _Progress
     ) -> Callable[[int, memoryview], None]:
         def capture(chunk_index: int, data: memoryview) -> None:
             digest = chunk_hash(data)
-            stored = 0
             if digest != self._zero_hash_for(len(data)):
+                # Pinned by put until the backup commits or fails (chunk store rules).
                 stored = self._store.put(digest, data)
-                self._entries[backup_id][(plan.disk_index, chunk_index)] = (
-                    digest,
-                    len(data),
-                    stored,
-                )
+                entries[(plan.disk_index, chunk_index)] = (digest, len(data), stored)
             progress.add(len(data))
 
         return capture
@@ -884,45 +1022,80 @@ class RegionNodeService:
         drop_cache(plan.disk.fd, chunk_index * self._cs, length)
         session.capture(chunk_index, view)
 
-    def _run_backup(self, backup_id: str, plans: list[_DiskPlan]) -> None:
+    def _run_backup(self, backup_id: str, plans: list[_DiskPlan], entries: _Entries) -> None:
         progress = self._progress[backup_id]
         try:
             for plan in plans:
                 self._parallel(plan.todo, lambda i, p=plan: self._backup_read(p, i))  # type: ignore[misc]
-            entries = self._entries[backup_id]
-            self._store.sync()
-            digests = [e[0] for e in entries.values()]
-            with self._catalog.transaction() as conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO manifest(backup_id, disk_index, chunk_index, hash, "
-                    "length) VALUES (?, ?, ?, ?, ?)",
-                    [(backup_id, d, c, e[0], e[1]) for (d, c), e in entries.items()],
-                )
-                self._store.index(conn, digests)
-                now = _ts(self._clock.now())
-                conn.execute(
-                    "UPDATE backups SET status = ?, bytes_read = ?, bytes_stored = ?, "
-                    "updated_at = ?, completed_at = ? WHERE backup_id = ?",
-                    (
-                        BackupStatus.AVAILABLE,
-                        progress.done,
-                        sum(e[2] for e in entries.values()),
-                        now,
-                        now,
-                        backup_id,
-                    ),
-                )
-            self._store.forget_pending(digests)
+            for plan in plans:
+                if plan.session is not None and plan.session.failure is not None:
+                    raise plan.session.failure
+            self._commit_backup(backup_id, entries, progress)
         except Exception as exc:
             log.exception("backup %s failed", backup_id)
-            self._fail_backup(backup_id, f"backup failed: {exc}")
+            reason = (
+                f"region {self._config.region_id} ran out of storage space while taking this backup"
+                if out_of_space(exc)
+                else f"backup failed: {exc}"
+            )
+            self._settle(
+                lambda: self._fail_backup(backup_id, reason), f"marking backup {backup_id} failed"
+            )
+            written = [e[0] for e in entries.values() if e[2]]
+            self._store.unpin(e[0] for e in entries.values())
+            self._store.abandon(written)
+        else:
+            self._store.unpin(e[0] for e in entries.values())
         finally:
             for plan in plans:
                 with plan.disk.gate:
                     plan.disk.session = None
-            self._entries.pop(backup_id, None)
             self._progress.pop(backup_id, None)
             self.notifier.changed(backup_id)
+
+    def _commit_backup(self, backup_id: str, entries: _Entries, progress: _Progress) -> None:
+        """Makes the backup's new chunks durable, then in one transaction: its manifest, the
+        index of the chunks it wrote, a check that every chunk it names is stored, and the
+        AVAILABLE status. A backup is available only if it holds every chunk it names."""
+        self._store.sync()
+        digests = [e[0] for e in entries.values()]
+        with self._catalog.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO manifest(backup_id, disk_index, chunk_index, hash, "
+                "length) VALUES (?, ?, ?, ?, ?)",
+                [(backup_id, d, c, e[0], e[1]) for (d, c), e in entries.items()],
+            )
+            self._store.index(conn, digests)
+            lacking = self._chunks_lacking(conn, backup_id)
+            if lacking:
+                raise ChunkCorrupted(
+                    f"{lacking} chunks of the backup are not in the store (the chunks it shared "
+                    "were lost while it ran)"
+                )
+            now = _ts(self._clock.now())
+            conn.execute(
+                "UPDATE backups SET status = ?, bytes_read = ?, bytes_stored = ?, "
+                "updated_at = ?, completed_at = ? WHERE backup_id = ?",
+                (
+                    BackupStatus.AVAILABLE,
+                    progress.done,
+                    sum(e[2] for e in entries.values()),
+                    now,
+                    now,
+                    backup_id,
+                ),
+            )
+        self._store.forget_pending(digests)
+
+    def _chunks_lacking(self, conn: sqlite3.Connection, backup_id: str) -> int:
+        """How many chunks a backup's manifest names that the chunk index does not hold."""
+        return int(
+            conn.execute(
+                "SELECT COUNT(*) FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+                "WHERE m.backup_id = ? AND c.hash IS NULL",
+                (backup_id,),
+            ).fetchone()[0]
+        )
 
     def _fail_backup(self, backup_id: str, reason: str) -> None:
         with self._catalog.transaction() as conn:
@@ -1069,6 +1242,7 @@ class RegionNodeService:
                 return
             self.notifier.wait(backup_id, version, timeout=0.5)
 
+    @makes_room
     def delete_backup(self, project_id: str, backup_id: str) -> int:
         """Deletes a backup and frees the chunks no other backup needs. Returns bytes freed."""
         project_id = self.resolve_project(project_id)
@@ -1110,8 +1284,38 @@ class RegionNodeService:
         return sum(loc.length for loc in freed)
 
     # -- restore and filling disks from a backup ----------------------------------------------
+    @needs_space("the restore")
     def restore_backup(self, project_id: str, backup_id: str) -> Server:
         project_id = self.resolve_project(project_id)
+        with self._catalog.read() as conn:
+            self._backup_row(conn, project_id, backup_id)
+            disk_ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT disk_id FROM backup_disks WHERE backup_id = ? ORDER BY disk_index",
+                    (backup_id,),
+                )
+            ]
+        states: dict[str, DiskState] = {}
+        for disk_id in disk_ids:
+            with contextlib.suppress(ServerNotFound):  # a disk that is gone: refused below
+                states[disk_id] = self._disk_state(disk_id)
+        # Lock order everywhere: disk gates (by disk index), then the catalog; so that no
+        # backup can start between the checks below and the RESTORING they commit.
+        for state in states.values():
+            state.gate.acquire()
+        try:
+            server_id = self._begin_restore(project_id, backup_id, states)
+        finally:
+            for state in reversed(states.values()):
+                state.gate.release()
+        self._start_fill(server_id, backup_id, zero_first=True)
+        self.notifier.changed(backup_id)
+        return self.get_server(project_id, server_id)
+
+    def _begin_restore(self, project_id: str, backup_id: str, states: dict[str, DiskState]) -> str:
+        """Under the gates of the backup's disks: every check of a restore, and the RESTORING
+        states of the server and the backup in one transaction. Returns the server's ID."""
         with self._catalog.transaction() as conn:
             row = self._backup_row(conn, project_id, backup_id)
             if row[12]:
@@ -1141,13 +1345,15 @@ class RegionNodeService:
             for disk_id in conn.execute(
                 "SELECT disk_id FROM backup_disks WHERE backup_id = ?", (backup_id,)
             ):
-                if disk_id[0] not in server_disks:
+                state = states.get(disk_id[0])
+                if disk_id[0] not in server_disks or state is None:
                     raise FailedPrecondition(f"server {server_id} no longer has disk {disk_id[0]}")
-                state = self._disk_state(disk_id[0])
                 if state.session is not None:
                     raise FailedPrecondition(
                         f"server {server_id} is being backed up; restore when that ends"
                     )
+                if state.busy:
+                    raise FailedPrecondition(f"server {server_id}: {state.busy}")
             conn.execute(
                 "UPDATE servers SET status = ?, restoring_backup_id = ?, updated_at = ? "
                 "WHERE server_id = ?",
@@ -1157,9 +1363,7 @@ class RegionNodeService:
                 "UPDATE backups SET status = ? WHERE backup_id = ?",
                 (BackupStatus.RESTORING, backup_id),
             )
-        self._start_fill(server_id, backup_id, zero_first=True)
-        self.notifier.changed(backup_id)
-        return self.get_server(project_id, server_id)
+        return str(server_id)
 
     def _start_fill(self, server_id: str, backup_id: str, zero_first: bool) -> None:
         progress = self._progress[server_id] = _Progress()
@@ -1173,6 +1377,7 @@ class RegionNodeService:
     def _fill(self, server_id: str, backup_id: str, zero_first: bool, progress: _Progress) -> None:
         """Writes a backup's disks onto a server's disks: a restore (zero_first: every chunk
         the backup does not hold becomes zeros) or a new server from an image."""
+        status, reason = ServerStatus.ERROR, "the work on the server was interrupted"
         try:
             with self._catalog.read() as conn:
                 pairs = conn.execute(
@@ -1185,20 +1390,86 @@ class RegionNodeService:
                 self._fill_disk(
                     backup_id, disk_index, self._disk_state(disk_id), zero_first, progress
                 )
-            self._set_server_status(server_id, ServerStatus.ACTIVE)
+            status, reason = ServerStatus.ACTIVE, ""
         except Exception as exc:
             log.exception("writing backup %s onto server %s failed", backup_id, server_id)
-            self._set_server_status(server_id, ServerStatus.ERROR, f"{exc}")
+            status, reason = ServerStatus.ERROR, f"{exc}"
+            if out_of_space(exc):
+                reason = (
+                    f"region {self._config.region_id} ran out of storage space while writing "
+                    "the server's disks"
+                )
+            elif isinstance(exc, ChunkCorrupted) and exc.digest:
+                self._chunk_damaged(exc.digest, exc.message)
         finally:
+            # The server's end state first, then the backup's: the backup stays RESTORING (and
+            # so undeletable) until no work on its behalf is left.
+            self._settle(
+                lambda: self._set_server_status(server_id, status, reason),
+                f"ending the work on server {server_id}",
+            )
             if zero_first:
-                with self._catalog.transaction() as conn:
-                    conn.execute(
-                        "UPDATE backups SET status = ? WHERE backup_id = ? AND status = ?",
-                        (BackupStatus.AVAILABLE, backup_id, BackupStatus.RESTORING),
-                    )
+                self._settle(
+                    lambda: self._end_restoring(backup_id), f"ending the restore of {backup_id}"
+                )
                 self.notifier.changed(backup_id)
             self._progress.pop(server_id, None)
             self.notifier.changed(server_id)
+
+    def _first_missing_chunk(self, backup_id: str) -> bytes:
+        with self._catalog.read() as conn:
+            row = conn.execute(
+                "SELECT m.hash FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+                "WHERE m.backup_id = ? AND c.hash IS NULL LIMIT 1",
+                (backup_id,),
+            ).fetchone()
+        return bytes(row[0]) if row else b""
+
+    def _chunk_damaged(self, digest: bytes, found: str) -> None:
+        """A chunk found bad or missing by any read: every backup that names it and said it was
+        whole becomes ERROR, saying why (so that GetBackup never shows AVAILABLE for a backup
+        that cannot be restored), and the chunk leaves the index, so that the next backup of
+        the same data stores it anew instead of naming the bad copy."""
+
+        names: list[str] = []
+        locations: list[ChunkLocation] = []
+
+        def mark() -> None:
+            with self._catalog.transaction() as conn:
+                names[:] = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT backup_id FROM manifest WHERE hash = ?", (digest,)
+                    )
+                ]
+                conn.executemany(
+                    "UPDATE backups SET status = ?, error_reason = ?, updated_at = ? "
+                    "WHERE backup_id = ? AND status IN (?, ?)",
+                    [
+                        (
+                            BackupStatus.ERROR,
+                            f"chunk {digest.hex()} of this backup is damaged or missing ({found})",
+                            _ts(self._clock.now()),
+                            backup_id,
+                            BackupStatus.AVAILABLE,
+                            BackupStatus.RESTORING,
+                        )
+                        for backup_id in names
+                    ],
+                )
+                locations[:] = self._store.unindex(conn, [digest])
+
+        self._settle(mark, f"marking chunk {digest.hex()} damaged")
+        self._store.release(locations)
+        for backup_id in names:
+            self.notifier.changed(backup_id)
+
+    def _end_restoring(self, backup_id: str) -> None:
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "UPDATE backups SET status = ? WHERE backup_id = ? AND status = ?",
+                (BackupStatus.AVAILABLE, backup_id, BackupStatus.RESTORING),
+            )
 
     def _fill_disk(
         self,
@@ -1231,7 +1502,8 @@ class RegionNodeService:
         if len(entries) != expected:
             raise ChunkCorrupted(
                 f"backup {backup_id}: {expected - len(entries)} chunks of disk {disk_index} "
-                "are missing from the store"
+                "are missing from the store",
+                self._first_missing_chunk(backup_id),
             )
         with disk.gate:
             disk.busy = "the server's disks are being written from a backup"
@@ -1264,7 +1536,7 @@ class RegionNodeService:
                     state["prefetched"] = max(state["prefetched"], ahead)
                 self._store.prefetch(e[2] for e in entries[start:ahead])
                 view = self._store.read_at(digest, loc, self._buffer())
-                os.pwrite(fd, view, chunk_index * self._cs)
+                write_all(fd, view, chunk_index * self._cs)
                 self._store.forget_cached(loc)
                 progress.add(len(view))
                 with lock:
@@ -1285,6 +1557,7 @@ class RegionNodeService:
                 disk.busy = ""
 
     # -- images -------------------------------------------------------------------------------
+    @needs_space("the image's record")
     def create_image(
         self, project_id: str, backup_id: str, name: str, description: str, request_id: str
     ) -> Image:
@@ -1360,6 +1633,7 @@ class RegionNodeService:
         next_token = self._tokens.issue(scope, rows[limit - 1][6]) if len(rows) > limit else ""
         return Page(items, next_token)
 
+    @makes_room
     def delete_image(self, project_id: str, image_id: str) -> None:
         project_id = self.resolve_project(project_id)
         with self._catalog.transaction() as conn:
@@ -1421,7 +1695,11 @@ class RegionNodeService:
         for i, (digest, loc) in enumerate(zip(hashes, locations, strict=True)):
             if i + PREFETCH_CHUNKS < len(locations):
                 self._store.prefetch([locations[i + PREFETCH_CHUNKS]])
-            data = bytes(self._store.read_at(digest, loc, buf))
+            try:
+                data = bytes(self._store.read_at(digest, loc, buf))
+            except ChunkCorrupted as exc:
+                self._chunk_damaged(digest, f"found by a replication reading it: {exc.message}")
+                raise
             self._store.forget_cached(loc)
             yield digest, data
 
@@ -1429,6 +1707,7 @@ class RegionNodeService:
         if len(digest) != HASH_BYTES:
             raise InvalidArgument(f"hash: {len(digest)} bytes, a chunk hash has {HASH_BYTES}")
 
+    @needs_space("the replica")
     def create_replica(self, spec: ReplicaSpec, entries: Iterable[ManifestEntry]) -> Backup:
         """A replica in status REPLICATING with its whole manifest; idempotent by job ID."""
         with self._catalog.read() as conn:
@@ -1593,6 +1872,7 @@ class RegionNodeService:
             bytes_already_held=held_bytes,
         )
 
+    @needs_space("the replica's chunks")
     def write_chunks(
         self, replica_id: str, chunks: Iterable[tuple[bytes, bytes]]
     ) -> tuple[int, int, int]:
@@ -1610,10 +1890,10 @@ class RegionNodeService:
                 )
             }
         written = written_bytes = present = 0
-        batch: list[bytes] = []  # stored by this call, indexed at the next commit
-        # Every verified chunk, stored now or already in the store (maybe for another account):
-        # recorded as arrived for the replica at the next commit (issue 6: deduplication never
-        # crosses accounts, so only what arrived for the account counts as held on a resume).
+        # Every verified chunk, stored now or already in the store (maybe for another account),
+        # pinned by its put: indexed if pending and recorded as arrived for the replica at the
+        # next commit (issue 6: deduplication never crosses accounts, so only what arrived for
+        # the account counts as held on a resume), then unpinned.
         arrived: list[bytes] = []
         try:
             for digest, data in chunks:
@@ -1624,43 +1904,54 @@ class RegionNodeService:
                 if len(data) != length or chunk_hash(data) != digest:
                     raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
                 stored = self._store.put(digest, data)
+                arrived.append(digest)
                 if stored:
                     written += 1
                     written_bytes += stored
-                    batch.append(digest)
                 else:
                     present += 1
-                arrived.append(digest)
                 if len(arrived) >= COMMIT_EVERY:
-                    self._commit_chunks(replica_id, batch, arrived)
-                    batch = []
+                    self._commit_chunks(replica_id, arrived)
                     arrived = []
         finally:
             # Even when the stream is cut: what arrived whole is kept, indexed and recorded.
-            self._commit_chunks(replica_id, batch, arrived)
+            self._commit_chunks(replica_id, arrived)
         return written, written_bytes, present
 
-    def _commit_chunks(self, replica_id: str, digests: list[bytes], arrived: list[bytes]) -> None:
-        """In one transaction: indexes the chunks this writer stored (`digests`) and records
-        every chunk that `arrived` for the replica. Only our own pending chunks are indexed and
-        forgotten: a chunk another writer has pending is that writer's to index."""
-        if not digests and not arrived:
+    def _commit_chunks(self, replica_id: str, arrived: list[bytes]) -> None:
+        """Makes every chunk that `arrived` (and was pinned by its put) durable, then in one
+        transaction indexes those still pending (this writer's, or another's it found pending:
+        durable too after the sync) and records them as arrived for the replica; unpins them
+        either way. If it cannot commit, what this writer wrote is abandoned, never reused."""
+        if not arrived:
             return
-        if digests:
+        try:
             self._store.sync()
+            self._index_arrivals(replica_id, arrived)
+        except BaseException:
+            self._store.unpin(arrived)
+            self._store.abandon(arrived)
+            raise
+        self._store.unpin(arrived)
+
+    def _index_arrivals(self, replica_id: str, arrived: list[bytes]) -> None:
         with self._catalog.transaction() as conn:
-            self._store.index(conn, digests)
             status = conn.execute(
                 "SELECT status FROM backups WHERE backup_id = ?", (replica_id,)
             ).fetchone()
-            # A replica that completed or was removed meanwhile keeps no arrivals.
-            if status is not None and status[0] == BackupStatus.REPLICATING:
+            if status is None:
+                # Removed meanwhile: nothing names these chunks; they are abandoned.
+                raise FailedPrecondition(f"replica {replica_id} was removed")
+            self._store.index(conn, arrived)
+            # A replica that completed meanwhile keeps no arrivals.
+            if status[0] == BackupStatus.REPLICATING:
                 conn.executemany(
                     "INSERT OR IGNORE INTO replica_arrivals(replica_id, hash) VALUES (?, ?)",
                     [(replica_id, d) for d in arrived],
                 )
-        self._store.forget_pending(digests)
+        self._store.forget_pending(arrived)
 
+    @needs_space("the replica's record")
     def complete_replica(self, replica_id: str) -> Backup:
         with self._catalog.transaction() as conn:
             row = self._replica_row(conn, replica_id)
@@ -1691,6 +1982,7 @@ class RegionNodeService:
         self.notifier.changed(replica_id)
         return result
 
+    @makes_room
     def remove_replica(self, replica_id: str, job_id: str) -> bool:
         """Removes what a replication job left behind. Idempotent."""
         with self._catalog.transaction() as conn:
@@ -1725,6 +2017,7 @@ class RegionNodeService:
         self.notifier.changed(replica_id)
         return True
 
+    @needs_space("the replication record")
     def record_replication(self, backup_id: str, record: ReplicationRecord) -> Backup:
         if not record.job_id or not record.target_region_id:
             raise InvalidArgument("record: job_id and target_region_id are required")
@@ -1757,6 +2050,7 @@ class RegionNodeService:
         self.notifier.changed(backup_id)
         return result
 
+    @needs_space("the hold on the backup")
     def hold_backup(self, backup_id: str, job_id: str) -> Backup:
         """Keeps a source backup from deletion while a job copies it (R1c, R2 checked)."""
         if not job_id:
@@ -1782,6 +2076,7 @@ class RegionNodeService:
                 )
             return self._to_backup(conn, row)
 
+    @makes_room
     def release_backup(self, backup_id: str, job_id: str) -> Backup:
         with self._catalog.transaction() as conn:
             conn.execute(
@@ -1789,6 +2084,7 @@ class RegionNodeService:
             )
             return self._to_backup(conn, self._backup_row(conn, None, backup_id))
 
+    @needs_space("the clock's instant")
     def set_clock(self, instant: datetime) -> datetime:
         """Simulated mode: the coordinator moves this node's clock (never backwards); the
         instant is persisted, so a restarted node starts where it was."""

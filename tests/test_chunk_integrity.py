@@ -26,13 +26,15 @@ def _wait(predicate: object, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_corrupted_chunk_is_an_error_never_wrong_bytes(
+def test_a_corrupted_chunk_is_an_error_never_wrong_bytes_and_marks_its_backups(
     service: RegionNodeService, tmp_path: Path
 ) -> None:
     server = service.create_server("", "", 1, [4 * MIB], "", "")
-    service.write_disk("", server.server_id, 0, [(0, seeded_bytes(1, 2 * MIB))])
+    data = seeded_bytes(1, 2 * MIB)
+    service.write_disk("", server.server_id, 0, [(0, data)])
     taken = service.create_backup("", server.server_id, "", "", [], "")
     _wait(lambda: service.get_backup("", taken.backup_id).status == BackupStatus.AVAILABLE)
+    image = service.create_image("", taken.backup_id, "", "", "")
 
     (pack,) = (tmp_path / "node" / "chunks").glob("*.pack")
     with pack.open("r+b") as f:
@@ -45,10 +47,24 @@ def test_a_corrupted_chunk_is_an_error_never_wrong_bytes(
     hashes = [e.hash for part in parts for e in part]
     with pytest.raises(ChunkCorrupted, match="does not match its hash"):
         list(service.read_chunks(hashes))
+    # Found bad by a read: the backup that names the chunk no longer says it is whole.
+    marked = service.get_backup("", taken.backup_id)
+    assert marked.status == BackupStatus.ERROR
+    assert hashes[0].hex() in marked.error_reason and "damaged" in marked.error_reason
 
-    image = service.create_image("", taken.backup_id, "", "", "")
     copy = service.create_server("", "", 0, [], image.image_id, "")
     _wait(lambda: service.get_server("", copy.server_id).status != ServerStatus.CREATING)
     broken = service.get_server("", copy.server_id)
     assert broken.status == ServerStatus.ERROR
-    assert "does not match its hash" in broken.error_reason
+    assert "missing from the store" in broken.error_reason
+
+    # The bad copy left the index: the next backup of the same data stores it anew, whole.
+    again = service.create_backup("", server.server_id, "", "", [], "")
+    _wait(lambda: service.get_backup("", again.backup_id).status != BackupStatus.CREATING)
+    assert service.get_backup("", again.backup_id).status == BackupStatus.AVAILABLE
+    fresh = service.create_image("", again.backup_id, "", "", "")
+    healed = service.create_server("", "", 0, [], fresh.image_id, "")
+    _wait(lambda: service.get_server("", healed.server_id).status != ServerStatus.CREATING)
+    assert service.get_server("", healed.server_id).status == ServerStatus.ACTIVE
+    restored = b"".join(d for _, d in service.read_disk("", healed.server_id, 0, 0, 2 * MIB))
+    assert restored == data

@@ -1,0 +1,293 @@
+"""Issue 10, "nothing lost": each problem seen on the region node, reproduced deterministically
+against the real domain (catalog, chunk store and disk files in a temp dir), with the work held
+at the exact moment that used to break. Disk-full cases, which need a real small filesystem,
+are in test_disk_full.py."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csbs.clock import WallClock
+from csbs.config import ProjectConfig
+from csbs.errors import FailedPrecondition
+from region_node import fileio
+from region_node.config import NodeConfig
+from region_node.models import BackupStatus, ServerStatus
+from region_node.service import ChunkSizeMismatch, RegionNodeService
+from tests.node_helpers import MIB, seeded_bytes
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _config(data_dir: Path, chunk_size: int = MIB) -> NodeConfig:
+    return NodeConfig(
+        region_id="cn-north-4",
+        display_name="CN North-Beijing4",
+        listen="127.0.0.1:0",
+        accepts_replication=True,
+        projects=(ProjectConfig("p1", "p1", "default", True),),
+        data_dir=data_dir,
+        chunk_size=chunk_size,
+    )
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _settled_backup(node: RegionNodeService, backup_id: str) -> BackupStatus:
+    _until(lambda: node.get_backup("", backup_id).status != BackupStatus.CREATING)
+    return node.get_backup("", backup_id).status
+
+
+def _read_all(node: RegionNodeService, server_id: str, disk_index: int = 0) -> bytes:
+    return b"".join(data for _, data in node.read_disk("", server_id, disk_index, 0, 0))
+
+
+def _server_from(node: RegionNodeService, backup_id: str) -> str:
+    image = node.create_image("", backup_id, "", "", "")
+    server = node.create_server("", "", 0, [], image.image_id, "")
+    _until(lambda: node.get_server("", server.server_id).status != ServerStatus.CREATING)
+    got = node.get_server("", server.server_id)
+    assert got.status == ServerStatus.ACTIVE, got.error_reason
+    return server.server_id
+
+
+def test_a_backup_reusing_chunks_of_a_backup_being_deleted_keeps_them(
+    node_service: RegionNodeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen 1: NEW finds every chunk already stored by OLD; OLD is deleted while NEW is being
+    read. NEW must end available with every chunk (the chunks it found are pinned)."""
+    node = node_service
+    data = seeded_bytes(10, 8 * MIB)
+    first = node.create_server("", "first", 1, [8 * MIB], "", "")
+    second = node.create_server("", "second", 1, [8 * MIB], "", "")
+    for server in (first, second):
+        node.write_disk("", server.server_id, 0, [(0, data[: 4 * MIB]), (4 * MIB, data[4 * MIB :])])
+    old = node.create_backup("", first.server_id, "old", "", [], "")
+    assert _settled_backup(node, old.backup_id) == BackupStatus.AVAILABLE
+
+    half_read = threading.Event()
+    release = threading.Event()
+    reads = {"n": 0}
+    lock = threading.Lock()
+    original = node._backup_read
+
+    def held_read(plan: Any, chunk_index: int) -> None:
+        original(plan, chunk_index)
+        with lock:
+            reads["n"] += 1
+            if reads["n"] == 4:
+                half_read.set()
+        if reads["n"] >= 4:
+            assert release.wait(30)
+
+    monkeypatch.setattr(node, "_backup_read", held_read)
+    new = node.create_backup("", second.server_id, "new", "", [], "")
+    assert half_read.wait(30)
+    node.delete_backup("", old.backup_id)  # NEW has captured half its chunks, all found stored
+    release.set()
+
+    assert _settled_backup(node, new.backup_id) == BackupStatus.AVAILABLE
+    copy = _server_from(node, new.backup_id)
+    assert _read_all(node, copy) == data
+
+
+class _GateThatWritesOnRelease:
+    """A disk gate that, the first time it is released while a backup session is open on its
+    disk, lets a write land right then (the instant the backup's gates open) and waits for it."""
+
+    def __init__(self, disk: Any, write: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._disk = disk
+        self._write = write
+        self.fired = False
+        self.error: BaseException | None = None
+
+    def acquire(self) -> bool:
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+        if self._disk.session is not None and not self.fired:
+            self.fired = True
+
+            def run() -> None:
+                try:
+                    self._write()
+                except BaseException as exc:
+                    self.error = exc
+
+            writer = threading.Thread(target=run)
+            writer.start()
+            writer.join(30)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_write_landing_as_a_backup_opens_its_gates_is_kept_out_of_it_and_not_lost(
+    node_service: RegionNodeService,
+) -> None:
+    """Seen 7a: a write landing between the backup's gates opening and its capture map being
+    published failed INTERNAL and dropped a chunk from a backup then marked available."""
+    node = node_service
+    server = node.create_server("", "", 1, [4 * MIB], "", "")
+    before = seeded_bytes(20, 4 * MIB)
+    node.write_disk("", server.server_id, 0, [(0, before)])
+    during = seeded_bytes(21, MIB)
+    disk = node._disk_state(server.disks[0].disk_id)
+
+    def write_during() -> None:
+        node.write_disk("", server.server_id, 0, [(MIB, during)])
+
+    gate = _GateThatWritesOnRelease(disk, write_during)
+    disk.gate = gate  # type: ignore[assignment]
+
+    taken = node.create_backup("", server.server_id, "", "", [], "")
+    assert gate.fired and gate.error is None, gate.error
+    assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
+    assert _read_all(node, server.server_id) == before[:MIB] + during + before[2 * MIB :]
+    assert _read_all(node, _server_from(node, taken.backup_id)) == before
+
+
+def test_restore_and_a_first_use_of_a_disk_never_hold_locks_in_opposite_orders(
+    node_service: RegionNodeService,
+) -> None:
+    """Seen 7b: restore_backup held the catalog and then waited for the disks lock, while a
+    disk's first use held the disks lock and then read the catalog: two calls could stop the
+    node. Now nobody waits for the disks lock while holding the catalog."""
+    node = node_service
+    server = node.create_server("", "", 1, [2 * MIB], "", "")
+    node.write_disk("", server.server_id, 0, [(0, seeded_bytes(30, MIB))])
+    taken = node.create_backup("", server.server_id, "", "", [], "")
+    assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
+
+    errors: list[BaseException] = []
+
+    def restore() -> None:
+        try:
+            node.restore_backup("", taken.backup_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with node._disks_lock:  # as a disk's first use holds it
+        restorer = threading.Thread(target=restore)
+        restorer.start()
+        time.sleep(0.3)
+        # That first use now reads the catalog: it must not be held by a waiting restore.
+        got = node._catalog._lock.acquire(timeout=3)
+        assert got, "restore_backup waits for the disks lock while holding the catalog"
+        node._catalog._lock.release()
+    restorer.join(30)
+    assert not restorer.is_alive() and not errors, errors
+    _until(lambda: node.get_server("", server.server_id).status == ServerStatus.ACTIVE)
+
+
+def test_a_restore_resumed_at_start_keeps_its_backup_from_deletion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen 5: after kill -9 during a restore the node resumed it with its backup AVAILABLE:
+    the backup could be deleted under the restore. The state a kill leaves (server and backup
+    RESTORING, no work running) is made by a node whose restore work never starts."""
+    data = seeded_bytes(40, 4 * MIB)
+    first = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    server = first.create_server("", "", 1, [4 * MIB], "", "")
+    first.write_disk("", server.server_id, 0, [(0, data)])
+    taken = first.create_backup("", server.server_id, "", "", [], "")
+    assert _settled_backup(first, taken.backup_id) == BackupStatus.AVAILABLE
+    first.write_disk("", server.server_id, 0, [(0, bytes(MIB))])
+    monkeypatch.setattr(first, "_start_fill", lambda *args, **kwargs: None)
+    first.restore_backup("", taken.backup_id)
+    first.close()  # as if killed: the restore never ran
+
+    release = threading.Event()
+    original = RegionNodeService._fill
+
+    def held_fill(self: RegionNodeService, *args: Any) -> None:
+        assert release.wait(30)
+        original(self, *args)
+
+    monkeypatch.setattr(RegionNodeService, "_fill", held_fill)
+    again = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    try:
+        assert again.get_backup("", taken.backup_id).status == BackupStatus.RESTORING
+        with pytest.raises(FailedPrecondition, match="restoring"):
+            again.delete_backup("", taken.backup_id)
+        release.set()
+        _until(lambda: again.get_server("", server.server_id).status == ServerStatus.ACTIVE)
+        assert _read_all(again, server.server_id) == data
+        assert again.get_backup("", taken.backup_id).status == BackupStatus.AVAILABLE
+    finally:
+        release.set()
+        again.close()
+
+
+def test_disk_files_no_server_names_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen 6: a create whose transaction failed, or a node killed while creating a server,
+    left disk files no catalog row names."""
+    node = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    disks = tmp_path / "node" / "disks"
+    kept = node.create_server("", "", 1, [MIB], "", "")
+
+    def failing_insert(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the transaction failed")
+
+    monkeypatch.setattr(node, "_insert_server", failing_insert)
+    with pytest.raises(RuntimeError):
+        node.create_server("", "", 1, [MIB, 2 * MIB], "", "")
+    assert sorted(p.stem for p in disks.glob("*.disk")) == [kept.disks[0].disk_id]
+    node.close()
+
+    (disks / "0b5e7d1c-left-by-a-kill.disk").write_bytes(b"x" * 4096)  # as a kill leaves it
+    again = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    try:
+        assert sorted(p.stem for p in disks.glob("*.disk")) == [kept.disks[0].disk_id]
+    finally:
+        again.close()
+
+
+def test_a_node_refuses_to_start_on_data_written_with_another_chunk_size(
+    tmp_path: Path,
+) -> None:
+    """Seen 7c: another cluster.chunk_size on existing data silently corrupted restores."""
+    RegionNodeService(_config(tmp_path / "node", chunk_size=MIB), WallClock()).close()
+    with pytest.raises(
+        ChunkSizeMismatch, match=r"chunk_size 1048576 but cluster\.chunk_size is 262144"
+    ):
+        RegionNodeService(_config(tmp_path / "node", chunk_size=256 * 1024), WallClock())
+    RegionNodeService(_config(tmp_path / "node", chunk_size=MIB), WallClock()).close()
+
+
+def test_every_write_writes_all_or_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen 2, its class: a short pwrite count (a filesystem filling up) was ignored, so an
+    acknowledged write could be partly missing. write_all continues a short write and turns
+    one that makes no progress into ENOSPC."""
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    real = os.pwrite
+    try:
+        monkeypatch.setattr(os, "pwrite", lambda f, d, o: real(f, bytes(d)[:3], o))
+        fileio.write_all(fd, b"0123456789", 5)
+        assert path.read_bytes() == bytes(5) + b"0123456789"
+        monkeypatch.setattr(os, "pwrite", lambda f, d, o: 0)
+        with pytest.raises(OSError) as raised:
+            fileio.write_all(fd, b"abc", 0)
+        assert fileio.out_of_space(raised.value)
+    finally:
+        os.close(fd)
