@@ -181,6 +181,11 @@ class ChunkStore:
             drop_cache(pack.fd, 0, record_at)
         return length
 
+    def pin(self, digests: Iterable[bytes]) -> None:
+        """Keeps chunks alive while a reader needs them all (a verification), until `unpin`."""
+        with self._lock:
+            self._pins.update(digests)
+
     def unpin(self, digests: Iterable[bytes]) -> None:
         """The writer that put these chunks has committed what references them, or gave up."""
         with self._lock:

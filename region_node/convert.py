@@ -193,3 +193,15 @@ def _way(value: int) -> models.ReplicationWay:
     if value not in set(models.ReplicationWay):
         raise InvalidArgument(f"way {value} is not a replication way")
     return models.ReplicationWay(value)
+
+
+def verify_progress_to_proto(progress: models.VerifyProgress) -> pb.VerifyBackupProgress:
+    return pb.VerifyBackupProgress(
+        chunks_total=progress.chunks_total,
+        chunks_checked=progress.chunks_checked,
+        bytes_total=progress.bytes_total,
+        bytes_checked=progress.bytes_checked,
+        chunks_bad=progress.chunks_bad,
+        done=progress.backup is not None,
+        backup=backup_to_proto(progress.backup) if progress.backup is not None else None,
+    )

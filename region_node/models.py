@@ -190,3 +190,15 @@ class ReplicaSpec:
     disks: tuple[Disk, ...]
     origin: Origin
     job_id: str
+
+
+@dataclass(frozen=True)
+class VerifyProgress:
+    """How far VerifyBackup has read; `backup` is set on the last report."""
+
+    chunks_total: int
+    chunks_checked: int
+    bytes_total: int
+    bytes_checked: int
+    chunks_bad: int
+    backup: Backup | None = None

@@ -59,6 +59,7 @@ from region_node.models import (
     Server,
     ServerStatus,
     ServerType,
+    VerifyProgress,
 )
 from region_node.space import SpaceReserve
 
@@ -73,6 +74,7 @@ MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunk
 COMMIT_EVERY = 32  # chunks received for a replica between two commits
 FLUSH_EVERY_BYTES = 64 * MIB
 PREFETCH_CHUNKS = 16  # chunks read ahead while writing a backup onto disks
+VERIFY_REPORT_CHUNKS = 64  # chunks checked between two progress reports of VerifyBackup
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -1555,6 +1557,85 @@ class RegionNodeService:
         finally:
             with disk.gate:
                 disk.busy = ""
+
+    # -- verifying ----------------------------------------------------------------------------
+    @needs_space("the verification's findings")
+    def verify_backup(self, project_id: str, backup_id: str) -> Iterator[VerifyProgress]:
+        """Reads every distinct chunk a backup names and checks it against its hash, reporting
+        progress every VERIFY_REPORT_CHUNKS chunks. The chunks are pinned meanwhile, so that a
+        deletion running beside it cannot make a chunk look missing. A bad chunk marks every
+        backup naming it (`_chunk_damaged`); this one's reason then says how many were bad."""
+        project_id = self.resolve_project(project_id)
+        with self._catalog.read() as conn:
+            row = self._backup_row(conn, project_id, backup_id)
+            status = BackupStatus(row[6])
+            if status in (BackupStatus.CREATING, BackupStatus.REPLICATING):
+                raise FailedPrecondition(
+                    f"backup {backup_id} is {status.name.lower()}; it can be verified once it "
+                    "is available"
+                )
+            chunks = dict(
+                conn.execute(
+                    "SELECT hash, length FROM manifest WHERE backup_id = ? "
+                    "ORDER BY disk_index, chunk_index",
+                    (backup_id,),
+                ).fetchall()
+            )
+        return self._verify(project_id, backup_id, chunks)
+
+    def _verify(
+        self, project_id: str, backup_id: str, chunks: dict[bytes, int]
+    ) -> Iterator[VerifyProgress]:
+        total_bytes = sum(chunks.values())
+        checked = checked_bytes = 0
+        bad: list[bytes] = []
+        buf = bytearray(self._cs)
+        self._store.pin(chunks)
+        try:
+            for digest, length in chunks.items():
+                try:
+                    self._store.read(digest, buf)
+                except ChunkCorrupted as exc:
+                    bad.append(digest)
+                    self._chunk_damaged(digest, f"found by VerifyBackup: {exc.message}")
+                checked += 1
+                checked_bytes += length
+                if checked % VERIFY_REPORT_CHUNKS == 0:
+                    yield VerifyProgress(len(chunks), checked, total_bytes, checked_bytes, len(bad))
+        finally:
+            self._store.unpin(chunks)
+            self._store.drop_read_cache()  # a check streams; it keeps nothing cached
+        if bad:
+            reason = (
+                f"VerifyBackup: {len(bad)} of {len(chunks)} chunks are damaged or missing "
+                f"(first: {bad[0].hex()}); this backup cannot be restored"
+            )
+            self._settle(
+                lambda: self._mark_unrestorable(backup_id, reason), f"marking {backup_id} bad"
+            )
+        yield VerifyProgress(
+            len(chunks),
+            checked,
+            total_bytes,
+            checked_bytes,
+            len(bad),
+            self.get_backup(project_id, backup_id),
+        )
+
+    def _mark_unrestorable(self, backup_id: str, reason: str) -> None:
+        with self._catalog.transaction() as conn:
+            conn.execute(
+                "UPDATE backups SET status = ?, error_reason = ?, updated_at = ? "
+                "WHERE backup_id = ? AND status != ?",
+                (
+                    BackupStatus.ERROR,
+                    reason,
+                    _ts(self._clock.now()),
+                    backup_id,
+                    BackupStatus.CREATING,
+                ),
+            )
+        self.notifier.changed(backup_id)
 
     # -- images -------------------------------------------------------------------------------
     @needs_space("the image's record")

@@ -190,6 +190,15 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         )
 
     @rpc_method
+    def VerifyBackup(
+        self, request: pb.VerifyBackupRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.VerifyBackupProgress]:
+        for progress in self._service.verify_backup(
+            self._project(context, request.project_id), request.backup_id
+        ):
+            yield convert.verify_progress_to_proto(progress)
+
+    @rpc_method
     def CreateImage(
         self, request: pb.CreateImageRequest, context: grpc.ServicerContext
     ) -> pb.Image:

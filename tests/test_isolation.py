@@ -169,6 +169,11 @@ def test_backups_of_another_account_are_not_found(coordinated: Cluster, world: W
         "CreateImage",
     )
     _refused(
+        lambda: acme.VerifyBackup(pb.VerifyBackupRequest(backup_id=bid), timeout=DEADLINE),
+        NOT_FOUND,
+        "VerifyBackup",
+    )
+    _refused(
         lambda: acme.GetBackup(
             pb.GetBackupRequest(project_id=THEIRS, backup_id=bid), timeout=DEADLINE
         ),

@@ -253,6 +253,30 @@ def restore(
         session.out.hint(f"The server is being restored; follow with `{follow_it}`")
 
 
+@command(app, "verify")
+def verify(session: Session, backup_id: BackupArgument) -> None:
+    """Read every chunk of a backup and check it against its hash; a backup with a damaged or
+    missing chunk becomes error, saying how many (exit 1)."""
+    last = follow(
+        session.region().verify_backup(session.project_id, backup_id),
+        lambda p: Step("verifying", p.bytes_checked, p.bytes_total, p.done),
+        what=f"check of backup {short(backup_id)}",
+        resume=session.command_line("backup", "verify", backup_id),
+        console=session.out.err,
+    )
+    backup = last.backup
+    session.out.show(
+        last,
+        lambda: session.out.line(
+            f"backup {backup_id}: {last.chunks_checked} chunks ({size(last.bytes_checked)}) "
+            f"checked, {last.chunks_bad} damaged or missing; status "
+            f"{word(pb.BackupStatus, backup.status)}"
+        ),
+    )
+    if last.chunks_bad:
+        raise Refused(backup.error_reason)
+
+
 @command(app, "replicate")
 def replicate(
     session: Session,

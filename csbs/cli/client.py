@@ -360,6 +360,10 @@ class RegionClient:
         )
         return server
 
+    def verify_backup(self, project_id: str, backup_id: str) -> Iterator[pb.VerifyBackupProgress]:
+        request = pb.VerifyBackupRequest(project_id=project_id, backup_id=backup_id)
+        return self.endpoint.watch(self._stub.VerifyBackup, request, lambda p: p.done)
+
     # -- images ----------------------------------------------------------------------------------
     def create_image(self, request: pb.CreateImageRequest) -> pb.Image:
         image: pb.Image = self.endpoint.unary(
