@@ -37,10 +37,7 @@ from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.notifier import Notifier
 from csbs.paging import PageTokens, page_size
 from region_node.catalog import Catalog
-from region_node.chunk_store import HASH_BYTES, ChunkLocation, ChunkStore, chunk_hash
 from region_node.config import NodeConfig
-from region_node.disks import STRIPES, BackupSession, DiskState
-from region_node.fileio import drop_cache, out_of_space, write_all, zero_range
 from region_node.models import (
     Backup,
     BackupStatus,
@@ -61,7 +58,10 @@ from region_node.models import (
     ServerType,
     VerifyProgress,
 )
-from region_node.space import SpaceReserve
+from region_node.storage.chunk_store import HASH_BYTES, ChunkLocation, ChunkStore, chunk_hash
+from region_node.storage.disks import STRIPES, BackupSession, DiskState
+from region_node.storage.fileio import drop_cache, out_of_space, write_all, zero_range
+from region_node.storage.space import SpaceReserve
 
 log = logging.getLogger(__name__)
 

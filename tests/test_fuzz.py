@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
-from region_node.chunk_store import chunk_hash
+from region_node.storage.chunk_store import chunk_hash
 from tests.harness import Cluster, write_cluster_config
 
 pytestmark = pytest.mark.timeout(300)

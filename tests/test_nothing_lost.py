@@ -17,10 +17,10 @@ import pytest
 from csbs.clock import WallClock
 from csbs.config import ProjectConfig
 from csbs.errors import FailedPrecondition
-from region_node import fileio
 from region_node.config import NodeConfig
 from region_node.models import BackupStatus, ServerStatus
 from region_node.service import ChunkSizeMismatch, RegionNodeService
+from region_node.storage import fileio
 from tests.node_helpers import MIB, seeded_bytes
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,7 @@ import pytest
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
-from region_node.chunk_store import PACK_HEADER, RECORD_HEADER
+from region_node.storage.chunk_store import PACK_HEADER, RECORD_HEADER
 from tests.harness import ACCOUNT_TOKENS, DEFAULT_ACCOUNT, Cluster
 from tests.node_helpers import (
     MIB,

@@ -37,7 +37,7 @@ import blake3
 
 from csbs.errors import ChunkCorrupted
 from region_node.catalog import Catalog
-from region_node.fileio import drop_cache, fsync_dir, punch_hole, write_all, writev_all
+from region_node.storage.fileio import drop_cache, fsync_dir, punch_hole, write_all, writev_all
 
 log = logging.getLogger(__name__)
 
