@@ -1,18 +1,10 @@
-"""The node's catalog: one SQLite database (WAL) holding servers, disks, written-chunk epochs,
-backups and their manifests, the chunk index, images and replication records.
-
-One connection guarded by one lock; every logical step is one transaction. The schema carries
-a version and is migrated on start."""
+"""The catalog's schema: every table of the node, with a version migrated on start."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from csbs.database import Database
-
 SCHEMA_VERSION = 2
 
-_MIGRATIONS: dict[int, str] = {
+MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE servers (
         server_id TEXT PRIMARY KEY,
@@ -158,10 +150,3 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX replica_arrivals_by_hash ON replica_arrivals(hash);
     """,
 }
-
-
-class Catalog(Database):
-    """The node's catalog (see the module's docstring)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, _MIGRATIONS, "catalog")
