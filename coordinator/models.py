@@ -121,6 +121,9 @@ class CleanupKind(enum.StrEnum):
     SOURCE = "source"
     # Remove what a failed job left in the target region.
     TARGET = "target"
+    # Release the hold of a job that was withdrawn before ReplicateBackup answered (its row is
+    # gone: the clean-up carries the region and backup itself).
+    HOLD = "hold"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from coordinator.cluster_clock import ClusterClock
+from coordinator.errors import IdempotencyTokenReused
 from coordinator.models import JobStatus, Page, ReplicateRequest
 from coordinator.replication import ReplicationService, own_project
 from coordinator.schedule import Schedule, validate_schedule
@@ -198,6 +199,18 @@ def _run_from_body(body: str) -> PolicyRun:
     )
 
 
+def _parameters(policy: Policy) -> dict[str, Any]:
+    """What a policy was created with, by the request's field names (defaults filled in): a
+    request ID answers with the policy only for the same."""
+    body = asdict(policy)
+    names = ("region_id", "project_id", "name", "description", "backup_schedule", "retention")
+    chosen = {name: body[name] for name in names}
+    chosen["server_ids"] = sorted(policy.server_ids)
+    chosen["enabled"] = policy.enabled
+    chosen["replication"] = body["replication"]
+    return chosen
+
+
 class PolicyService:
     def __init__(
         self,
@@ -238,8 +251,9 @@ class PolicyService:
             self._scheduler.join(timeout=10)
 
     # -- validation -------------------------------------------------------------------------------
-    def _check_definition(self, policy: Policy) -> Policy:
-        """Checks every field against its rule; returns the policy with defaults filled in."""
+    def _check_definition(self, policy: Policy, check_capability: bool = True) -> Policy:
+        """Checks every field against its rule; returns the policy with defaults filled in.
+        `check_capability` False leaves R5 (whether the target accepts replication now) out."""
         validate_name(policy.name, "name")
         validate_description(policy.description, "description")
         if policy.region_id not in self._nodes:
@@ -259,10 +273,10 @@ class PolicyService:
                 raise InvalidArgument(f"retention.{name} {value}: 1 to {MAX_KEEP}")
         policy = replace(policy, project_id=project.project_id, backup_schedule=schedule)
         if policy.replication is not None:
-            policy = replace(policy, replication=self._check_replication(policy))
+            policy = replace(policy, replication=self._check_replication(policy, check_capability))
         return policy
 
-    def _check_replication(self, policy: Policy) -> PolicyReplication:
+    def _check_replication(self, policy: Policy, check_capability: bool) -> PolicyReplication:
         repl = policy.replication
         assert repl is not None
         target = repl.target_region_id
@@ -276,7 +290,7 @@ class PolicyService:
                 f"policy's region {policy.region_id}"
             )
         info = self._nodes.client(target).region_info()  # every project of the region
-        if not info.accepts_replication:
+        if check_capability and not info.accepts_replication:
             raise FailedPrecondition(
                 f"R5: region {target} does not accept replication; it cannot be a policy's "
                 "replication target"
@@ -339,10 +353,11 @@ class PolicyService:
         if request_id:
             with self._store.read() as conn:
                 row = conn.execute(
-                    "SELECT policy_id FROM policy_requests WHERE request_id = ?", (request_key,)
+                    "SELECT policy_id, parameters FROM policy_requests WHERE request_id = ?",
+                    (request_key,),
                 ).fetchone()
             if row:
-                return self.get(account_id, row[0])
+                return self._same_request(account_id, policy, request_id, row[0], row[1])
         now = self._clock.now()
         policy = replace(
             policy,
@@ -382,11 +397,32 @@ class PolicyService:
             )
             if request_id:
                 conn.execute(
-                    "INSERT INTO policy_requests(request_id, policy_id) VALUES (?, ?)",
-                    (request_key, policy.policy_id),
+                    "INSERT INTO policy_requests(request_id, policy_id, parameters) "
+                    "VALUES (?, ?, ?)",
+                    (request_key, policy.policy_id, json.dumps(_parameters(policy))),
                 )
         self._wake_scheduler()
         return self._load(policy.policy_id)
+
+    def _same_request(
+        self, account_id: str, asked: Policy, request_id: str, policy_id: str, first: str
+    ) -> Policy:
+        """The policy a request ID already made, if asked with the same parameters (defaults
+        filled in as the policy records them); INVALID_ARGUMENT naming the request ID and the
+        first parameter that differs otherwise."""
+        existing = self.get(account_id, policy_id)
+        if not first:  # made before parameters were kept with the request ID
+            return existing
+        recorded = json.loads(first)
+        now = _parameters(
+            self._check_definition(replace(asked, account_id=account_id), check_capability=False)
+        )
+        for name, value in json.loads(json.dumps(now)).items():
+            if recorded.get(name) != value:
+                raise IdempotencyTokenReused(
+                    "request_id", request_id, policy_id, "policy", name, recorded.get(name), value
+                )
+        return existing
 
     def _load(self, policy_id: str) -> Policy:
         """A policy, whoever's it is (the scheduler's view)."""

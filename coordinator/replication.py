@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from coordinator.config import CoordinatorConfig
+from coordinator.errors import IdempotencyTokenReused
 from coordinator.models import (
     ACTIVE_STATUSES,
     CleanupKind,
@@ -148,6 +149,21 @@ class _ProgressTracker:
         with self._lock:
             snapshot = self.progress
         self._save(snapshot)
+
+
+def _job_parameters(job: ReplicationJob) -> dict[str, str]:
+    """What a job was asked for, by the request's field names (an idempotency token answers
+    with the job only for the same)."""
+    return {
+        "source_region_id": job.source_region_id,
+        "backup_id": job.source_backup_id,
+        "target_region_id": job.target_region_id,
+        "target_project_id": job.target_project_id,
+        "name": job.replica_name,
+        "description": job.replica_description,
+        "way": job.way.name,
+        "policy_id": job.policy_id,
+    }
 
 
 def _project_not_found(project_id: str, region_id: str) -> CsbsError:
@@ -285,7 +301,7 @@ class ReplicationService:
             with self._store.read() as conn:
                 existing = self._store.job_by_token(conn, source_project_id, token)
             if existing is not None:
-                return self._same_request(existing, request)
+                return self._same_request(existing, self._asked(request, existing), token)
 
         backup = source.get_backup(source_project_id, backup_id)
         self._check_replicable(src, backup)
@@ -331,8 +347,9 @@ class ReplicationService:
             updated_at=now,
             account_id=account,
         )
-        created = self._insert_unless_r3(job, token, request)
+        created = self._insert_unless_r3(job, token)
         if created is job:
+            self._hold_or_withdraw(source, job)
             log.info(
                 "replication job %s: backup %s from %s to %s/%s",
                 job.job_id,
@@ -345,16 +362,69 @@ class ReplicationService:
             self._submit(job.job_id)
         return created
 
-    def _same_request(self, existing: ReplicationJob, request: ReplicateRequest) -> ReplicationJob:
-        if (existing.source_backup_id, existing.target_region_id) != (
-            request.backup_id,
-            request.target_region_id,
-        ):
-            raise InvalidArgument(
-                f"idempotency_token {request.idempotency_token!r} was already used for "
-                f"replication job {existing.job_id} of backup {existing.source_backup_id} to "
-                f"region {existing.target_region_id}; use a new token for another replication"
+    def _hold_or_withdraw(self, source: RegionNodeClient, job: ReplicationJob) -> None:
+        """Holds the source backup for the job before ReplicateBackup answers, so that an
+        accepted job's backup cannot be deleted before its copy starts. The job is recorded
+        first (R3 and the token are settled atomically with it), so that a crash right after
+        the hold leaves a job that resumes and releases it, never a hold nothing knows of. If
+        the hold fails, the job was never answered: it is withdrawn, and a hold the node may
+        have made anyway (an unanswered call) is left to a stored clean-up to release."""
+        try:
+            source.hold_backup(job.source_backup_id, job.job_id)
+        except CsbsError as exc:
+            maybe_held = (job.source_region_id, job.source_backup_id)
+            self._store.withdraw_job(
+                job.job_id, maybe_held if is_transient(exc) else None, self._clock.now()
             )
+            raise
+
+    def _asked(self, request: ReplicateRequest, existing: ReplicationJob) -> dict[str, str]:
+        """What a request asks for, with the defaults filled in as a job records them, to
+        compare with the job its idempotency token already names."""
+        target_project = request.target_project_id
+        if not target_project and request.target_region_id == existing.target_region_id:
+            target_project = own_project(
+                self._region_info(request.target_region_id, ""),
+                request.target_region_id,
+                request.account_id,
+                "",
+                "target_project_id",
+                TargetProjectNotFound,
+            ).project_id
+        default_name = (
+            f"manual_rep_from_{request.backup_id}"
+            if request.way == ReplicationWay.MANUAL
+            else f"policy_rep_from_{request.backup_id}"
+        )
+        return {
+            "source_region_id": request.source_region_id,
+            "backup_id": request.backup_id,
+            "target_region_id": request.target_region_id,
+            "target_project_id": target_project,
+            "name": request.name or default_name,
+            "description": request.description,
+            "way": request.way.name,
+            "policy_id": request.policy_id,
+        }
+
+    @staticmethod
+    def _same_request(
+        existing: ReplicationJob, asked: dict[str, str], token: str
+    ) -> ReplicationJob:
+        """The job the token already names, if it was asked with the same parameters;
+        INVALID_ARGUMENT naming the token and the first parameter that differs otherwise."""
+        first = _job_parameters(existing)
+        for name, value in asked.items():
+            if first[name] != value:
+                raise IdempotencyTokenReused(
+                    "idempotency_token",
+                    token,
+                    existing.job_id,
+                    "replication job",
+                    name,
+                    first[name],
+                    value,
+                )
         return existing
 
     @staticmethod
@@ -387,9 +457,7 @@ class ReplicationService:
                 "replicated",
             )
 
-    def _insert_unless_r3(
-        self, job: ReplicationJob, token: str, request: ReplicateRequest
-    ) -> ReplicationJob:
+    def _insert_unless_r3(self, job: ReplicationJob, token: str) -> ReplicationJob:
         """R3, checked and the job inserted atomically: no job of this backup to this region
         may be waiting or copying, and no earlier replica of it may still be there. Whether a
         replica is still there is the target node's word, asked outside the store lock; the
@@ -401,7 +469,7 @@ class ReplicationService:
                 if token:
                     existing = self._store.job_by_token(conn, job.source_project_id, token)
                     if existing is not None:
-                        return self._same_request(existing, request)
+                        return self._same_request(existing, _job_parameters(job), token)
                 active = self._store.jobs_to(
                     conn, job.source_backup_id, job.target_region_id, ACTIVE_STATUSES
                 )
@@ -707,6 +775,15 @@ class ReplicationService:
             log.warning("replication job %s: replica not removed: %s", job.job_id, exc)
         return None
 
+    def _release_hold(self, region_id: str, backup_id: str, job_id: str) -> str | None:
+        try:
+            self._client(region_id, "").release_backup(backup_id, job_id)
+        except CsbsError as exc:
+            if is_transient(exc):
+                return exc.message
+            log.warning("withdrawn job %s: hold on %s not released: %s", job_id, backup_id, exc)
+        return None
+
     # -- clean-ups -------------------------------------------------------------------------------
     def _cleanup_loop(self) -> None:
         while not self._stop.wait(self._config.cleanup_interval_seconds):
@@ -722,7 +799,9 @@ class ReplicationService:
             if self._stop.is_set():
                 break
             job = self._store.get_job(cleanup.job_id)
-            if job is None:
+            if cleanup.kind == CleanupKind.HOLD:
+                error = self._release_hold(cleanup.region_id, cleanup.resource_id, cleanup.job_id)
+            elif job is None:
                 error = None
             elif cleanup.kind == CleanupKind.SOURCE:
                 error = self._finish_source(job)

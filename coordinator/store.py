@@ -1,5 +1,6 @@
 """The coordinator's state: one SQLite database (WAL) in `<data_dir>/coordinator.db` holding the
-replication jobs and the clean-ups that failed jobs still owe a node.
+replication jobs, the clean-ups that failed jobs still owe a node, and the policies and their
+runs (see coordinator/policies.py).
 
 One connection guarded by one lock; every logical step is one transaction. The schema carries
 a version (PRAGMA user_version) and is migrated on start."""
@@ -115,6 +116,10 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX jobs_by_account ON jobs(account_id, seq);
     ALTER TABLE policies ADD COLUMN account_id TEXT NOT NULL DEFAULT 'default';
     CREATE INDEX policies_by_account ON policies(account_id, seq)
+    """,
+    4: """
+    -- Issue 11: a policy's request ID answers with the policy only for the same parameters.
+    ALTER TABLE policy_requests ADD COLUMN parameters TEXT NOT NULL DEFAULT ''
     """,
 }
 
@@ -283,6 +288,19 @@ class Store(Database):
                 token,
             ),
         )
+
+    def withdraw_job(self, job_id: str, hold: tuple[str, str] | None, now: datetime) -> None:
+        """Removes a job that was never answered (its source backup could not be held), with a
+        clean-up that releases the hold if the node may have made it: `hold` is (region,
+        backup). One transaction, so that no hold is left that nothing will release."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            if hold is not None:
+                conn.execute(
+                    "INSERT INTO cleanups(kind, job_id, region_id, resource_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, job_id) DO NOTHING",
+                    (str(CleanupKind.HOLD), job_id, hold[0], hold[1], _ts(now)),
+                )
 
     def start_attempt(self, job_id: str, now: datetime) -> ReplicationJob:
         """The job is (again) being copied: REPLICATING, one more attempt."""
