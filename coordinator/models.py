@@ -60,6 +60,7 @@ class ReplicationJob:
     finished_at: datetime | None
     updated_at: datetime
     account_id: str  # the account the job belongs to: no other account sees it (issue 6)
+    source_server_id: str = ""  # the source backup's server: replica retention counts per server
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.errors import IdempotencyTokenReused
 from coordinator.models import JobStatus, Page, ReplicateRequest
 from coordinator.replication import ReplicationService, own_project
+from coordinator.retention import expired, server_of_replica
 from coordinator.schedule import Schedule, validate_schedule
 from coordinator.store import Store
 from csbs.clients import BackupStatus, RegionNodes, ReplicationWay, ServerType
@@ -734,18 +735,13 @@ class PolicyService:
             for b in client.list_backups(policy.project_id, policy_id=policy.policy_id)
             if b.status == BackupStatus.AVAILABLE and not b.origin.replicated
         ]
-        now = self._clock.now()
-        victims = []
-        by_server: dict[str, list[Any]] = {}
-        for b in backups:
-            by_server.setdefault(b.server_id, []).append(b)
-        for server_backups in by_server.values():
-            newest_first = sorted(server_backups, key=lambda b: b.created_at or now, reverse=True)
-            if rule.keep_count:
-                victims += newest_first[rule.keep_count :]
-            else:
-                limit = now - timedelta(days=rule.keep_days)
-                victims += [b for b in newest_first if (b.created_at or now) < limit]
+        victims = expired(
+            backups,
+            lambda b: b.server_id,
+            self._clock.now(),
+            keep_count=rule.keep_count,
+            keep_days=rule.keep_days,
+        )
         return [self._delete(client, policy.project_id, b, "retention") for b in victims]
 
     def _delete(self, client: Any, project_id: str, backup: Any, why: str) -> RunItem:
@@ -844,8 +840,9 @@ class PolicyService:
         return items
 
     def _apply_replica_retention(self, policy: Policy) -> list[RunItem]:
-        """Keeps the newest N replicas this policy made in the target region; never deletes
-        one that has an image."""
+        """Keeps the newest N replicas of each protected server that this policy made in the
+        target region (as backup retention counts per server); never deletes one that has an
+        image."""
         repl = policy.replication
         if repl is None or not repl.replica_keep_count:
             return []
@@ -857,11 +854,27 @@ class PolicyService:
             and b.origin.policy_id == policy.policy_id
             and b.status == BackupStatus.AVAILABLE
         ]
-        now = self._clock.now()
-        newest_first = sorted(replicas, key=lambda b: b.created_at or now, reverse=True)
+        if not replicas:
+            return []
+        server_of_job = self._store.source_servers([r.origin.replication_job_id for r in replicas])
+        source = self._nodes.client(policy.region_id, policy.account_id)
+        server_of_backup = {
+            b.backup_id: b.server_id
+            for b in source.list_backups(policy.project_id, policy_id=policy.policy_id)
+        }
+        victims = expired(
+            replicas,
+            lambda r: server_of_replica(
+                r.origin.source_backup_id,
+                r.origin.replication_job_id,
+                server_of_job,
+                server_of_backup,
+            ),
+            self._clock.now(),
+            keep_count=repl.replica_keep_count,
+        )
         return [
-            self._delete(client, repl.target_project_id, b, "replica retention")
-            for b in newest_first[repl.replica_keep_count :]
+            self._delete(client, repl.target_project_id, b, "replica retention") for b in victims
         ]
 
     # -- the scheduler ----------------------------------------------------------------------------

@@ -346,6 +346,7 @@ class ReplicationService:
             finished_at=None,
             updated_at=now,
             account_id=account,
+            source_server_id=backup.server_id,
         )
         created = self._insert_unless_r3(job, token)
         if created is job:

@@ -121,6 +121,10 @@ _MIGRATIONS: dict[int, str] = {
     -- Issue 11: a policy's request ID answers with the policy only for the same parameters.
     ALTER TABLE policy_requests ADD COLUMN parameters TEXT NOT NULL DEFAULT ''
     """,
+    5: """
+    -- Issue 11: replica retention counts per server, so a job names its source's server.
+    ALTER TABLE jobs ADD COLUMN source_server_id TEXT NOT NULL DEFAULT ''
+    """,
 }
 
 _JOB_COLUMNS = (
@@ -128,7 +132,7 @@ _JOB_COLUMNS = (
     "target_region_id, target_project_id, replica_id, replica_name, replica_description, "
     "status, chunks_planned, bytes_planned, chunks_sent, bytes_sent, chunks_skipped, "
     "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at, "
-    "account_id"
+    "account_id, source_server_id"
 )
 
 
@@ -165,6 +169,7 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
         finished_at=_dt(row[22]),
         updated_at=updated_at,
         account_id=row[24],
+        source_server_id=row[25],
     )
 
 
@@ -257,7 +262,7 @@ class Store(Database):
         p = job.progress
         conn.execute(
             f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
-            f"VALUES ({', '.join('?' * 27)})",
+            f"VALUES ({', '.join('?' * 28)})",
             (
                 job.job_id,
                 int(job.way),
@@ -284,6 +289,7 @@ class Store(Database):
                 _ts(job.finished_at),
                 _ts(job.updated_at),
                 job.account_id,
+                job.source_server_id,
                 seq,
                 token,
             ),
@@ -301,6 +307,18 @@ class Store(Database):
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, job_id) DO NOTHING",
                     (str(CleanupKind.HOLD), job_id, hold[0], hold[1], _ts(now)),
                 )
+
+    def source_servers(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The server each job's source backup was made from ('' if unknown: older jobs)."""
+        found: dict[str, str] = {}
+        with self.read() as conn:
+            for job_id in job_ids:
+                row = conn.execute(
+                    "SELECT source_server_id FROM jobs WHERE job_id = ?", (job_id,)
+                ).fetchone()
+                if row is not None:
+                    found[job_id] = row[0]
+        return found
 
     def start_attempt(self, job_id: str, now: datetime) -> ReplicationJob:
         """The job is (again) being copied: REPLICATING, one more attempt."""
