@@ -6,13 +6,22 @@ for every backup the policy made that never reached the target region), then wai
 work to end and applies retention. Every run leaves a record: what it did, skipped (and which
 rule said so) and failed (and why). A run still going when the next one of its policy and kind
 falls due makes that one skipped, not queued. Plain Python: nodes are reached through
-csbs.clients, replication through the ReplicationService (the same rule checks as M1)."""
+csbs.clients, replication through the ReplicationService (the same rule checks as M1).
+
+Across crashes: a due run is recorded in the same transaction that moves its schedule on, so
+each is recorded exactly once. A run's first step is idempotent (its backups are keyed by the
+run and the server's place in the policy, its jobs by a token made of the run and the backup),
+so at start every run left RUNNING does that step again, which re-attaches it to what it had
+started, and goes to its end; a run whose policy is gone is FAILED with the reason. The skip
+rule asks the catalog, not memory, and AdvanceClock first lets those runs end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
@@ -53,6 +62,7 @@ TRIGGER_SCHEDULE = 1
 TRIGGER_EXECUTE_NOW = 2
 RUNNING, FINISHED, SKIPPED, FAILED = 1, 2, 3, 4
 KIND_NAMES = {KIND_BACKUP: "backup", KIND_REPLICATION: "replication"}
+RESTARTED = "the coordinator restarted during the run"
 
 
 class PolicyNotFound(NotFound):
@@ -212,6 +222,12 @@ def _parameters(policy: Policy) -> dict[str, Any]:
     return chosen
 
 
+def _run_token(run_id: str, backup_id: str) -> str:
+    """The idempotency token of the job a run starts for a backup: the run finds its own jobs
+    again when it re-attaches after a crash."""
+    return "run-" + hashlib.sha256(f"{run_id}/{backup_id}".encode()).hexdigest()[:40]
+
+
 class PolicyService:
     def __init__(
         self,
@@ -228,8 +244,8 @@ class PolicyService:
             store.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
         self._lock = threading.Lock()
-        self._running: dict[tuple[str, int], str] = {}  # (policy, kind) -> run in flight
         self._deleted: set[str] = set()
+        self._recovered = threading.Event()
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._advance_lock = threading.Lock()
@@ -239,6 +255,7 @@ class PolicyService:
     def start(self) -> None:
         """Starts following the schedules (wall mode; in simulated mode AdvanceClock runs them)."""
         self._clock.push()
+        threading.Thread(target=self._recover, name="recover-runs", daemon=True).start()
         if not self._clock.simulated:
             self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler")
             self._scheduler.daemon = True
@@ -544,26 +561,42 @@ class PolicyService:
         return self._load(policy_id)
 
     # -- runs: records ----------------------------------------------------------------------------
-    def _save_run(self, run: PolicyRun) -> None:
-        with self._store.transaction() as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM policy_runs WHERE run_id = ?", (run.run_id,)
-            ).fetchone()
-            if exists:
-                conn.execute(
-                    "UPDATE policy_runs SET body = ? WHERE run_id = ?",
-                    (_run_body(run), run.run_id),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO policy_runs(run_id, seq, policy_id, body) VALUES (?, ?, ?, ?)",
-                    (
-                        run.run_id,
-                        self._store.next_seq(conn, "policy_runs"),
-                        run.policy_id,
-                        _run_body(run),
-                    ),
-                )
+    def _save_run(self, run: PolicyRun, conn: sqlite3.Connection | None = None) -> None:
+        if conn is None:
+            with self._store.transaction() as c:
+                self._save_run(run, c)
+            return
+        exists = conn.execute(
+            "SELECT 1 FROM policy_runs WHERE run_id = ?", (run.run_id,)
+        ).fetchone()
+        if exists:
+            conn.execute(
+                "UPDATE policy_runs SET body = ?, status = ? WHERE run_id = ?",
+                (_run_body(run), run.status, run.run_id),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO policy_runs(run_id, seq, policy_id, body, kind, status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    self._store.next_seq(conn, "policy_runs"),
+                    run.policy_id,
+                    _run_body(run),
+                    run.kind,
+                    run.status,
+                ),
+            )
+
+    @staticmethod
+    def _going(conn: sqlite3.Connection, policy_id: str, kind: int) -> str | None:
+        """The run of this policy and kind still going, if any (the skip rule)."""
+        row = conn.execute(
+            "SELECT run_id FROM policy_runs WHERE status = ? AND policy_id = ? AND kind = ? "
+            "LIMIT 1",
+            (RUNNING, policy_id, kind),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def list_runs(self, account_id: str, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
         self.get(account_id, policy_id)  # NOT_FOUND for a policy not of this account
@@ -589,21 +622,20 @@ class PolicyService:
         policy = self.get(account_id, policy_id)
         if kind == KIND_REPLICATION and policy.replication is None:
             raise FailedPrecondition(f"policy {policy_id} has no replication rule")
-        now = self._clock.now()
-        run, work = self._begin(policy, kind, TRIGGER_EXECUTE_NOW, now)
-        if run.status == RUNNING:
-            threading.Thread(
-                target=self._finish_safely,
-                args=(policy, run, work),
-                daemon=True,
-                name=f"run-{run.run_id[:8]}",
-            ).start()
-        return run
+        with self._store.transaction() as conn:
+            run = self._new_run(conn, policy, kind, TRIGGER_EXECUTE_NOW, self._clock.now())
+        return self._carry_out(policy, run, wait=False)
 
-    def _begin(
-        self, policy: Policy, kind: int, trigger: int, scheduled_at: datetime
-    ) -> tuple[PolicyRun, _Work]:
-        """The first step of a run, or a skipped run if one of its kind is still going."""
+    def _new_run(
+        self,
+        conn: sqlite3.Connection,
+        policy: Policy,
+        kind: int,
+        trigger: int,
+        scheduled_at: datetime,
+    ) -> PolicyRun:
+        """Records a run RUNNING, or SKIPPED if one of its policy and kind is still going (the
+        skip rule), in the caller's transaction."""
         run = PolicyRun(
             run_id=str(uuid.uuid4()),
             policy_id=policy.policy_id,
@@ -613,35 +645,58 @@ class PolicyService:
             scheduled_at=scheduled_at,
             started_at=self._clock.now(),
         )
-        with self._lock:
-            going = self._running.get((policy.policy_id, kind))
-            if going is None:
-                self._running[(policy.policy_id, kind)] = run.run_id
+        going = self._going(conn, policy.policy_id, kind)
         if going is not None:
-            skipped = replace(
+            run = replace(
                 run,
                 status=SKIPPED,
                 finished_at=self._clock.now(),
                 reason=f"the previous {KIND_NAMES[kind]} run {going} was still going",
             )
-            self._save_run(skipped)
-            return skipped, _Work()
+        self._save_run(run, conn)
+        return run
+
+    def _carry_out(self, policy: Policy, run: PolicyRun, wait: bool) -> PolicyRun:
+        """Starts a recorded RUNNING run's work and, with `wait`, runs it to its end; without,
+        its end follows in the background. Answers with the run as it is then."""
+        if run.status != RUNNING:
+            return run
+        run, work = self._start(policy, run)
+        if run.status != RUNNING:
+            return run
+        if wait:
+            return self._finish_safely(policy, run, work)
+        threading.Thread(
+            target=self._finish_safely,
+            args=(policy, run, work),
+            daemon=True,
+            name=f"run-{run.run_id[:8]}",
+        ).start()
+        return run
+
+    def _start(self, policy: Policy, run: PolicyRun) -> tuple[PolicyRun, _Work]:
+        """The first step of a run: starts its backups or replication jobs and records them.
+        Idempotent (each backup and job is keyed by the run), so that a run the coordinator
+        was killed in re-attaches to what it started by doing this step again."""
         work = _Work()
         try:
-            if kind == KIND_BACKUP:
+            if run.kind == KIND_BACKUP:
                 run = self._start_backups(policy, run, work)
             else:
                 run = self._start_replications(policy, run, work)
         except Exception as exc:
-            log.exception("policy %s: %s run failed to start", policy.policy_id, KIND_NAMES[kind])
-            run = replace(run, status=FAILED, finished_at=self._clock.now(), reason=str(exc))
-            self._release(policy.policy_id, kind)
+            log.exception(
+                "policy %s: %s run failed to start", policy.policy_id, KIND_NAMES[run.kind]
+            )
+            reason = exc.message if isinstance(exc, CsbsError) else str(exc)
+            run = replace(
+                run,
+                status=FAILED,
+                finished_at=self._clock.now(),
+                reason=f"{run.reason}; {reason}" if run.reason else reason,
+            )
         self._save_run(run)
         return run, work
-
-    def _release(self, policy_id: str, kind: int) -> None:
-        with self._lock:
-            self._running.pop((policy_id, kind), None)
 
     def _finish_safely(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
         try:
@@ -649,10 +704,53 @@ class PolicyService:
         except Exception as exc:
             log.exception("policy %s: run %s failed", policy.policy_id, run.run_id)
             run = replace(run, status=FAILED, finished_at=self._clock.now(), reason=str(exc))
-        finally:
-            self._release(policy.policy_id, run.kind)
         self._save_run(run)
         return run
+
+    # -- runs: after a crash ----------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Ends every run a killed coordinator left RUNNING: if its policy is still there the
+        run re-attaches to the backups and jobs it started (its first step again, which is
+        idempotent) and goes to its end; otherwise it is FAILED with the reason. What a run
+        could not finish (retention, say), the next run picks up."""
+        try:
+            with self._store.read() as conn:
+                rows = conn.execute(
+                    "SELECT body FROM policy_runs WHERE status = ? ORDER BY seq", (RUNNING,)
+                ).fetchall()
+            ending = []
+            for (body,) in rows:
+                run = _run_from_body(body)
+                log.info("policy %s: run %s was left running; resuming", run.policy_id, run.run_id)
+                run = replace(run, reason=RESTARTED)
+                try:
+                    policy = self._load(run.policy_id)
+                except PolicyNotFound:
+                    self._save_run(
+                        replace(
+                            run,
+                            status=FAILED,
+                            finished_at=self._clock.now(),
+                            reason=f"{RESTARTED}, and its policy has been deleted since",
+                        )
+                    )
+                    continue
+                run, work = self._start(policy, run)
+                if run.status == RUNNING:
+                    thread = threading.Thread(
+                        target=self._finish_safely,
+                        args=(policy, run, work),
+                        daemon=True,
+                        name=f"run-{run.run_id[:8]}",
+                    )
+                    thread.start()
+                    ending.append(thread)
+            for thread in ending:
+                thread.join()
+        except Exception:
+            log.exception("resuming the runs left running failed")
+        finally:
+            self._recovered.set()
 
     def _finish(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
         items = list(run.items)
@@ -762,7 +860,12 @@ class PolicyService:
     def _start_replications(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
         repl = policy.replication
         if repl is None:
-            return replace(run, status=FINISHED, reason="the policy has no replication rule")
+            return replace(
+                run,
+                status=FINISHED,
+                finished_at=self._clock.now(),
+                reason="the policy has no replication rule",
+            )
         target = repl.target_region_id
         info = self._nodes.client(target, policy.account_id).region_info()
         if not info.accepts_replication:
@@ -781,6 +884,12 @@ class PolicyService:
         source = self._nodes.client(policy.region_id, policy.account_id)
         items: list[RunItem] = []
         for backup in source.list_backups(policy.project_id, policy_id=policy.policy_id):
+            token = _run_token(run.run_id, backup.backup_id)
+            with self._store.read() as conn:
+                started = self._store.job_by_token(conn, policy.project_id, token)
+            if started is not None:  # this run started it before the coordinator restarted
+                work.jobs.append((backup.backup_id, backup.server_id, started.job_id))
+                continue
             reason = self._already_replicated(backup.backup_id, target)
             if reason:
                 items.append(RunItem("skipped", backup.backup_id, backup.server_id, reason=reason))
@@ -796,6 +905,7 @@ class PolicyService:
                         way=way,
                         policy_id=policy.policy_id,
                         account_id=policy.account_id,
+                        idempotency_token=token,
                     )
                 )
             except CsbsError as exc:
@@ -903,41 +1013,39 @@ class PolicyService:
             return None
         return when, policy_id, kind
 
-    def _advance_schedule(self, policy_id: str, kind: int, due: datetime) -> Policy | None:
-        """Moves the policy's next time of this kind past `due`; the policy, or None if gone."""
-        try:
-            policy = self._load(policy_id)
-        except PolicyNotFound:
-            return None
+    def _claim(self, policy_id: str, kind: int, due: datetime) -> tuple[Policy, PolicyRun] | None:
+        """Records the run due at `due` and moves the policy's next time of this kind past it,
+        in one transaction: a crash leaves either both or neither, so every due run is recorded
+        exactly once. None if the policy is gone or this time was taken already."""
         column = "next_backup_at" if kind == KIND_BACKUP else "next_replication_at"
-        schedule = (
-            policy.backup_schedule
-            if kind == KIND_BACKUP
-            else (policy.replication.schedule if policy.replication else None)
-        )
-        following = schedule.next_after(due).timestamp() if schedule else None
         with self._store.transaction() as conn:
+            row = conn.execute(
+                "SELECT body, next_backup_at, next_replication_at FROM policies "
+                "WHERE policy_id = ?",
+                (policy_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            policy = _policy_from_row(*row)
+            current = row[1] if kind == KIND_BACKUP else row[2]
+            if current is None or current != due.timestamp():
+                return None
+            schedule = (
+                policy.backup_schedule
+                if kind == KIND_BACKUP
+                else (policy.replication.schedule if policy.replication else None)
+            )
+            following = schedule.next_after(due).timestamp() if schedule else None
             conn.execute(
                 f"UPDATE policies SET {column} = ? WHERE policy_id = ?", (following, policy_id)
             )
-        return policy
+            run = self._new_run(conn, policy, kind, TRIGGER_SCHEDULE, due)
+        return policy, run
 
     def _run_due(self, policy_id: str, kind: int, due: datetime, wait: bool) -> None:
-        policy = self._advance_schedule(policy_id, kind, due)
-        if policy is None:
-            return
-        run, work = self._begin(policy, kind, TRIGGER_SCHEDULE, due)
-        if run.status != RUNNING:
-            return
-        if wait:
-            self._finish_safely(policy, run, work)
-        else:
-            threading.Thread(
-                target=self._finish_safely,
-                args=(policy, run, work),
-                daemon=True,
-                name=f"run-{run.run_id[:8]}",
-            ).start()
+        claimed = self._claim(policy_id, kind, due)
+        if claimed is not None:
+            self._carry_out(*claimed, wait=wait)
 
     def _schedule_loop(self) -> None:
         """Wall mode: runs what falls due, as it falls due."""
@@ -961,6 +1069,7 @@ class PolicyService:
         if not self._clock.simulated:
             self._clock.move_to(to)  # refuses with the reason
         with self._advance_lock:
+            self._recovered.wait()  # the runs a crash left going end first, in order
             if to < self._clock.now():
                 self._clock.move_to(to)  # refuses: never backwards
             while True:

@@ -125,6 +125,14 @@ _MIGRATIONS: dict[int, str] = {
     -- Issue 11: replica retention counts per server, so a job names its source's server.
     ALTER TABLE jobs ADD COLUMN source_server_id TEXT NOT NULL DEFAULT ''
     """,
+    6: """
+    -- Issue 11: the runs left running are found at start, and the skip rule asks the catalog.
+    ALTER TABLE policy_runs ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policy_runs ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+    UPDATE policy_runs SET kind = json_extract(body, '$.kind'),
+        status = json_extract(body, '$.status');
+    CREATE INDEX policy_runs_by_status ON policy_runs(status, policy_id, kind)
+    """,
 }
 
 _JOB_COLUMNS = (
