@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator import models, policies
+from coordinator import models, policy_models
 from coordinator.schedule import Schedule
 from csbs.errors import InvalidArgument
 from csbs.timestamps import instant, timestamp
@@ -104,7 +104,7 @@ def _schedule_from_proto(schedule: pb.Schedule) -> Schedule:
     return Schedule(rrule=schedule.rrule, timezone=schedule.timezone or "UTC")
 
 
-def policy_to_proto(policy: policies.Policy) -> pb.Policy:
+def policy_to_proto(policy: policy_models.Policy) -> pb.Policy:
     retention = pb.RetentionRule()
     if policy.retention.keep_count:
         retention.keep_count = policy.retention.keep_count
@@ -137,17 +137,17 @@ def policy_to_proto(policy: policies.Policy) -> pb.Policy:
     )
 
 
-def policy_from_proto(message: pb.Policy) -> policies.Policy:
+def policy_from_proto(message: pb.Policy) -> policy_models.Policy:
     now = datetime.now(UTC)  # placeholders: the service sets the real times
     which = message.retention.WhichOneof("rule")
-    retention = policies.Retention(
+    retention = policy_models.Retention(
         keep_count=message.retention.keep_count if which == "keep_count" else 0,
         keep_days=message.retention.keep_days if which == "keep_days" else 0,
     )
     if which and not (message.retention.keep_count or message.retention.keep_days):
-        raise InvalidArgument(f"retention.{which}: 1 to {policies.MAX_KEEP}")
+        raise InvalidArgument(f"retention.{which}: 1 to {policy_models.MAX_KEEP}")
     repl = message.replication if message.HasField("replication") else None
-    return policies.Policy(
+    return policy_models.Policy(
         policy_id=message.policy_id,
         region_id=message.region_id,
         project_id=message.project_id,
@@ -159,7 +159,7 @@ def policy_from_proto(message: pb.Policy) -> policies.Policy:
         enabled=message.enabled,
         replication=None
         if repl is None
-        else policies.PolicyReplication(
+        else policy_models.PolicyReplication(
             enabled=repl.enabled,
             target_region_id=repl.target_region_id,
             target_project_id=repl.target_project_id,
@@ -171,7 +171,7 @@ def policy_from_proto(message: pb.Policy) -> policies.Policy:
     )
 
 
-def run_to_proto(run: policies.PolicyRun) -> pb.PolicyRun:
+def run_to_proto(run: policy_models.PolicyRun) -> pb.PolicyRun:
     return pb.PolicyRun(
         run_id=run.run_id,
         policy_id=run.policy_id,

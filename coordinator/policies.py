@@ -25,16 +25,39 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.errors import IdempotencyTokenReused
 from coordinator.models import JobStatus, Page, ReplicateRequest
+from coordinator.policy_models import (
+    FAILED,
+    FINISHED,
+    KIND_BACKUP,
+    KIND_NAMES,
+    KIND_REPLICATION,
+    MAX_KEEP,
+    RESTARTED,
+    RUNNING,
+    SKIPPED,
+    TRIGGER_EXECUTE_NOW,
+    TRIGGER_SCHEDULE,
+    Policy,
+    PolicyNotFound,
+    PolicyReplication,
+    PolicyRun,
+    RunItem,
+    policy_body,
+    policy_from_row,
+    request_parameters,
+    run_body,
+    run_from_body,
+)
 from coordinator.replication import ReplicationService, own_project
 from coordinator.retention import expired, server_of_replica
-from coordinator.schedule import Schedule, validate_schedule
+from coordinator.schedule import validate_schedule
 from coordinator.store import Store
 from csbs.clients import BackupStatus, RegionNodes, ReplicationWay, ServerType
 from csbs.errors import (
@@ -50,82 +73,9 @@ from csbs.paging import PageTokens, page_size
 
 log = logging.getLogger(__name__)
 
-BODY_VERSION = 1
-MAX_KEEP = 99999
 MAX_SERVERS = 64
 WAIT_POLL = 0.1
 WORK_TIMEOUT = 6 * 3600.0  # a run gives up waiting for its backups or jobs after this
-
-KIND_BACKUP = 1
-KIND_REPLICATION = 2
-TRIGGER_SCHEDULE = 1
-TRIGGER_EXECUTE_NOW = 2
-RUNNING, FINISHED, SKIPPED, FAILED = 1, 2, 3, 4
-KIND_NAMES = {KIND_BACKUP: "backup", KIND_REPLICATION: "replication"}
-RESTARTED = "the coordinator restarted during the run"
-
-
-class PolicyNotFound(NotFound):
-    def __init__(self, policy_id: str) -> None:
-        super().__init__("policy", policy_id)
-
-
-@dataclass(frozen=True)
-class Retention:
-    keep_count: int = 0  # keep the newest N; 0: not this rule
-    keep_days: int = 0  # keep for D days; 0: not this rule (both 0: keep forever)
-
-
-@dataclass(frozen=True)
-class PolicyReplication:
-    enabled: bool
-    target_region_id: str
-    target_project_id: str
-    schedule: Schedule
-    replica_keep_count: int = 0  # keep the newest N replicas there; 0: keep all
-
-
-@dataclass(frozen=True)
-class Policy:
-    policy_id: str
-    region_id: str
-    project_id: str
-    name: str
-    description: str
-    server_ids: tuple[str, ...]
-    backup_schedule: Schedule
-    retention: Retention
-    enabled: bool
-    replication: PolicyReplication | None
-    created_at: datetime
-    updated_at: datetime
-    next_backup_at: datetime | None = None
-    next_replication_at: datetime | None = None
-    account_id: str = ""  # the account that made it: no other sees or runs it (issue 6)
-
-
-@dataclass(frozen=True)
-class RunItem:
-    action: str  # backed_up, replicated, skipped, failed, deleted, kept
-    backup_id: str = ""
-    server_id: str = ""
-    job_id: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class PolicyRun:
-    run_id: str
-    policy_id: str
-    kind: int
-    trigger: int
-    status: int
-    scheduled_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    items: tuple[RunItem, ...] = ()
-    job_ids: tuple[str, ...] = ()
-    reason: str = ""
 
 
 @dataclass
@@ -134,92 +84,6 @@ class _Work:
 
     backups: list[tuple[str, str]] = field(default_factory=list)  # (server_id, backup_id)
     jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (backup, server, job)
-
-
-# -- the stored form of a policy and a run -------------------------------------------------------
-def _when(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _parse_when(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _policy_body(policy: Policy) -> str:
-    body = asdict(policy)
-    for key in ("created_at", "updated_at", "next_backup_at", "next_replication_at"):
-        body.pop(key, None)
-    body["version"] = BODY_VERSION
-    body["created_at"] = _when(policy.created_at)
-    body["updated_at"] = _when(policy.updated_at)
-    return json.dumps(body)
-
-
-def _policy_from_row(body: str, next_backup: float | None, next_repl: float | None) -> Policy:
-    raw = json.loads(body)
-    if raw.get("version") != BODY_VERSION:
-        raise ValueError(f"policy body version {raw.get('version')} is not {BODY_VERSION}")
-    repl = raw["replication"]
-    return Policy(
-        policy_id=raw["policy_id"],
-        region_id=raw["region_id"],
-        project_id=raw["project_id"],
-        name=raw["name"],
-        description=raw["description"],
-        server_ids=tuple(raw["server_ids"]),
-        backup_schedule=Schedule(**raw["backup_schedule"]),
-        retention=Retention(**raw["retention"]),
-        enabled=raw["enabled"],
-        replication=None
-        if repl is None
-        else PolicyReplication(
-            enabled=repl["enabled"],
-            target_region_id=repl["target_region_id"],
-            target_project_id=repl["target_project_id"],
-            schedule=Schedule(**repl["schedule"]),
-            replica_keep_count=repl["replica_keep_count"],
-        ),
-        created_at=datetime.fromisoformat(raw["created_at"]),
-        updated_at=datetime.fromisoformat(raw["updated_at"]),
-        next_backup_at=None if next_backup is None else datetime.fromtimestamp(next_backup, UTC),
-        next_replication_at=None if next_repl is None else datetime.fromtimestamp(next_repl, UTC),
-        account_id=raw.get("account_id", "default"),
-    )
-
-
-def _run_body(run: PolicyRun) -> str:
-    body: dict[str, Any] = asdict(run)
-    for key in ("scheduled_at", "started_at", "finished_at"):
-        body[key] = _when(getattr(run, key))
-    body["version"] = BODY_VERSION
-    return json.dumps(body)
-
-
-def _run_from_body(body: str) -> PolicyRun:
-    raw = json.loads(body)
-    raw.pop("version", None)
-    return PolicyRun(
-        **{
-            **raw,
-            "scheduled_at": datetime.fromisoformat(raw["scheduled_at"]),
-            "started_at": _parse_when(raw["started_at"]),
-            "finished_at": _parse_when(raw["finished_at"]),
-            "items": tuple(RunItem(**i) for i in raw["items"]),
-            "job_ids": tuple(raw["job_ids"]),
-        }
-    )
-
-
-def _parameters(policy: Policy) -> dict[str, Any]:
-    """What a policy was created with, by the request's field names (defaults filled in): a
-    request ID answers with the policy only for the same."""
-    body = asdict(policy)
-    names = ("region_id", "project_id", "name", "description", "backup_schedule", "retention")
-    chosen = {name: body[name] for name in names}
-    chosen["server_ids"] = sorted(policy.server_ids)
-    chosen["enabled"] = policy.enabled
-    chosen["replication"] = body["replication"]
-    return chosen
 
 
 def _run_token(run_id: str, backup_id: str) -> str:
@@ -404,7 +268,7 @@ class PolicyService:
                     self._store.next_seq(conn, "policies"),
                     policy.region_id,
                     policy.project_id,
-                    _policy_body(policy),
+                    policy_body(policy),
                     *times,
                     account_id,
                 ),
@@ -417,7 +281,7 @@ class PolicyService:
                 conn.execute(
                     "INSERT INTO policy_requests(request_id, policy_id, parameters) "
                     "VALUES (?, ?, ?)",
-                    (request_key, policy.policy_id, json.dumps(_parameters(policy))),
+                    (request_key, policy.policy_id, json.dumps(request_parameters(policy))),
                 )
         self._wake_scheduler()
         return self._load(policy.policy_id)
@@ -432,7 +296,7 @@ class PolicyService:
         if not first:  # made before parameters were kept with the request ID
             return existing
         recorded = json.loads(first)
-        now = _parameters(
+        now = request_parameters(
             self._check_definition(replace(asked, account_id=account_id), check_capability=False)
         )
         for name, value in json.loads(json.dumps(now)).items():
@@ -454,7 +318,7 @@ class PolicyService:
             ).fetchone()
         if row is None:
             raise PolicyNotFound(policy_id)
-        return _policy_from_row(*row)
+        return policy_from_row(*row)
 
     def get(self, account_id: str, policy_id: str) -> Policy:
         """A policy of the account; another account's is not found, as if it never existed."""
@@ -481,7 +345,7 @@ class PolicyService:
                 + " ORDER BY seq LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
-        items = [_policy_from_row(*r[:3]) for r in rows[:limit]]
+        items = [policy_from_row(*r[:3]) for r in rows[:limit]]
         next_token = self._tokens.issue(scope, rows[limit - 1][3]) if len(rows) > limit else ""
         return Page(items, next_token)
 
@@ -502,7 +366,7 @@ class PolicyService:
             conn.execute(
                 "UPDATE policies SET body = ?, next_backup_at = ?, next_replication_at = ? "
                 "WHERE policy_id = ?",
-                (_policy_body(policy), *times, policy.policy_id),
+                (policy_body(policy), *times, policy.policy_id),
             )
         self._wake_scheduler()
         return self._load(policy.policy_id)
@@ -547,7 +411,7 @@ class PolicyService:
                     )
             conn.execute(
                 "UPDATE policies SET body = ? WHERE policy_id = ?",
-                (_policy_body(policy), policy_id),
+                (policy_body(policy), policy_id),
             )
             if add:
                 conn.executemany(
@@ -572,7 +436,7 @@ class PolicyService:
         if exists:
             conn.execute(
                 "UPDATE policy_runs SET body = ?, status = ? WHERE run_id = ?",
-                (_run_body(run), run.status, run.run_id),
+                (run_body(run), run.status, run.run_id),
             )
         else:
             conn.execute(
@@ -582,7 +446,7 @@ class PolicyService:
                     run.run_id,
                     self._store.next_seq(conn, "policy_runs"),
                     run.policy_id,
-                    _run_body(run),
+                    run_body(run),
                     run.kind,
                     run.status,
                 ),
@@ -609,7 +473,7 @@ class PolicyService:
                 "ORDER BY seq LIMIT ?",
                 (policy_id, after, limit + 1),
             ).fetchall()
-        items = [_run_from_body(r[0]) for r in rows[:limit]]
+        items = [run_from_body(r[0]) for r in rows[:limit]]
         next_token = self._tokens.issue(scope, rows[limit - 1][1]) if len(rows) > limit else ""
         return Page(items, next_token)
 
@@ -720,7 +584,7 @@ class PolicyService:
                 ).fetchall()
             ending = []
             for (body,) in rows:
-                run = _run_from_body(body)
+                run = run_from_body(body)
                 log.info("policy %s: run %s was left running; resuming", run.policy_id, run.run_id)
                 run = replace(run, reason=RESTARTED)
                 try:
@@ -1026,7 +890,7 @@ class PolicyService:
             ).fetchone()
             if row is None:
                 return None
-            policy = _policy_from_row(*row)
+            policy = policy_from_row(*row)
             current = row[1] if kind == KIND_BACKUP else row[2]
             if current is None or current != due.timestamp():
                 return None
