@@ -12,8 +12,8 @@ from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
 from region_node.config import NodeConfig
+from region_node.node import ChunkSizeMismatch
 from region_node.server import build_server
-from region_node.service import ChunkSizeMismatch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_issued(security.issued):
         log.warning("issued (shown once): %s", line)
     try:
-        server, address, service, health_servicer = build_server(
+        server, address, node, health_servicer = build_server(
             config, clock, security.secrets, security.tls
         )
     except ChunkSizeMismatch as exc:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "region %s serving on %s%s", config.region_id, address, " (TLS)" if security.tls else ""
     )
-    serve_until_signal(server, health_servicer, on_stop=service.close)
+    serve_until_signal(server, health_servicer, on_stop=node.close)
     return 0
 
 

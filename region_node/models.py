@@ -202,3 +202,37 @@ class VerifyProgress:
     bytes_checked: int
     chunks_bad: int
     backup: Backup | None = None
+
+
+@dataclass(frozen=True)
+class NewServer:
+    """CreateServer: disks of these sizes, or (with `image_id`) the disks of an image."""
+
+    project_id: str
+    name: str = ""
+    server_type: int = 0
+    disk_sizes: tuple[int, ...] = ()
+    image_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class NewBackup:
+    """CreateBackup (or a policy's backup, with `policy_id`): these disks, or every disk."""
+
+    project_id: str
+    server_id: str
+    name: str = ""
+    description: str = ""
+    disk_indexes: tuple[int, ...] = ()
+    request_id: str = ""
+    policy_id: str = ""
+
+
+@dataclass(frozen=True)
+class NewImage:
+    project_id: str
+    backup_id: str
+    name: str = ""
+    description: str = ""
+    request_id: str = ""

@@ -12,7 +12,7 @@ from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
-from region_node.service import RegionNodeService
+from region_node.node import RegionNode
 from region_node.servicer import (
     RegionNodeAdminServicer,
     RegionNodeInternalServicer,
@@ -33,19 +33,19 @@ SERVICE_NAMES = list(REQUIRED_ROLES)
 
 def build_server(
     config: NodeConfig, clock: Clock, secrets: ClusterSecrets, tls: ProcessTls | None = None
-) -> tuple[grpc.Server, str, RegionNodeService, health.HealthServicer]:
-    """The server, bound (not started), with the address it got and its domain service."""
-    service = RegionNodeService(config, clock)
+) -> tuple[grpc.Server, str, RegionNode, health.HealthServicer]:
+    """The server, bound (not started), with the address it got and the node it serves."""
+    node = RegionNode(config, clock).start()
     server = new_server(
         interceptors=[AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True)]
     )
-    region_node_pb2_grpc.add_RegionNodeServicer_to_server(RegionNodeServicer(service), server)
+    region_node_pb2_grpc.add_RegionNodeServicer_to_server(RegionNodeServicer(node), server)
     region_node_pb2_grpc.add_RegionNodeInternalServicer_to_server(
-        RegionNodeInternalServicer(service), server
+        RegionNodeInternalServicer(node), server
     )
     region_node_pb2_grpc.add_RegionNodeAdminServicer_to_server(
-        RegionNodeAdminServicer(service), server
+        RegionNodeAdminServicer(node), server
     )
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     address = bind(server, config.listen, tls)
-    return server, address, service, health_servicer
+    return server, address, node, health_servicer

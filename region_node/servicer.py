@@ -13,51 +13,51 @@ from csbs.timestamps import instant, timestamp
 from csbs.v1 import common_pb2, region_node_pb2_grpc
 from csbs.v1 import region_node_pb2 as pb
 from region_node import convert
-from region_node.models import ManifestEntry
-from region_node.service import RegionNodeService
+from region_node.models import ManifestEntry, NewBackup, NewImage, NewServer
+from region_node.node import RegionNode
 
 
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
-    def __init__(self, service: RegionNodeService) -> None:
-        self._service = service
+    def __init__(self, node: RegionNode) -> None:
+        self._node = node
 
     def _project(self, context: grpc.ServicerContext, project_id: str) -> str:
         """The project the call acts in, checked against the caller's account (issue 6)."""
-        return self._service.authorize_project(caller_of(context).account_id, project_id)
+        return self._node.region.authorize_project(caller_of(context).account_id, project_id)
 
     @rpc_method
     def GetRegionInfo(
         self, request: pb.GetRegionInfoRequest, context: grpc.ServicerContext
     ) -> common_pb2.RegionInfo:
-        return convert.region_info_to_proto(
-            self._service.region_info(caller_of(context).account_id)
-        )
+        return convert.region_info_to_proto(self._node.region.info(caller_of(context).account_id))
 
     @rpc_method
     def CreateServer(
         self, request: pb.CreateServerRequest, context: grpc.ServicerContext
     ) -> pb.Server:
-        server = self._service.create_server(
-            self._project(context, request.project_id),
-            request.name,
-            request.server_type,
-            [d.size_bytes for d in request.disks],
-            request.image_id,
-            request.request_id,
+        server = self._node.servers.create(
+            NewServer(
+                project_id=self._project(context, request.project_id),
+                name=request.name,
+                server_type=request.server_type,
+                disk_sizes=tuple(d.size_bytes for d in request.disks),
+                image_id=request.image_id,
+                request_id=request.request_id,
+            )
         )
         return convert.server_to_proto(server)
 
     @rpc_method
     def GetServer(self, request: pb.GetServerRequest, context: grpc.ServicerContext) -> pb.Server:
         return convert.server_to_proto(
-            self._service.get_server(self._project(context, request.project_id), request.server_id)
+            self._node.servers.get(self._project(context, request.project_id), request.server_id)
         )
 
     @rpc_method
     def ListServers(
         self, request: pb.ListServersRequest, context: grpc.ServicerContext
     ) -> pb.ListServersResponse:
-        page = self._service.list_servers(
+        page = self._node.servers.list(
             self._project(context, request.project_id), request.page_size, request.page_token
         )
         return pb.ListServersResponse(
@@ -70,16 +70,14 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.DeleteServerRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         return convert.server_to_proto(
-            self._service.delete_server(
-                self._project(context, request.project_id), request.server_id
-            )
+            self._node.servers.delete(self._project(context, request.project_id), request.server_id)
         )
 
     @rpc_method
     def WatchServer(
         self, request: pb.GetServerRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Server]:
-        for server in self._service.watch_server(
+        for server in self._node.servers.watch(
             self._project(context, request.project_id), request.server_id, context.is_active
         ):
             yield convert.server_to_proto(server)
@@ -106,7 +104,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
                     )
                 yield message.offset, message.data
 
-        written = self._service.write_disk(
+        written = self._node.servers.write_disk(
             self._project(context, first.project_id), first.server_id, first.disk_index, writes()
         )
         return pb.WriteDiskResponse(bytes_written=written)
@@ -115,7 +113,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def ReadDisk(
         self, request: pb.ReadDiskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ReadDiskResponse]:
-        for offset, data in self._service.read_disk(
+        for offset, data in self._node.servers.read_disk(
             self._project(context, request.project_id),
             request.server_id,
             request.disk_index,
@@ -128,27 +126,29 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def CreateBackup(
         self, request: pb.CreateBackupRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
-        backup = self._service.create_backup(
-            self._project(context, request.project_id),
-            request.server_id,
-            request.name,
-            request.description,
-            list(request.disk_indexes),
-            request.request_id,
+        backup = self._node.backups.create(
+            NewBackup(
+                project_id=self._project(context, request.project_id),
+                server_id=request.server_id,
+                name=request.name,
+                description=request.description,
+                disk_indexes=tuple(request.disk_indexes),
+                request_id=request.request_id,
+            )
         )
         return convert.backup_to_proto(backup)
 
     @rpc_method
     def GetBackup(self, request: pb.GetBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
         return convert.backup_to_proto(
-            self._service.get_backup(self._project(context, request.project_id), request.backup_id)
+            self._node.backups.get(self._project(context, request.project_id), request.backup_id)
         )
 
     @rpc_method
     def ListBackups(
         self, request: pb.ListBackupsRequest, context: grpc.ServicerContext
     ) -> pb.ListBackupsResponse:
-        page = self._service.list_backups(
+        page = self._node.backups.list(
             self._project(context, request.project_id),
             request.server_id,
             request.status,
@@ -165,7 +165,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def DeleteBackup(
         self, request: pb.DeleteBackupRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBackupResponse:
-        freed = self._service.delete_backup(
+        freed = self._node.backups.delete(
             self._project(context, request.project_id), request.backup_id
         )
         return pb.DeleteBackupResponse(bytes_freed=freed)
@@ -174,7 +174,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def WatchBackup(
         self, request: pb.GetBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Backup]:
-        for backup in self._service.watch_backup(
+        for backup in self._node.backups.watch(
             self._project(context, request.project_id), request.backup_id, context.is_active
         ):
             yield convert.backup_to_proto(backup)
@@ -184,7 +184,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         return convert.server_to_proto(
-            self._service.restore_backup(
+            self._node.backups.restore(
                 self._project(context, request.project_id), request.backup_id
             )
         )
@@ -193,7 +193,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def VerifyBackup(
         self, request: pb.VerifyBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.VerifyBackupProgress]:
-        for progress in self._service.verify_backup(
+        for progress in self._node.backups.verify(
             self._project(context, request.project_id), request.backup_id
         ):
             yield convert.verify_progress_to_proto(progress)
@@ -202,26 +202,28 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def CreateImage(
         self, request: pb.CreateImageRequest, context: grpc.ServicerContext
     ) -> pb.Image:
-        image = self._service.create_image(
-            self._project(context, request.project_id),
-            request.backup_id,
-            request.name,
-            request.description,
-            request.request_id,
+        image = self._node.images.create(
+            NewImage(
+                project_id=self._project(context, request.project_id),
+                backup_id=request.backup_id,
+                name=request.name,
+                description=request.description,
+                request_id=request.request_id,
+            )
         )
         return convert.image_to_proto(image)
 
     @rpc_method
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.Image:
         return convert.image_to_proto(
-            self._service.get_image(self._project(context, request.project_id), request.image_id)
+            self._node.images.get(self._project(context, request.project_id), request.image_id)
         )
 
     @rpc_method
     def ListImages(
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
-        page = self._service.list_images(
+        page = self._node.images.list(
             self._project(context, request.project_id), request.page_size, request.page_token
         )
         return pb.ListImagesResponse(
@@ -233,19 +235,19 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def DeleteImage(
         self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
     ) -> pb.DeleteImageResponse:
-        self._service.delete_image(self._project(context, request.project_id), request.image_id)
+        self._node.images.delete(self._project(context, request.project_id), request.image_id)
         return pb.DeleteImageResponse()
 
 
 class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
-    def __init__(self, service: RegionNodeService) -> None:
-        self._service = service
+    def __init__(self, node: RegionNode) -> None:
+        self._node = node
 
     @rpc_method
     def SetReplicationCapability(
         self, request: pb.SetReplicationCapabilityRequest, context: grpc.ServicerContext
     ) -> common_pb2.RegionInfo:
-        info = self._service.set_replication_capability(request.accepts_replication)
+        info = self._node.region.set_replication_capability(request.accepts_replication)
         return convert.region_info_to_proto(info)
 
 
@@ -255,21 +257,21 @@ REPLICA_ID_METADATA = "x-csbs-replica-id"
 class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer):
     """Calls only the coordinator makes: moving chunks and keeping replication state."""
 
-    def __init__(self, service: RegionNodeService) -> None:
-        self._service = service
+    def __init__(self, node: RegionNode) -> None:
+        self._node = node
 
     @rpc_method
     def GetBackupManifest(
         self, request: pb.GetBackupManifestRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ManifestPart]:
-        for part in self._service.manifest(request.backup_id):
+        for part in self._node.replicas.manifest(request.backup_id):
             yield convert.manifest_part_to_proto(part)
 
     @rpc_method
     def ReadChunks(
         self, request: pb.ReadChunksRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
-        for digest, data in self._service.read_chunks(list(request.hashes)):
+        for digest, data in self._node.replicas.read_chunks(list(request.hashes)):
             yield pb.Chunk(hash=digest, data=data)
 
     @rpc_method
@@ -280,7 +282,7 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         replica_id = str(metadata.get(REPLICA_ID_METADATA, ""))
         if not replica_id:
             raise InvalidArgument(f"metadata {REPLICA_ID_METADATA!r} must name the replica")
-        written, written_bytes, present = self._service.write_chunks(
+        written, written_bytes, present = self._node.replicas.write_chunks(
             replica_id, ((c.hash, c.data) for c in request_iterator)
         )
         return pb.WriteChunksResponse(
@@ -302,13 +304,13 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
                     raise InvalidArgument("CreateReplica: only the first message is a header")
                 yield from convert.manifest_entries_from_proto(message.manifest)
 
-        return convert.backup_to_proto(self._service.create_replica(spec, entries()))
+        return convert.backup_to_proto(self._node.replicas.create(spec, entries()))
 
     @rpc_method
     def FindMissingChunks(
         self, request: pb.FindMissingChunksRequest, context: grpc.ServicerContext
     ) -> pb.FindMissingChunksResponse:
-        found = self._service.find_missing_chunks(request.replica_id)
+        found = self._node.replicas.find_missing_chunks(request.replica_id)
         return pb.FindMissingChunksResponse(
             missing=found.missing,
             chunks_total=found.chunks_total,
@@ -321,13 +323,13 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def CompleteReplica(
         self, request: pb.CompleteReplicaRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
-        return convert.backup_to_proto(self._service.complete_replica(request.replica_id))
+        return convert.backup_to_proto(self._node.replicas.complete(request.replica_id))
 
     @rpc_method
     def RemoveReplica(
         self, request: pb.RemoveReplicaRequest, context: grpc.ServicerContext
     ) -> pb.RemoveReplicaResponse:
-        removed = self._service.remove_replica(request.replica_id, request.job_id)
+        removed = self._node.replicas.remove(request.replica_id, request.job_id)
         return pb.RemoveReplicaResponse(removed=removed)
 
     @rpc_method
@@ -335,18 +337,18 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         self, request: pb.RecordReplicationRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         record = convert.record_from_proto(request.record)
-        return convert.backup_to_proto(self._service.record_replication(request.backup_id, record))
+        return convert.backup_to_proto(self._node.replicas.record(request.backup_id, record))
 
     @rpc_method
     def HoldBackup(self, request: pb.HoldBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
-        return convert.backup_to_proto(self._service.hold_backup(request.backup_id, request.job_id))
+        return convert.backup_to_proto(self._node.replicas.hold(request.backup_id, request.job_id))
 
     @rpc_method
     def ReleaseBackup(
         self, request: pb.HoldBackupRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         return convert.backup_to_proto(
-            self._service.release_backup(request.backup_id, request.job_id)
+            self._node.replicas.release(request.backup_id, request.job_id)
         )
 
     @rpc_method
@@ -356,14 +358,16 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         b = request.backup
         if not request.policy_id:
             raise InvalidArgument("policy_id is required")
-        backup = self._service.create_backup(
-            b.project_id,
-            b.server_id,
-            b.name,
-            b.description,
-            list(b.disk_indexes),
-            b.request_id,
-            policy_id=request.policy_id,
+        backup = self._node.backups.create(
+            NewBackup(
+                project_id=b.project_id,
+                server_id=b.server_id,
+                name=b.name,
+                description=b.description,
+                disk_indexes=tuple(b.disk_indexes),
+                request_id=b.request_id,
+                policy_id=request.policy_id,
+            )
         )
         return convert.backup_to_proto(backup)
 
@@ -371,5 +375,5 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def SetClock(
         self, request: pb.SetClockRequest, context: grpc.ServicerContext
     ) -> pb.SetClockResponse:
-        now = self._service.set_clock(instant(request.now, "now"))
+        now = self._node.region.set_clock(instant(request.now, "now"))
         return pb.SetClockResponse(now=timestamp(now))

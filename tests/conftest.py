@@ -11,7 +11,7 @@ import pytest
 from csbs.clock import WallClock
 from csbs.config import ProjectConfig
 from region_node.config import NodeConfig
-from region_node.service import RegionNodeService
+from region_node.node import RegionNode
 from tests.harness import Cluster, write_cluster_config
 
 
@@ -48,7 +48,7 @@ def coordinated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def node_service(tmp_path: Path) -> Iterator[RegionNodeService]:
+def node_service(tmp_path: Path) -> Iterator[RegionNode]:
     """A region node's domain in this process, on a real catalog and stores in tmp_path."""
     config = NodeConfig(
         region_id="cn-north-4",
@@ -59,6 +59,6 @@ def node_service(tmp_path: Path) -> Iterator[RegionNodeService]:
         data_dir=tmp_path / "node",
         chunk_size=1 << 20,
     )
-    node = RegionNodeService(config, WallClock())
+    node = RegionNode(config, WallClock()).start()
     yield node
     node.close()

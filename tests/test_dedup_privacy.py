@@ -19,20 +19,23 @@ from region_node.models import (
     Backup,
     BackupStatus,
     ManifestEntry,
+    NewBackup,
+    NewImage,
+    NewServer,
     Origin,
     ReplicaSpec,
     ReplicationWay,
     ServerStatus,
     ServerType,
 )
-from region_node.service import RegionNodeService
+from region_node.node import RegionNode
 from tests.node_helpers import MIB, seeded_bytes
 
 DISK_BYTES = 6 * MIB
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[RegionNodeService]:
+def service(tmp_path: Path) -> Iterator[RegionNode]:
     """A region node's domain whose two projects belong to two accounts."""
     config = NodeConfig(
         region_id="cn-north-4",
@@ -46,7 +49,7 @@ def service(tmp_path: Path) -> Iterator[RegionNodeService]:
         data_dir=tmp_path / "node",
         chunk_size=MIB,
     )
-    node = RegionNodeService(config, WallClock())
+    node = RegionNode(config, WallClock()).start()
     yield node
     node.close()
 
@@ -65,27 +68,27 @@ def _content() -> bytes:
     return data + bytes(DISK_BYTES - len(data))
 
 
-def _backup_of(service: RegionNodeService, project_id: str, content: bytes) -> Backup:
-    server = service.create_server(project_id, "", 1, [DISK_BYTES], "", "")
-    service.write_disk(
+def _backup_of(service: RegionNode, project_id: str, content: bytes) -> Backup:
+    server = service.servers.create(NewServer(project_id, server_type=1, disk_sizes=(DISK_BYTES,)))
+    service.servers.write_disk(
         project_id,
         server.server_id,
         0,
         [(o, content[o : o + 4 * MIB]) for o in range(0, len(content), 4 * MIB)],
     )
-    taken = service.create_backup(project_id, server.server_id, "", "", [], "")
-    _until(lambda: service.get_backup(project_id, taken.backup_id).status != BackupStatus.CREATING)
-    done = service.get_backup(project_id, taken.backup_id)
+    taken = service.backups.create(NewBackup(project_id, server.server_id))
+    _until(lambda: service.backups.get(project_id, taken.backup_id).status != BackupStatus.CREATING)
+    done = service.backups.get(project_id, taken.backup_id)
     assert done.status == BackupStatus.AVAILABLE, done.error_reason
     return done
 
 
-def _entries(service: RegionNodeService, backup_id: str) -> list[ManifestEntry]:
-    return [e for part in service.manifest(backup_id) for e in part]
+def _entries(service: RegionNode, backup_id: str) -> list[ManifestEntry]:
+    return [e for part in service.replicas.manifest(backup_id) for e in part]
 
 
 def _replica(
-    service: RegionNodeService, project_id: str, source: Backup, job_id: str
+    service: RegionNode, project_id: str, source: Backup, job_id: str
 ) -> tuple[str, list[ManifestEntry]]:
     """A replica in `project_id` of the backup `source`, as the coordinator would make it."""
     entries = _entries(service, source.backup_id)
@@ -105,7 +108,7 @@ def _replica(
         ),
         job_id=job_id,
     )
-    replica = service.create_replica(spec, entries)
+    replica = service.replicas.create(spec, entries)
     assert replica.status == BackupStatus.REPLICATING
     return replica.backup_id, entries
 
@@ -121,8 +124,8 @@ def _cut_after(chunks: list[tuple[bytes, bytes]], n: int) -> Iterator[tuple[byte
     raise ConnectionError("stream cut")
 
 
-def _arrivals(service: RegionNodeService, replica_id: str) -> int:
-    with service._catalog.read() as conn:
+def _arrivals(service: RegionNode, replica_id: str) -> int:
+    with service.parts.catalog.read() as conn:
         return int(
             conn.execute(
                 "SELECT COUNT(*) FROM replica_arrivals WHERE replica_id = ?", (replica_id,)
@@ -130,14 +133,14 @@ def _arrivals(service: RegionNodeService, replica_id: str) -> int:
         )
 
 
-def test_another_accounts_chunks_are_not_reported_held(service: RegionNodeService) -> None:
+def test_another_accounts_chunks_are_not_reported_held(service: RegionNode) -> None:
     content = _content()
     theirs = _backup_of(service, "b1", content)
     stored = service.stored_bytes()
 
     replica_id, entries = _replica(service, "a1", theirs, "job-a")
     assert len(entries) == 5
-    found = service.find_missing_chunks(replica_id)
+    found = service.replicas.find_missing_chunks(replica_id)
     assert found.missing == list(dict.fromkeys(e.hash for e in entries))
     assert len(found.missing) == 4  # the two equal chunks are asked for once
     assert found.chunks_total == 5
@@ -147,32 +150,32 @@ def test_another_accounts_chunks_are_not_reported_held(service: RegionNodeServic
 
     # What arrived for a replica of account B does not count for account A either.
     theirs_too, _ = _replica(service, "b1", theirs, "job-b")
-    service.write_chunks(theirs_too, list(_chunks(content, entries).items()))
-    again = service.find_missing_chunks(replica_id)
+    service.replicas.write_chunks(theirs_too, list(_chunks(content, entries).items()))
+    again = service.replicas.find_missing_chunks(replica_id)
     assert again.missing == found.missing
     assert again.chunks_already_held == 0
 
     # Sent again, the chunks are accepted, though the store keeps their bytes only once.
-    written, written_bytes, present = service.write_chunks(
+    written, written_bytes, present = service.replicas.write_chunks(
         replica_id, list(_chunks(content, entries).items())
     )
     assert (written, written_bytes, present) == (0, 0, 4)
     assert service.stored_bytes() == stored
 
 
-def test_a_resumed_job_does_not_resend_what_arrived(service: RegionNodeService) -> None:
+def test_a_resumed_job_does_not_resend_what_arrived(service: RegionNode) -> None:
     content = _content()
     theirs = _backup_of(service, "b1", content)
     replica_id, entries = _replica(service, "a1", theirs, "job-a")
-    first = service.find_missing_chunks(replica_id)
+    first = service.replicas.find_missing_chunks(replica_id)
     by_hash = _chunks(content, entries)
     to_send = [(h, by_hash[h]) for h in first.missing]
 
     with pytest.raises(ConnectionError, match="stream cut"):
-        service.write_chunks(replica_id, _cut_after(to_send, 2))
+        service.replicas.write_chunks(replica_id, _cut_after(to_send, 2))
     assert _arrivals(service, replica_id) == 2
 
-    resumed = service.find_missing_chunks(replica_id)
+    resumed = service.replicas.find_missing_chunks(replica_id)
     arrived = {h for h, _ in to_send[:2]}
     assert resumed.missing == [h for h, _ in to_send[2:]]
     held = [e for e in entries if e.hash in arrived]
@@ -183,65 +186,69 @@ def test_a_resumed_job_does_not_resend_what_arrived(service: RegionNodeService) 
 
     # What arrived for one replica of account A counts for another of the same account.
     second_id, _ = _replica(service, "a1", theirs, "job-a2")
-    assert service.find_missing_chunks(second_id).missing == resumed.missing
+    assert service.replicas.find_missing_chunks(second_id).missing == resumed.missing
 
-    service.write_chunks(replica_id, [(h, by_hash[h]) for h in resumed.missing])
-    done = service.find_missing_chunks(replica_id)
+    service.replicas.write_chunks(replica_id, [(h, by_hash[h]) for h in resumed.missing])
+    done = service.replicas.find_missing_chunks(replica_id)
     assert done.missing == []
     assert done.chunks_already_held == done.chunks_total == 5
 
     # Removing the other replica removes what arrived for it.
-    service.write_chunks(second_id, to_send[:1])
+    service.replicas.write_chunks(second_id, to_send[:1])
     assert _arrivals(service, second_id) == 1
-    assert service.remove_replica(second_id, "")
+    assert service.replicas.remove(second_id, "")
     assert _arrivals(service, second_id) == 0
 
 
-def test_a_completed_replica_counts_for_its_account(service: RegionNodeService) -> None:
+def test_a_completed_replica_counts_for_its_account(service: RegionNode) -> None:
     content = _content()
     theirs = _backup_of(service, "b1", content)
     replica_id, entries = _replica(service, "a1", theirs, "job-a")
     by_hash = _chunks(content, entries)
-    service.write_chunks(replica_id, list(by_hash.items()))
-    completed = service.complete_replica(replica_id)
+    service.replicas.write_chunks(replica_id, list(by_hash.items()))
+    completed = service.replicas.complete(replica_id)
     assert completed.status == BackupStatus.AVAILABLE
     assert _arrivals(service, replica_id) == 0
 
     # The completed replica itself: a job resumed after completing it asks for nothing.
-    assert service.find_missing_chunks(replica_id).missing == []
+    assert service.replicas.find_missing_chunks(replica_id).missing == []
 
     second_id, _ = _replica(service, "a1", theirs, "job-a2")
-    found = service.find_missing_chunks(second_id)
+    found = service.replicas.find_missing_chunks(second_id)
     assert found.missing == []
     assert found.chunks_already_held == found.chunks_total == 5
     assert found.bytes_already_held == found.bytes_total
-    assert service.complete_replica(second_id).status == BackupStatus.AVAILABLE
+    assert service.replicas.complete(second_id).status == BackupStatus.AVAILABLE
 
     # Account B's view is unchanged by account A's replicas: its own backup holds the chunks.
     theirs_replica, _ = _replica(service, "b1", theirs, "job-b")
-    assert service.find_missing_chunks(theirs_replica).missing == []
+    assert service.replicas.find_missing_chunks(theirs_replica).missing == []
 
 
-def test_a_completed_replica_reads_back_its_content(service: RegionNodeService) -> None:
+def test_a_completed_replica_reads_back_its_content(service: RegionNode) -> None:
     content = _content()
     theirs = _backup_of(service, "b1", content)
     replica_id, entries = _replica(service, "a1", theirs, "job-a")
     by_hash = _chunks(content, entries)
     with pytest.raises(ConnectionError):
-        service.write_chunks(replica_id, _cut_after(list(by_hash.items()), 1))
-    left = service.find_missing_chunks(replica_id).missing
-    service.write_chunks(replica_id, [(h, by_hash[h]) for h in left])
-    service.complete_replica(replica_id)
+        service.replicas.write_chunks(replica_id, _cut_after(list(by_hash.items()), 1))
+    left = service.replicas.find_missing_chunks(replica_id).missing
+    service.replicas.write_chunks(replica_id, [(h, by_hash[h]) for h in left])
+    service.replicas.complete(replica_id)
 
     # Deleting account B's backup leaves account A's replica whole.
-    service.delete_backup("b1", theirs.backup_id)
+    service.backups.delete("b1", theirs.backup_id)
 
     hashes = [e.hash for e in _entries(service, replica_id)]
-    assert [data for _, data in service.read_chunks(hashes)] == [by_hash[h] for h in hashes]
+    assert [data for _, data in service.replicas.read_chunks(hashes)] == [
+        by_hash[h] for h in hashes
+    ]
 
-    image = service.create_image("a1", replica_id, "", "", "")
-    server = service.create_server("a1", "", 0, [], image.image_id, "")
-    _until(lambda: service.get_server("a1", server.server_id).status != ServerStatus.CREATING)
-    assert service.get_server("a1", server.server_id).status == ServerStatus.ACTIVE
-    restored = b"".join(data for _, data in service.read_disk("a1", server.server_id, 0, 0, 0))
+    image = service.images.create(NewImage("a1", replica_id))
+    server = service.servers.create(NewServer("a1", image_id=image.image_id))
+    _until(lambda: service.servers.get("a1", server.server_id).status != ServerStatus.CREATING)
+    assert service.servers.get("a1", server.server_id).status == ServerStatus.ACTIVE
+    restored = b"".join(
+        data for _, data in service.servers.read_disk("a1", server.server_id, 0, 0, 0)
+    )
     assert restored == content

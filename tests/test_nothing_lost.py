@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ from csbs.clock import WallClock
 from csbs.config import ProjectConfig
 from csbs.errors import FailedPrecondition
 from region_node.config import NodeConfig
-from region_node.models import BackupStatus, ServerStatus
-from region_node.service import ChunkSizeMismatch, RegionNodeService
+from region_node.engine.fill import FillEngine
+from region_node.models import BackupStatus, NewBackup, NewImage, NewServer, ServerStatus
+from region_node.node import ChunkSizeMismatch, RegionNode
 from region_node.storage import fileio
+from region_node.storage.disks import DiskGone
 from tests.node_helpers import MIB, seeded_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,43 +47,45 @@ def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def _settled_backup(node: RegionNodeService, backup_id: str) -> BackupStatus:
-    _until(lambda: node.get_backup("", backup_id).status != BackupStatus.CREATING)
-    return node.get_backup("", backup_id).status
+def _settled_backup(node: RegionNode, backup_id: str) -> BackupStatus:
+    _until(lambda: node.backups.get("", backup_id).status != BackupStatus.CREATING)
+    return node.backups.get("", backup_id).status
 
 
-def _read_all(node: RegionNodeService, server_id: str, disk_index: int = 0) -> bytes:
-    return b"".join(data for _, data in node.read_disk("", server_id, disk_index, 0, 0))
+def _read_all(node: RegionNode, server_id: str, disk_index: int = 0) -> bytes:
+    return b"".join(data for _, data in node.servers.read_disk("", server_id, disk_index, 0, 0))
 
 
-def _server_from(node: RegionNodeService, backup_id: str) -> str:
-    image = node.create_image("", backup_id, "", "", "")
-    server = node.create_server("", "", 0, [], image.image_id, "")
-    _until(lambda: node.get_server("", server.server_id).status != ServerStatus.CREATING)
-    got = node.get_server("", server.server_id)
+def _server_from(node: RegionNode, backup_id: str) -> str:
+    image = node.images.create(NewImage("", backup_id))
+    server = node.servers.create(NewServer("", image_id=image.image_id))
+    _until(lambda: node.servers.get("", server.server_id).status != ServerStatus.CREATING)
+    got = node.servers.get("", server.server_id)
     assert got.status == ServerStatus.ACTIVE, got.error_reason
     return server.server_id
 
 
 def test_a_backup_reusing_chunks_of_a_backup_being_deleted_keeps_them(
-    node_service: RegionNodeService, monkeypatch: pytest.MonkeyPatch
+    node_service: RegionNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Seen 1: NEW finds every chunk already stored by OLD; OLD is deleted while NEW is being
     read. NEW must end available with every chunk (the chunks it found are pinned)."""
     node = node_service
     data = seeded_bytes(10, 8 * MIB)
-    first = node.create_server("", "first", 1, [8 * MIB], "", "")
-    second = node.create_server("", "second", 1, [8 * MIB], "", "")
+    first = node.servers.create(NewServer("", name="first", server_type=1, disk_sizes=(8 * MIB,)))
+    second = node.servers.create(NewServer("", name="second", server_type=1, disk_sizes=(8 * MIB,)))
     for server in (first, second):
-        node.write_disk("", server.server_id, 0, [(0, data[: 4 * MIB]), (4 * MIB, data[4 * MIB :])])
-    old = node.create_backup("", first.server_id, "old", "", [], "")
+        node.servers.write_disk(
+            "", server.server_id, 0, [(0, data[: 4 * MIB]), (4 * MIB, data[4 * MIB :])]
+        )
+    old = node.backups.create(NewBackup("", first.server_id, name="old"))
     assert _settled_backup(node, old.backup_id) == BackupStatus.AVAILABLE
 
     half_read = threading.Event()
     release = threading.Event()
     reads = {"n": 0}
     lock = threading.Lock()
-    original = node._backup_read
+    original = node.backup_engine.read_chunk
 
     def held_read(plan: Any, chunk_index: int) -> None:
         original(plan, chunk_index)
@@ -92,10 +96,10 @@ def test_a_backup_reusing_chunks_of_a_backup_being_deleted_keeps_them(
         if reads["n"] >= 4:
             assert release.wait(30)
 
-    monkeypatch.setattr(node, "_backup_read", held_read)
-    new = node.create_backup("", second.server_id, "new", "", [], "")
+    monkeypatch.setattr(node.backup_engine, "read_chunk", held_read)
+    new = node.backups.create(NewBackup("", second.server_id, name="new"))
     assert half_read.wait(30)
-    node.delete_backup("", old.backup_id)  # NEW has captured half its chunks, all found stored
+    node.backups.delete("", old.backup_id)  # NEW has captured half its chunks, all found stored
     release.set()
 
     assert _settled_backup(node, new.backup_id) == BackupStatus.AVAILABLE
@@ -140,24 +144,24 @@ class _GateThatWritesOnRelease:
 
 
 def test_a_write_landing_as_a_backup_opens_its_gates_is_kept_out_of_it_and_not_lost(
-    node_service: RegionNodeService,
+    node_service: RegionNode,
 ) -> None:
     """Seen 7a: a write landing between the backup's gates opening and its capture map being
     published failed INTERNAL and dropped a chunk from a backup then marked available."""
     node = node_service
-    server = node.create_server("", "", 1, [4 * MIB], "", "")
+    server = node.servers.create(NewServer("", server_type=1, disk_sizes=(4 * MIB,)))
     before = seeded_bytes(20, 4 * MIB)
-    node.write_disk("", server.server_id, 0, [(0, before)])
+    node.servers.write_disk("", server.server_id, 0, [(0, before)])
     during = seeded_bytes(21, MIB)
-    disk = node._disk_state(server.disks[0].disk_id)
+    disk = node.parts.disk(server.disks[0].disk_id)
 
     def write_during() -> None:
-        node.write_disk("", server.server_id, 0, [(MIB, during)])
+        node.servers.write_disk("", server.server_id, 0, [(MIB, during)])
 
     gate = _GateThatWritesOnRelease(disk, write_during)
     disk.gate = gate  # type: ignore[assignment]
 
-    taken = node.create_backup("", server.server_id, "", "", [], "")
+    taken = node.backups.create(NewBackup("", server.server_id))
     assert gate.fired and gate.error is None, gate.error
     assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
     assert _read_all(node, server.server_id) == before[:MIB] + during + before[2 * MIB :]
@@ -165,36 +169,36 @@ def test_a_write_landing_as_a_backup_opens_its_gates_is_kept_out_of_it_and_not_l
 
 
 def test_restore_and_a_first_use_of_a_disk_never_hold_locks_in_opposite_orders(
-    node_service: RegionNodeService,
+    node_service: RegionNode,
 ) -> None:
     """Seen 7b: restore_backup held the catalog and then waited for the disks lock, while a
     disk's first use held the disks lock and then read the catalog: two calls could stop the
     node. Now nobody waits for the disks lock while holding the catalog."""
     node = node_service
-    server = node.create_server("", "", 1, [2 * MIB], "", "")
-    node.write_disk("", server.server_id, 0, [(0, seeded_bytes(30, MIB))])
-    taken = node.create_backup("", server.server_id, "", "", [], "")
+    server = node.servers.create(NewServer("", server_type=1, disk_sizes=(2 * MIB,)))
+    node.servers.write_disk("", server.server_id, 0, [(0, seeded_bytes(30, MIB))])
+    taken = node.backups.create(NewBackup("", server.server_id))
     assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
 
     errors: list[BaseException] = []
 
     def restore() -> None:
         try:
-            node.restore_backup("", taken.backup_id)
+            node.backups.restore("", taken.backup_id)
         except BaseException as exc:
             errors.append(exc)
 
-    with node._disks_lock:  # as a disk's first use holds it
+    with node.parts._disks_lock:  # as a disk's first use holds it
         restorer = threading.Thread(target=restore)
         restorer.start()
         time.sleep(0.3)
         # That first use now reads the catalog: it must not be held by a waiting restore.
-        got = node._catalog._lock.acquire(timeout=3)
+        got = node.parts.catalog._lock.acquire(timeout=3)
         assert got, "restore_backup waits for the disks lock while holding the catalog"
-        node._catalog._lock.release()
+        node.parts.catalog._lock.release()
     restorer.join(30)
     assert not restorer.is_alive() and not errors, errors
-    _until(lambda: node.get_server("", server.server_id).status == ServerStatus.ACTIVE)
+    _until(lambda: node.servers.get("", server.server_id).status == ServerStatus.ACTIVE)
 
 
 def test_a_restore_resumed_at_start_keeps_its_backup_from_deletion(
@@ -204,33 +208,33 @@ def test_a_restore_resumed_at_start_keeps_its_backup_from_deletion(
     the backup could be deleted under the restore. The state a kill leaves (server and backup
     RESTORING, no work running) is made by a node whose restore work never starts."""
     data = seeded_bytes(40, 4 * MIB)
-    first = RegionNodeService(_config(tmp_path / "node"), WallClock())
-    server = first.create_server("", "", 1, [4 * MIB], "", "")
-    first.write_disk("", server.server_id, 0, [(0, data)])
-    taken = first.create_backup("", server.server_id, "", "", [], "")
+    first = RegionNode(_config(tmp_path / "node"), WallClock()).start()
+    server = first.servers.create(NewServer("", server_type=1, disk_sizes=(4 * MIB,)))
+    first.servers.write_disk("", server.server_id, 0, [(0, data)])
+    taken = first.backups.create(NewBackup("", server.server_id))
     assert _settled_backup(first, taken.backup_id) == BackupStatus.AVAILABLE
-    first.write_disk("", server.server_id, 0, [(0, bytes(MIB))])
-    monkeypatch.setattr(first, "_start_fill", lambda *args, **kwargs: None)
-    first.restore_backup("", taken.backup_id)
+    first.servers.write_disk("", server.server_id, 0, [(0, bytes(MIB))])
+    monkeypatch.setattr(first.fill, "start", lambda *args, **kwargs: None)
+    first.backups.restore("", taken.backup_id)
     first.close()  # as if killed: the restore never ran
 
     release = threading.Event()
-    original = RegionNodeService._fill
+    original = FillEngine._fill
 
-    def held_fill(self: RegionNodeService, *args: Any) -> None:
+    def held_fill(self: FillEngine, *args: Any) -> None:
         assert release.wait(30)
         original(self, *args)
 
-    monkeypatch.setattr(RegionNodeService, "_fill", held_fill)
-    again = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    monkeypatch.setattr(FillEngine, "_fill", held_fill)
+    again = RegionNode(_config(tmp_path / "node"), WallClock()).start()
     try:
-        assert again.get_backup("", taken.backup_id).status == BackupStatus.RESTORING
+        assert again.backups.get("", taken.backup_id).status == BackupStatus.RESTORING
         with pytest.raises(FailedPrecondition, match="restoring"):
-            again.delete_backup("", taken.backup_id)
+            again.backups.delete("", taken.backup_id)
         release.set()
-        _until(lambda: again.get_server("", server.server_id).status == ServerStatus.ACTIVE)
+        _until(lambda: again.servers.get("", server.server_id).status == ServerStatus.ACTIVE)
         assert _read_all(again, server.server_id) == data
-        assert again.get_backup("", taken.backup_id).status == BackupStatus.AVAILABLE
+        assert again.backups.get("", taken.backup_id).status == BackupStatus.AVAILABLE
     finally:
         release.set()
         again.close()
@@ -241,21 +245,30 @@ def test_disk_files_no_server_names_are_removed(
 ) -> None:
     """Seen 6: a create whose transaction failed, or a node killed while creating a server,
     left disk files no catalog row names."""
-    node = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    node = RegionNode(_config(tmp_path / "node"), WallClock()).start()
     disks = tmp_path / "node" / "disks"
-    kept = node.create_server("", "", 1, [MIB], "", "")
+    kept = node.servers.create(NewServer("", server_type=1, disk_sizes=(MIB,)))
 
     def failing_insert(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("the transaction failed")
 
-    monkeypatch.setattr(node, "_insert_server", failing_insert)
+    monkeypatch.setattr(node.servers, "_insert", failing_insert)
     with pytest.raises(RuntimeError):
-        node.create_server("", "", 1, [MIB, 2 * MIB], "", "")
+        node.servers.create(
+            NewServer(
+                "",
+                server_type=1,
+                disk_sizes=(
+                    MIB,
+                    2 * MIB,
+                ),
+            )
+        )
     assert sorted(p.stem for p in disks.glob("*.disk")) == [kept.disks[0].disk_id]
     node.close()
 
     (disks / "0b5e7d1c-left-by-a-kill.disk").write_bytes(b"x" * 4096)  # as a kill leaves it
-    again = RegionNodeService(_config(tmp_path / "node"), WallClock())
+    again = RegionNode(_config(tmp_path / "node"), WallClock()).start()
     try:
         assert sorted(p.stem for p in disks.glob("*.disk")) == [kept.disks[0].disk_id]
     finally:
@@ -266,12 +279,12 @@ def test_a_node_refuses_to_start_on_data_written_with_another_chunk_size(
     tmp_path: Path,
 ) -> None:
     """Seen 7c: another cluster.chunk_size on existing data silently corrupted restores."""
-    RegionNodeService(_config(tmp_path / "node", chunk_size=MIB), WallClock()).close()
+    RegionNode(_config(tmp_path / "node", chunk_size=MIB), WallClock()).start().close()
     with pytest.raises(
         ChunkSizeMismatch, match=r"chunk_size 1048576 but cluster\.chunk_size is 262144"
     ):
-        RegionNodeService(_config(tmp_path / "node", chunk_size=256 * 1024), WallClock())
-    RegionNodeService(_config(tmp_path / "node", chunk_size=MIB), WallClock()).close()
+        RegionNode(_config(tmp_path / "node", chunk_size=256 * 1024), WallClock())
+    RegionNode(_config(tmp_path / "node", chunk_size=MIB), WallClock()).start().close()
 
 
 def test_every_write_writes_all_or_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,3 +304,35 @@ def test_every_write_writes_all_or_raises(tmp_path: Path, monkeypatch: pytest.Mo
         assert fileio.out_of_space(raised.value)
     finally:
         os.close(fd)
+
+
+def test_a_read_or_write_racing_the_deletion_of_its_server_is_refused_never_internal(
+    node_service: RegionNode,
+) -> None:
+    """Found by the seeded fault test: a deletion closed and unlinked a disk file while a read
+    was streaming it (and a write was about to flush it); the next use reopened the path and
+    failed with FileNotFoundError (INTERNAL), or could have used a descriptor number already
+    reused for another file. Now I/O in progress keeps the descriptor open, and any I/O after
+    the deletion is DiskGone (FAILED_PRECONDITION)."""
+    node = node_service
+
+    def deleted(server_id: str, disk_id: str) -> None:
+        node.servers.delete("", server_id)
+        _until(lambda: not (node.parts.disk_dir / f"{disk_id}.disk").exists())
+
+    reader = node.servers.create(NewServer("", disk_sizes=(4 * MIB,)))
+    node.servers.write_disk("", reader.server_id, 0, [(0, seeded_bytes(50, 4 * MIB))])
+    reading = node.servers.read_disk("", reader.server_id, 0, 0, 0)
+    assert next(reading)[1] == seeded_bytes(50, 4 * MIB)[:MIB]
+    deleted(reader.server_id, reader.disks[0].disk_id)
+    with pytest.raises(DiskGone):
+        next(reading)
+
+    writer = node.servers.create(NewServer("", disk_sizes=(4 * MIB,)))
+
+    def writes() -> Iterator[tuple[int, bytes]]:
+        yield 0, b"x" * 4096
+        deleted(writer.server_id, writer.disks[0].disk_id)  # then the stream ends: a flush
+
+    with pytest.raises(DiskGone):
+        node.servers.write_disk("", writer.server_id, 0, writes())

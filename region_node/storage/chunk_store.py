@@ -37,6 +37,7 @@ import blake3
 
 from csbs.errors import ChunkCorrupted
 from region_node.catalog import Catalog
+from region_node.catalog import chunks as index_of_chunks
 from region_node.storage.fileio import drop_cache, fsync_dir, punch_hole, write_all, writev_all
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,7 @@ class ChunkStore:
             if digest in self._pending:
                 return True
         with self._catalog.read() as conn:
-            row = conn.execute("SELECT 1 FROM chunks WHERE hash = ?", (digest,)).fetchone()
-        return row is not None
+            return index_of_chunks.location(conn, digest) is not None
 
     def put(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
         """Writes a chunk unless the store has it, and pins it either way (see the module's
@@ -248,10 +248,7 @@ class ChunkStore:
                 for d in digests
                 if (loc := self._pending.get(d)) is not None
             ]
-        conn.executemany(
-            "INSERT OR IGNORE INTO chunks(hash, pack_id, offset, length) VALUES (?, ?, ?, ?)",
-            rows,
-        )
+        index_of_chunks.add(conn, rows)
 
     def forget_pending(self, digests: Iterable[bytes]) -> None:
         """After the transaction that indexed them has committed."""
@@ -266,10 +263,8 @@ class ChunkStore:
         if loc is not None:
             return loc
         with self._catalog.read() as conn:
-            row = conn.execute(
-                "SELECT pack_id, offset, length FROM chunks WHERE hash = ?", (digest,)
-            ).fetchone()
-        return ChunkLocation(*row) if row else None
+            row = index_of_chunks.location(conn, digest)
+        return ChunkLocation(row["pack_id"], row["offset"], row["length"]) if row else None
 
     def _read_fd(self, pack_id: int) -> int:
         with self._lock:
@@ -331,7 +326,7 @@ class ChunkStore:
         for d in set(digests):
             if d in kept:
                 continue
-            if conn.execute("SELECT 1 FROM manifest WHERE hash = ? LIMIT 1", (d,)).fetchone():
+            if index_of_chunks.named_by_a_manifest(conn, d):
                 continue
             out.append(d)
         return out
@@ -341,12 +336,10 @@ class ChunkStore:
         were, for `release()` once the transaction has committed."""
         locations = []
         for d in digests:
-            row = conn.execute(
-                "SELECT pack_id, offset, length FROM chunks WHERE hash = ?", (d,)
-            ).fetchone()
+            row = index_of_chunks.location(conn, d)
             if row:
-                locations.append(ChunkLocation(*row))
-                conn.execute("DELETE FROM chunks WHERE hash = ?", (d,))
+                locations.append(ChunkLocation(row["pack_id"], row["offset"], row["length"]))
+                index_of_chunks.remove(conn, d)
         return locations
 
     def release(self, locations: Iterable[ChunkLocation]) -> None:
@@ -371,9 +364,7 @@ class ChunkStore:
                 return
             if any(loc.pack_id == pack_id for loc in self._pending.values()):
                 return
-            if conn.execute(
-                "SELECT 1 FROM chunks WHERE pack_id = ? LIMIT 1", (pack_id,)
-            ).fetchone():
+            if index_of_chunks.pack_holds_any(conn, pack_id):
                 return
             fd = self._read_fds.pop(pack_id, None)
             if fd is not None:
@@ -384,22 +375,13 @@ class ChunkStore:
         """At start, before anything is written: removes what a crash left behind (chunks
         indexed but unreferenced, pack space never indexed). Returns bytes given back."""
         with self._catalog.transaction() as conn:
-            orphans = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT hash FROM chunks WHERE NOT EXISTS "
-                    "(SELECT 1 FROM manifest WHERE manifest.hash = chunks.hash)"
-                )
-            ]
+            orphans = index_of_chunks.named_by_no_manifest(conn)
             freed_locations = self.unindex(conn, orphans)
         self.release(freed_locations)
         freed = sum(loc.length for loc in freed_locations)
         for pack_id in self._pack_ids_on_disk():
             with self._catalog.read() as conn:
-                extents = conn.execute(
-                    "SELECT offset, length FROM chunks WHERE pack_id = ? ORDER BY offset",
-                    (pack_id,),
-                ).fetchall()
+                extents = index_of_chunks.extents_of_pack(conn, pack_id)
             path = self._pack_path(pack_id)
             if not extents:
                 freed += path.stat().st_size

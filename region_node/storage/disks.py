@@ -8,10 +8,13 @@ since its base backup, so writes that arrive after that point are not in it, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from csbs.errors import FailedPrecondition
 
 STRIPES = 64
 
@@ -34,6 +37,13 @@ class BackupSession:
         self.failure: BaseException | None = None
 
 
+class DiskGone(FailedPrecondition):
+    """I/O on a disk whose server has been deleted (or is being deleted)."""
+
+    def __init__(self, disk_id: str) -> None:
+        super().__init__(f"disk {disk_id} is gone: its server has been deleted")
+
+
 class DiskState:
     def __init__(self, disk_id: str, path: Path, size_bytes: int, epoch: int) -> None:
         self.disk_id = disk_id
@@ -45,14 +55,33 @@ class DiskState:
         self.session: BackupSession | None = None
         self.busy = ""  # non-empty while a restore owns the disk: why writes are refused
         self._fd: int | None = None
-        self._fd_lock = threading.Lock()
+        self._fd_lock = threading.Lock()  # a leaf
+        self._users = 0  # I/O in progress on the descriptor
+        self._close_when_idle = False
+        self.removed = False
 
-    @property
-    def fd(self) -> int:
+    @contextlib.contextmanager
+    def io(self) -> Iterator[int]:
+        """The disk file's descriptor, kept open while the block runs: a deletion or close meanwhile
+        closes it only once the last user is done, so a descriptor number is never used after
+        it was closed (and perhaps reused for another file). A disk removed is DiskGone."""
         with self._fd_lock:
+            if self.removed:
+                raise DiskGone(self.disk_id)
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR)
-            return self._fd
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR)
+                except FileNotFoundError as exc:
+                    raise DiskGone(self.disk_id) from exc
+            self._users += 1
+            fd = self._fd
+        try:
+            yield fd
+        finally:
+            with self._fd_lock:
+                self._users -= 1
+                if not self._users and self._close_when_idle:
+                    self._close_now()
 
     def create_file(self) -> None:
         """A new, sparse disk: no block is allocated until written."""
@@ -66,10 +95,20 @@ class DiskState:
 
     def close(self) -> None:
         with self._fd_lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            if self._users:
+                self._close_when_idle = True
+            else:
+                self._close_now()
+
+    def _close_now(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._close_when_idle = False
 
     def remove_file(self) -> None:
+        """Deletes the disk's file; I/O still running on it ends first, later I/O is DiskGone."""
+        with self._fd_lock:
+            self.removed = True
         self.close()
         self.path.unlink(missing_ok=True)

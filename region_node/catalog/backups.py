@@ -1,0 +1,464 @@
+"""Backups and replicas (a replica is a backup whose origin is another region), their disks,
+their manifests (every non-zero chunk of every disk), replication records and holds."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from csbs.errors import BackupNotFound
+from region_node.catalog import Row
+from region_node.models import (
+    Backup,
+    BackupStatus,
+    Disk,
+    ManifestEntry,
+    Origin,
+    RecordStatus,
+    ReplicationRecord,
+    ReplicationWay,
+    ServerStatus,
+    ServerType,
+)
+
+BACKUP_COLUMNS = (
+    "backup_id, project_id, name, description, server_id, server_type, status, error_reason, "
+    "bytes_to_read, bytes_read, bytes_stored, policy_id, origin_replicated, origin_region_id, "
+    "origin_project_id, origin_backup_id, origin_way, origin_policy_id, origin_job_id, "
+    "created_at, updated_at, completed_at"
+)
+# States that exist only while work runs; see region_node.node for what start-up does with them.
+WORKING = (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.REPLICATING)
+# A backup that holds every chunk it names: it can be a base, a dedup source, restored.
+WHOLE = (BackupStatus.AVAILABLE, BackupStatus.RESTORING)
+
+
+def _at(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def row(conn: sqlite3.Connection, project_id: str | None, backup_id: str) -> Row:
+    """The backup's row; in `project_id` unless it is None (the coordinator's own calls)."""
+    found: Row | None = conn.execute(
+        f"SELECT {BACKUP_COLUMNS} FROM backups WHERE backup_id = ?", (backup_id,)
+    ).fetchone()
+    if found is None or (project_id is not None and found["project_id"] != project_id):
+        raise BackupNotFound(backup_id)
+    return found
+
+
+def to_backup(conn: sqlite3.Connection, r: Row, bytes_read: int | None = None) -> Backup:
+    """The backup of a row, with its disks, records and images; `bytes_read` of running work
+    when known (it is kept in memory while the backup runs)."""
+    backup_id = r["backup_id"]
+    now = datetime.now(UTC)
+    return Backup(
+        backup_id=backup_id,
+        project_id=r["project_id"],
+        name=r["name"],
+        description=r["description"],
+        server_id=r["server_id"],
+        server_type=ServerType(r["server_type"]),
+        disks=disks(conn, backup_id),
+        status=BackupStatus(r["status"]),
+        error_reason=r["error_reason"],
+        bytes_to_read=r["bytes_to_read"],
+        bytes_read=r["bytes_read"] if bytes_read is None else bytes_read,
+        bytes_stored=r["bytes_stored"],
+        policy_id=r["policy_id"],
+        origin=Origin(
+            replicated=bool(r["origin_replicated"]),
+            source_region_id=r["origin_region_id"],
+            source_project_id=r["origin_project_id"],
+            source_backup_id=r["origin_backup_id"],
+            way=ReplicationWay(r["origin_way"]),
+            policy_id=r["origin_policy_id"],
+            job_id=r["origin_job_id"],
+        ),
+        replications=records(conn, backup_id),
+        image_ids=tuple(
+            i["image_id"]
+            for i in conn.execute(
+                "SELECT image_id FROM images WHERE backup_id = ? ORDER BY seq", (backup_id,)
+            )
+        ),
+        created_at=_at(r["created_at"]) or now,
+        updated_at=_at(r["updated_at"]) or now,
+        completed_at=_at(r["completed_at"]),
+    )
+
+
+def disks(conn: sqlite3.Connection, backup_id: str) -> tuple[Disk, ...]:
+    return tuple(
+        Disk(r["disk_index"], r["disk_id"], r["size_bytes"])
+        for r in conn.execute(
+            "SELECT disk_index, disk_id, size_bytes FROM backup_disks WHERE backup_id = ? "
+            "ORDER BY disk_index",
+            (backup_id,),
+        )
+    )
+
+
+def records(conn: sqlite3.Connection, backup_id: str) -> tuple[ReplicationRecord, ...]:
+    now = datetime.now(UTC)
+    return tuple(
+        ReplicationRecord(
+            target_region_id=r["target_region_id"],
+            target_project_id=r["target_project_id"],
+            replica_id=r["replica_id"],
+            way=ReplicationWay(r["way"]),
+            policy_id=r["policy_id"],
+            job_id=r["job_id"],
+            status=RecordStatus(r["status"]),
+            failure_reason=r["failure_reason"],
+            replica_deleted=bool(r["replica_deleted"]),
+            updated_at=_at(r["updated_at"]) or now,
+        )
+        for r in conn.execute(
+            "SELECT target_region_id, target_project_id, replica_id, way, policy_id, job_id, "
+            "status, failure_reason, replica_deleted, updated_at FROM replication_records "
+            "WHERE backup_id = ? ORDER BY updated_at",
+            (backup_id,),
+        )
+    )
+
+
+def insert(
+    conn: sqlite3.Connection,
+    backup_id: str,
+    project_id: str,
+    name: str,
+    description: str,
+    server_id: str,
+    server_type: int,
+    policy_id: str,
+    seq: int,
+    now: float,
+) -> None:
+    """A backup being taken (CREATING)."""
+    conn.execute(
+        "INSERT INTO backups(backup_id, project_id, name, description, server_id, "
+        "server_type, status, policy_id, created_at, updated_at, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            backup_id,
+            project_id,
+            name,
+            description,
+            server_id,
+            server_type,
+            BackupStatus.CREATING,
+            policy_id,
+            now,
+            now,
+            seq,
+        ),
+    )
+
+
+def insert_disks(
+    conn: sqlite3.Connection, backup_id: str, rows: Iterable[Disk], epoch: int
+) -> None:
+    conn.executemany(
+        "INSERT INTO backup_disks(backup_id, disk_index, disk_id, size_bytes, epoch) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(backup_id, d.disk_index, d.disk_id, d.size_bytes, epoch) for d in rows],
+    )
+
+
+def base_of(conn: sqlite3.Connection, disk_id: str, backup_id: str) -> Row | None:
+    """The newest whole backup made here of a disk (not `backup_id`): an incremental backup
+    reads only what was written since its epoch and shares the rest of its manifest."""
+    found: Row | None = conn.execute(
+        "SELECT bd.backup_id, bd.epoch, bd.disk_index FROM backup_disks bd "
+        "JOIN backups b ON b.backup_id = bd.backup_id "
+        "WHERE bd.disk_id = ? AND b.status IN (?, ?) AND b.origin_replicated = 0 "
+        "AND bd.backup_id != ? ORDER BY bd.epoch DESC LIMIT 1",
+        (disk_id, *WHOLE, backup_id),
+    ).fetchone()
+    return found
+
+
+def share_manifest(
+    conn: sqlite3.Connection, backup_id: str, disk_index: int, base: Row, todo: list[int]
+) -> None:
+    """The manifest rows of a disk the new backup shares with its base: every chunk not in
+    `todo` (those it reads itself). Committed with the backup's start, so they keep their
+    chunks alive from then on."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS todo(i INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM todo")
+    conn.executemany("INSERT INTO todo(i) VALUES (?)", [(i,) for i in todo])
+    conn.execute(
+        "INSERT INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
+        "SELECT ?, ?, chunk_index, hash, length FROM manifest "
+        "WHERE backup_id = ? AND disk_index = ? AND chunk_index NOT IN (SELECT i FROM todo)",
+        (backup_id, disk_index, base["backup_id"], base["disk_index"]),
+    )
+
+
+def set_bytes_to_read(conn: sqlite3.Connection, backup_id: str, total: int) -> None:
+    conn.execute("UPDATE backups SET bytes_to_read = ? WHERE backup_id = ?", (total, backup_id))
+
+
+def add_manifest(
+    conn: sqlite3.Connection, backup_id: str, entries: Iterable[ManifestEntry]
+) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(backup_id, e.disk_index, e.chunk_index, e.hash, e.length) for e in entries],
+    )
+
+
+def chunks_lacking(conn: sqlite3.Connection, backup_id: str) -> int:
+    """How many chunks a backup's manifest names that the chunk index does not hold."""
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+            "WHERE m.backup_id = ? AND c.hash IS NULL",
+            (backup_id,),
+        ).fetchone()[0]
+    )
+
+
+def first_chunk_lacking(conn: sqlite3.Connection, backup_id: str) -> bytes:
+    found = conn.execute(
+        "SELECT m.hash FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+        "WHERE m.backup_id = ? AND c.hash IS NULL LIMIT 1",
+        (backup_id,),
+    ).fetchone()
+    return bytes(found["hash"]) if found else b""
+
+
+def mark_available(
+    conn: sqlite3.Connection, backup_id: str, bytes_read: int, bytes_stored: int, now: float
+) -> None:
+    conn.execute(
+        "UPDATE backups SET status = ?, bytes_read = ?, bytes_stored = ?, updated_at = ?, "
+        "completed_at = ? WHERE backup_id = ?",
+        (BackupStatus.AVAILABLE, bytes_read, bytes_stored, now, now, backup_id),
+    )
+
+
+def status_of(conn: sqlite3.Connection, backup_id: str) -> BackupStatus | None:
+    found = conn.execute("SELECT status FROM backups WHERE backup_id = ?", (backup_id,)).fetchone()
+    return None if found is None else BackupStatus(found["status"])
+
+
+def set_status(conn: sqlite3.Connection, backup_id: str, status: BackupStatus) -> None:
+    conn.execute("UPDATE backups SET status = ? WHERE backup_id = ?", (status, backup_id))
+
+
+def end_restoring(conn: sqlite3.Connection, backup_id: str) -> None:
+    conn.execute(
+        "UPDATE backups SET status = ? WHERE backup_id = ? AND status = ?",
+        (BackupStatus.AVAILABLE, backup_id, BackupStatus.RESTORING),
+    )
+
+
+def mark_error(
+    conn: sqlite3.Connection,
+    backup_ids: Iterable[str],
+    reason: str,
+    now: float,
+    only: tuple[BackupStatus, ...] = (),
+) -> None:
+    """Backups that can no longer be restored (or never finished): ERROR, saying why; only
+    those in one of the `only` states when given."""
+    statuses = only or tuple(BackupStatus)
+    marks = ", ".join("?" * len(statuses))
+    conn.executemany(
+        "UPDATE backups SET status = ?, error_reason = ?, updated_at = ? "
+        f"WHERE backup_id = ? AND status IN ({marks})",
+        [(BackupStatus.ERROR, reason, now, backup_id, *statuses) for backup_id in backup_ids],
+    )
+
+
+def drop_manifest(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
+    """Removes a backup's manifest. Returns the hashes it named (to free what nothing keeps)."""
+    hashes = manifest_hashes(conn, backup_id)
+    conn.execute("DELETE FROM manifest WHERE backup_id = ?", (backup_id,))
+    return hashes
+
+
+def delete(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
+    """Removes a backup or replica with everything that names it. Returns its manifest's
+    hashes."""
+    hashes = drop_manifest(conn, backup_id)
+    for table in ("backup_disks", "replication_records", "backups"):
+        conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
+    conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (backup_id,))
+    conn.execute("DELETE FROM requests WHERE kind = 'backup' AND resource_id = ?", (backup_id,))
+    return hashes
+
+
+def manifest_hashes(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
+    return [
+        r["hash"]
+        for r in conn.execute("SELECT hash FROM manifest WHERE backup_id = ?", (backup_id,))
+    ]
+
+
+def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
+    return [
+        ManifestEntry(r["disk_index"], r["chunk_index"], r["hash"], r["length"])
+        for r in conn.execute(
+            "SELECT disk_index, chunk_index, hash, length FROM manifest WHERE backup_id = ? "
+            "ORDER BY disk_index, chunk_index",
+            (backup_id,),
+        )
+    ]
+
+
+def manifest_bytes(conn: sqlite3.Connection, backup_id: str) -> int:
+    return int(
+        conn.execute(
+            "SELECT COALESCE(SUM(length), 0) FROM manifest WHERE backup_id = ?", (backup_id,)
+        ).fetchone()[0]
+    )
+
+
+def naming_chunk(conn: sqlite3.Connection, digest: bytes) -> list[str]:
+    """Every backup whose manifest names the chunk."""
+    return [
+        r["backup_id"]
+        for r in conn.execute("SELECT DISTINCT backup_id FROM manifest WHERE hash = ?", (digest,))
+    ]
+
+
+def image_of(conn: sqlite3.Connection, backup_id: str) -> str | None:
+    found = conn.execute(
+        "SELECT image_id FROM images WHERE backup_id = ? LIMIT 1", (backup_id,)
+    ).fetchone()
+    return None if found is None else str(found["image_id"])
+
+
+def in_progress_of_server(conn: sqlite3.Connection, server_id: str) -> str | None:
+    found = conn.execute(
+        "SELECT backup_id FROM backups WHERE server_id = ? AND status IN (?, ?)",
+        (server_id, BackupStatus.CREATING, BackupStatus.RESTORING),
+    ).fetchone()
+    return None if found is None else str(found["backup_id"])
+
+
+def disk_ids(conn: sqlite3.Connection, backup_id: str) -> list[str]:
+    return [
+        r["disk_id"]
+        for r in conn.execute(
+            "SELECT disk_id FROM backup_disks WHERE backup_id = ? ORDER BY disk_index",
+            (backup_id,),
+        )
+    ]
+
+
+def onto_server(conn: sqlite3.Connection, backup_id: str, server_id: str) -> list[Row]:
+    """(disk_index, disk_id) of each disk of a backup with the server's disk of that index."""
+    return conn.execute(
+        "SELECT bd.disk_index, d.disk_id FROM backup_disks bd JOIN disks d "
+        "ON d.server_id = ? AND d.disk_index = bd.disk_index "
+        "WHERE bd.backup_id = ? ORDER BY bd.disk_index",
+        (server_id, backup_id),
+    ).fetchall()
+
+
+def stored_chunks_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> list[Row]:
+    """(chunk_index, hash, pack_id, offset, length) of every chunk of a backup's disk that the
+    store holds, in order."""
+    return conn.execute(
+        "SELECT m.chunk_index, m.hash, c.pack_id, c.offset, c.length "
+        "FROM manifest m JOIN chunks c ON c.hash = m.hash "
+        "WHERE m.backup_id = ? AND m.disk_index = ? ORDER BY m.chunk_index",
+        (backup_id, disk_index),
+    ).fetchall()
+
+
+def chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM manifest WHERE backup_id = ? AND disk_index = ?",
+            (backup_id, disk_index),
+        ).fetchone()[0]
+    )
+
+
+# -- start-up -------------------------------------------------------------------------------
+def fail_interrupted(conn: sqlite3.Connection, reason: str, now: float) -> list[str]:
+    """Backups being taken when the node stopped become ERROR (their manifest goes)."""
+    interrupted = [
+        r["backup_id"]
+        for r in conn.execute(
+            "SELECT backup_id FROM backups WHERE status = ?", (BackupStatus.CREATING,)
+        )
+    ]
+    for backup_id in interrupted:
+        drop_manifest(conn, backup_id)
+    mark_error(conn, interrupted, reason, now)
+    return interrupted
+
+
+def settle_restoring(conn: sqlite3.Connection) -> None:
+    """A backup stays RESTORING exactly while a server is being restored from it (that restore
+    resumes at start); any other RESTORING backup is AVAILABLE again."""
+    conn.execute(
+        "UPDATE backups SET status = CASE WHEN EXISTS (SELECT 1 FROM servers s "
+        "WHERE s.restoring_backup_id = backups.backup_id AND s.status = ?) "
+        "THEN ? ELSE ? END WHERE status = ?",
+        (
+            ServerStatus.RESTORING,
+            BackupStatus.RESTORING,
+            BackupStatus.AVAILABLE,
+            BackupStatus.RESTORING,
+        ),
+    )
+
+
+# -- replication records and holds ---------------------------------------------------------
+def record(conn: sqlite3.Connection, backup_id: str, r: ReplicationRecord, now: float) -> None:
+    conn.execute(
+        "INSERT INTO replication_records(backup_id, job_id, target_region_id, "
+        "target_project_id, replica_id, way, policy_id, status, failure_reason, "
+        "replica_deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(backup_id, job_id) DO UPDATE SET "
+        "target_project_id = excluded.target_project_id, replica_id = excluded.replica_id, "
+        "status = excluded.status, failure_reason = excluded.failure_reason, "
+        "replica_deleted = excluded.replica_deleted, updated_at = excluded.updated_at",
+        (
+            backup_id,
+            r.job_id,
+            r.target_region_id,
+            r.target_project_id,
+            r.replica_id,
+            int(r.way),
+            r.policy_id,
+            int(r.status),
+            r.failure_reason,
+            int(r.replica_deleted),
+            now,
+        ),
+    )
+
+
+def hold_of(conn: sqlite3.Connection, backup_id: str) -> str | None:
+    """The job of some hold on the backup, if any."""
+    found = conn.execute(
+        "SELECT job_id FROM holds WHERE backup_id = ? LIMIT 1", (backup_id,)
+    ).fetchone()
+    return None if found is None else str(found["job_id"])
+
+
+def is_held_by(conn: sqlite3.Connection, backup_id: str, job_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM holds WHERE backup_id = ? AND job_id = ?", (backup_id, job_id)
+        ).fetchone()
+        is not None
+    )
+
+
+def hold(conn: sqlite3.Connection, backup_id: str, job_id: str) -> None:
+    conn.execute("INSERT INTO holds(backup_id, job_id) VALUES (?, ?)", (backup_id, job_id))
+
+
+def release(conn: sqlite3.Connection, backup_id: str, job_id: str) -> None:
+    conn.execute("DELETE FROM holds WHERE backup_id = ? AND job_id = ?", (backup_id, job_id))

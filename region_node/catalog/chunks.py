@@ -1,0 +1,60 @@
+"""The chunk index: where each stored chunk lives in the pack files. Only the chunk store
+(region_node.storage.chunk_store) calls these, inside transactions of its callers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from region_node.catalog import Row
+
+
+def location(conn: sqlite3.Connection, digest: bytes) -> Row | None:
+    """(pack_id, offset, length) of an indexed chunk."""
+    found: Row | None = conn.execute(
+        "SELECT pack_id, offset, length FROM chunks WHERE hash = ?", (digest,)
+    ).fetchone()
+    return found
+
+
+def add(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
+    """(hash, pack_id, offset, length) rows; a chunk already indexed is left as it is."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO chunks(hash, pack_id, offset, length) VALUES (?, ?, ?, ?)", rows
+    )
+
+
+def remove(conn: sqlite3.Connection, digest: bytes) -> None:
+    conn.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
+
+
+def named_by_a_manifest(conn: sqlite3.Connection, digest: bytes) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM manifest WHERE hash = ? LIMIT 1", (digest,)).fetchone()
+        is not None
+    )
+
+
+def named_by_no_manifest(conn: sqlite3.Connection) -> list[bytes]:
+    """Indexed chunks no manifest names (what a crash between two steps can leave)."""
+    return [
+        r["hash"]
+        for r in conn.execute(
+            "SELECT hash FROM chunks WHERE NOT EXISTS "
+            "(SELECT 1 FROM manifest WHERE manifest.hash = chunks.hash)"
+        )
+    ]
+
+
+def extents_of_pack(conn: sqlite3.Connection, pack_id: int) -> list[Row]:
+    """(offset, length) of the chunks indexed in a pack, in order."""
+    return conn.execute(
+        "SELECT offset, length FROM chunks WHERE pack_id = ? ORDER BY offset", (pack_id,)
+    ).fetchall()
+
+
+def pack_holds_any(conn: sqlite3.Connection, pack_id: int) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM chunks WHERE pack_id = ? LIMIT 1", (pack_id,)).fetchone()
+        is not None
+    )

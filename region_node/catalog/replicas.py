@@ -1,0 +1,123 @@
+"""Replicas being copied in from another region: their rows, the chunks that have arrived for
+them (issue 6: deduplication never crosses accounts), and what they still lack."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from region_node.catalog.backups import WHOLE, add_manifest, insert_disks
+from region_node.models import BackupStatus, ManifestEntry, ReplicaSpec
+
+
+def of_job(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """The replica a replication job made here, if any."""
+    found = conn.execute(
+        "SELECT backup_id FROM backups WHERE origin_job_id = ?", (job_id,)
+    ).fetchone()
+    return None if found is None else str(found["backup_id"])
+
+
+def insert(
+    conn: sqlite3.Connection,
+    replica_id: str,
+    project_id: str,
+    spec: ReplicaSpec,
+    entries: Sequence[ManifestEntry],
+    seq: int,
+    now: float,
+) -> None:
+    """A replica in REPLICATING with its whole manifest (its chunks arrive later)."""
+    origin = spec.origin
+    conn.execute(
+        "INSERT INTO backups(backup_id, project_id, name, description, server_id, "
+        "server_type, status, bytes_to_read, origin_replicated, origin_region_id, "
+        "origin_project_id, origin_backup_id, origin_way, origin_policy_id, "
+        "origin_job_id, created_at, updated_at, seq) "
+        "VALUES (?, ?, ?, ?, '', ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            replica_id,
+            project_id,
+            spec.name,
+            spec.description,
+            int(spec.server_type),
+            BackupStatus.REPLICATING,
+            sum(e.length for e in entries),
+            origin.source_region_id,
+            origin.source_project_id,
+            origin.source_backup_id,
+            int(origin.way),
+            origin.policy_id,
+            spec.job_id,
+            now,
+            now,
+            seq,
+        ),
+    )
+    insert_disks(conn, replica_id, spec.disks, 0)
+    add_manifest(conn, replica_id, entries)
+
+
+def add_arrivals(conn: sqlite3.Connection, replica_id: str, digests: Iterable[bytes]) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO replica_arrivals(replica_id, hash) VALUES (?, ?)",
+        [(replica_id, d) for d in digests],
+    )
+
+
+def wanted(conn: sqlite3.Connection, replica_id: str) -> dict[bytes, int]:
+    """hash -> length of every chunk the replica's manifest names."""
+    return {
+        r["hash"]: r["length"]
+        for r in conn.execute(
+            "SELECT hash, length FROM manifest WHERE backup_id = ?", (replica_id,)
+        )
+    }
+
+
+def held_by_account(
+    conn: sqlite3.Connection, replica_id: str, projects: Sequence[str]
+) -> list[tuple[bytes, int, bool]]:
+    """Per manifest entry of the replica, in order: (hash, length, whether the account of
+    `projects` already holds the chunk here). Held means stored and either arrived for one of
+    the account's replicas or named by one of its whole backups (issue 6).
+
+    Per entry: a seek in `chunks`, then in replica_arrivals and in manifest by hash
+    (manifest_by_hash), whose rows are checked against the account's backups (a list made once
+    per query; `+` keeps SQLite from seeking once per backup of the account instead, which
+    costs more the more backups the account has)."""
+    marks = ", ".join("?" * len(projects))
+    rows = conn.execute(
+        "SELECT m.hash, m.length, CASE WHEN c.hash IS NULL THEN 0 "
+        "WHEN EXISTS (SELECT 1 FROM replica_arrivals a "
+        "JOIN backups r ON r.backup_id = a.replica_id "
+        f"WHERE a.hash = m.hash AND r.project_id IN ({marks})) THEN 1 "
+        "WHEN EXISTS (SELECT 1 FROM manifest o INDEXED BY manifest_by_hash "
+        "WHERE o.hash = m.hash AND +o.backup_id IN (SELECT backup_id FROM backups "
+        f"WHERE project_id IN ({marks}) AND status IN (?, ?))) THEN 1 "
+        "ELSE 0 END AS held "
+        "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
+        "ORDER BY m.disk_index, m.chunk_index",
+        (*projects, *projects, *WHOLE, replica_id),
+    ).fetchall()
+    return [(r["hash"], r["length"], bool(r["held"])) for r in rows]
+
+
+def lacking_and_total(conn: sqlite3.Connection, replica_id: str) -> tuple[int, int]:
+    """(chunks the index lacks, bytes of the whole manifest) of a replica."""
+    found = conn.execute(
+        "SELECT COALESCE(SUM(c.hash IS NULL), 0) AS lacking, COALESCE(SUM(m.length), 0) AS total "
+        "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ?",
+        (replica_id,),
+    ).fetchone()
+    return int(found["lacking"]), int(found["total"])
+
+
+def complete(conn: sqlite3.Connection, replica_id: str, total: int, now: float) -> None:
+    """Available: its manifest counts for its account from now on, so the arrivals go."""
+    conn.execute(
+        "UPDATE backups SET status = ?, bytes_read = ?, updated_at = ?, completed_at = ? "
+        "WHERE backup_id = ?",
+        (BackupStatus.AVAILABLE, total, now, now, replica_id),
+    )
+    conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (replica_id,))

@@ -1,0 +1,223 @@
+"""Taking a backup. It starts under the gates of its disks (in index order): in one
+transaction its row, its disks, the chunks written since its base (the newest whole backup of
+each disk) and the manifest rows it shares with that base; and, before the gates open, a session
+per disk through which a writer preserves a chunk the backup has not read yet. Then the chunks
+are read on a few threads, hashed, and put in the chunk store (pinned, see its rules); the
+backup commits its manifest, the index of what it stored and AVAILABLE in one transaction, and
+only if every chunk it names is stored. A failure ends it in ERROR at once, saying why, and
+gives back what it wrote."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from csbs.errors import ChunkCorrupted, FailedPrecondition
+from region_node.catalog import Row, requests
+from region_node.catalog import backups as backup_rows
+from region_node.catalog import servers as server_rows
+from region_node.models import Disk, ManifestEntry, NewBackup, ServerStatus
+from region_node.parts import NodeParts, Progress
+from region_node.storage.chunk_store import chunk_hash
+from region_node.storage.disks import STRIPES, BackupSession, DiskState
+from region_node.storage.fileio import drop_cache, out_of_space
+
+log = logging.getLogger(__name__)
+
+# What a running backup captured: (disk index, chunk index) -> (hash, length, bytes stored new).
+Entries = dict[tuple[int, int], tuple[bytes, int, int]]
+
+
+@dataclass
+class DiskPlan:
+    """One disk of a running backup."""
+
+    disk_index: int
+    disk: DiskState
+    todo: list[int]
+    session: BackupSession | None = None
+
+
+class BackupEngine:
+    def __init__(self, parts: NodeParts) -> None:
+        self._parts = parts
+
+    def start(self, order: NewBackup, backup_id: str, chosen: list[Disk]) -> str:
+        """Starts the backup of `chosen` disks and returns its ID, or the ID of the backup an
+        earlier call with the same request ID made."""
+        parts = self._parts
+        states = [parts.disk(d.disk_id) for d in chosen]
+        plans: list[DiskPlan] = []
+        for state in states:
+            state.gate.acquire()
+        try:
+            for state in states:
+                if state.session is not None:
+                    raise FailedPrecondition(
+                        f"server {order.server_id} is already being backed up; try again when "
+                        "that backup ends"
+                    )
+                if state.busy:
+                    raise FailedPrecondition(f"server {order.server_id}: {state.busy}")
+            with parts.catalog.transaction() as conn:
+                existing = requests.resource_of(conn, "backup", order.project_id, order.request_id)
+                if existing is not None:
+                    return existing
+                to_read = self._begin(conn, order, backup_id, chosen, states, plans)
+                requests.remember(conn, "backup", order.project_id, order.request_id, backup_id)
+            progress = parts.progress[backup_id] = Progress(total=to_read)
+            # What the backup captured, made before its sessions so that a writer's
+            # copy-on-write, possible from the moment the gates open, always has a place to go.
+            entries: Entries = {}
+            for plan in plans:
+                plan.session = BackupSession(set(plan.todo), self._capture(entries, plan, progress))
+                plan.disk.epoch += 1
+                plan.disk.marked.clear()
+                plan.disk.session = plan.session
+        finally:
+            for state in reversed(states):
+                state.gate.release()
+        parts.jobs.submit(self._run, backup_id, plans, entries)
+        return backup_id
+
+    def _begin(
+        self,
+        conn: sqlite3.Connection,
+        order: NewBackup,
+        backup_id: str,
+        disks: list[Disk],
+        states: list[DiskState],
+        plans: list[DiskPlan],
+    ) -> int:
+        """Inside the start transaction: the backup row, its disks, the chunks to read, and the
+        manifest rows it shares with its base. Returns the bytes it will read."""
+        parts = self._parts
+        # Checked again in the transaction that starts the backup: a delete that committed
+        # since the first look must win.
+        server: Row = server_rows.row(conn, order.project_id, order.server_id)
+        status = ServerStatus(server["status"])
+        if status != ServerStatus.ACTIVE:
+            raise FailedPrecondition(
+                f"server {order.server_id} is {status.name.lower()}: only an active server can "
+                "be backed up"
+            )
+        backup_rows.insert(
+            conn,
+            backup_id,
+            order.project_id,
+            order.name,
+            order.description,
+            order.server_id,
+            server["server_type"],
+            order.policy_id,
+            parts.catalog.next_seq(conn, "backup"),
+            parts.now(),
+        )
+        to_read = 0
+        for disk, state in zip(disks, states, strict=True):
+            backup_rows.insert_disks(conn, backup_id, [disk], state.epoch)
+            server_rows.set_epoch(conn, disk.disk_id, state.epoch + 1)
+            base = backup_rows.base_of(conn, disk.disk_id, backup_id)
+            todo = server_rows.written_since(conn, disk.disk_id, base["epoch"] if base else 0)
+            if base is not None:
+                backup_rows.share_manifest(conn, backup_id, disk.disk_index, base, todo)
+            to_read += sum(parts.chunk_length(disk.size_bytes, i) for i in todo)
+            plans.append(DiskPlan(disk.disk_index, state, todo))
+        backup_rows.set_bytes_to_read(conn, backup_id, to_read)
+        return to_read
+
+    def _capture(
+        self, entries: Entries, plan: DiskPlan, progress: Progress
+    ) -> Callable[[int, memoryview], None]:
+        parts = self._parts
+
+        def capture(chunk_index: int, data: memoryview) -> None:
+            digest = chunk_hash(data)
+            if digest != parts.zero_hash_for(len(data)):
+                # Pinned by put until the backup commits or fails (chunk store rules).
+                stored = parts.store.put(digest, data)
+                entries[(plan.disk_index, chunk_index)] = (digest, len(data), stored)
+            progress.add(len(data))
+
+        return capture
+
+    def read_chunk(self, plan: DiskPlan, chunk_index: int) -> None:
+        session = plan.session
+        assert session is not None
+        parts = self._parts
+        buf = parts.buffer()
+        with session.locks[chunk_index % STRIPES]:
+            if chunk_index not in session.todo:
+                return
+            session.todo.discard(chunk_index)
+            length = parts.chunk_length(plan.disk.size_bytes, chunk_index)
+            view = memoryview(buf)[:length]
+            with plan.disk.io() as fd:
+                os.preadv(fd, [view], chunk_index * parts.chunk_size)
+                drop_cache(fd, chunk_index * parts.chunk_size, length)
+        session.capture(chunk_index, view)
+
+    def _run(self, backup_id: str, plans: list[DiskPlan], entries: Entries) -> None:
+        parts = self._parts
+        progress = parts.progress[backup_id]
+        try:
+            for plan in plans:
+                parts.parallel(plan.todo, lambda i, p=plan: self.read_chunk(p, i))  # type: ignore[misc]
+            for plan in plans:
+                if plan.session is not None and plan.session.failure is not None:
+                    raise plan.session.failure
+            self._commit(backup_id, entries, progress)
+        except Exception as exc:
+            log.exception("backup %s failed", backup_id)
+            reason = (
+                f"region {parts.region_id} ran out of storage space while taking this backup"
+                if out_of_space(exc)
+                else f"backup failed: {exc}"
+            )
+            parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")
+            parts.store.unpin(e[0] for e in entries.values())
+            parts.store.abandon(e[0] for e in entries.values() if e[2])
+        else:
+            parts.store.unpin(e[0] for e in entries.values())
+        finally:
+            for plan in plans:
+                with plan.disk.gate:
+                    plan.disk.session = None
+            parts.progress.pop(backup_id, None)
+            parts.notifier.changed(backup_id)
+
+    def _commit(self, backup_id: str, entries: Entries, progress: Progress) -> None:
+        """Makes the backup's new chunks durable, then in one transaction: its manifest, the
+        index of the chunks it put, a check that every chunk it names is stored, and the
+        AVAILABLE status. A backup is available only if it holds every chunk it names."""
+        parts = self._parts
+        parts.store.sync()
+        digests = [e[0] for e in entries.values()]
+        with parts.catalog.transaction() as conn:
+            backup_rows.add_manifest(
+                conn,
+                backup_id,
+                (ManifestEntry(d, c, e[0], e[1]) for (d, c), e in entries.items()),
+            )
+            parts.store.index(conn, digests)
+            lacking = backup_rows.chunks_lacking(conn, backup_id)
+            if lacking:
+                raise ChunkCorrupted(
+                    f"{lacking} chunks of the backup are not in the store (the chunks it shared "
+                    "were lost while it ran)"
+                )
+            backup_rows.mark_available(
+                conn, backup_id, progress.done, sum(e[2] for e in entries.values()), parts.now()
+            )
+        parts.store.forget_pending(digests)
+
+    def _fail(self, backup_id: str, reason: str) -> None:
+        parts = self._parts
+        with parts.catalog.transaction() as conn:
+            hashes = backup_rows.drop_manifest(conn, backup_id)
+            backup_rows.mark_error(conn, [backup_id], reason, parts.now())
+            freed = parts.store.unindex(conn, parts.store.unreferenced(conn, hashes))
+        parts.store.release(freed)
