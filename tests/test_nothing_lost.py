@@ -336,3 +336,21 @@ def test_a_read_or_write_racing_the_deletion_of_its_server_is_refused_never_inte
 
     with pytest.raises(DiskGone):
         node.servers.write_disk("", writer.server_id, 0, writes())
+
+
+def test_a_server_from_an_image_of_some_disks_gets_those_disks_in_order(
+    node_service: RegionNode,
+) -> None:
+    """Found by the seeded fault test: an image of a backup of disks 1 and 2 made a server
+    whose disks 0 and 1 stayed empty (the fill paired disks by index, not by position)."""
+    node = node_service
+    source = node.servers.create(NewServer("", disk_sizes=(2 * MIB, 3 * MIB, 4 * MIB)))
+    contents = [seeded_bytes(60 + i, (2 + i) * MIB) for i in range(3)]
+    for index, data in enumerate(contents):
+        node.servers.write_disk("", source.server_id, index, [(0, data[: 4 * MIB])])
+    taken = node.backups.create(NewBackup("", source.server_id, disk_indexes=(1, 2)))
+    assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
+    copy = _server_from(node, taken.backup_id)
+    assert [d.size_bytes for d in node.servers.get("", copy).disks] == [3 * MIB, 4 * MIB]
+    assert _read_all(node, copy, 0) == contents[1]
+    assert _read_all(node, copy, 1) == contents[2]

@@ -352,14 +352,26 @@ def disk_ids(conn: sqlite3.Connection, backup_id: str) -> list[str]:
     ]
 
 
-def onto_server(conn: sqlite3.Connection, backup_id: str, server_id: str) -> list[Row]:
-    """(disk_index, disk_id) of each disk of a backup with the server's disk of that index."""
-    return conn.execute(
-        "SELECT bd.disk_index, d.disk_id FROM backup_disks bd JOIN disks d "
-        "ON d.server_id = ? AND d.disk_index = bd.disk_index "
-        "WHERE bd.backup_id = ? ORDER BY bd.disk_index",
-        (server_id, backup_id),
-    ).fetchall()
+def onto_server(
+    conn: sqlite3.Connection, backup_id: str, server_id: str, same_server: bool
+) -> list[tuple[int, str]]:
+    """(backup disk index, server disk ID) of each disk a fill writes. Onto the backup's own
+    server (a restore) by disk index; onto a server made from an image by position: its disks
+    are the backup's, numbered from 0 (a backup of disks 1 and 3 makes disks 0 and 1)."""
+    backup_disks = [d.disk_index for d in disks(conn, backup_id)]
+    server_disks = {
+        r["disk_index"]: r["disk_id"]
+        for r in conn.execute(
+            "SELECT disk_index, disk_id FROM disks WHERE server_id = ?", (server_id,)
+        )
+    }
+    if same_server:
+        return [(i, server_disks[i]) for i in backup_disks if i in server_disks]
+    return [
+        (i, server_disks[position])
+        for position, i in enumerate(backup_disks)
+        if position in server_disks
+    ]
 
 
 def stored_chunks_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> list[Row]:

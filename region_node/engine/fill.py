@@ -42,15 +42,9 @@ class FillEngine:
         status, reason = ServerStatus.ERROR, "the work on the server was interrupted"
         try:
             with parts.catalog.read() as conn:
-                pairs = backup_rows.onto_server(conn, backup_id, server_id)
-            for pair in pairs:
-                self._fill_disk(
-                    backup_id,
-                    pair["disk_index"],
-                    parts.disk(pair["disk_id"]),
-                    zero_first,
-                    progress,
-                )
+                pairs = backup_rows.onto_server(conn, backup_id, server_id, same_server=zero_first)
+            for disk_index, disk_id in pairs:
+                self._fill_disk(backup_id, disk_index, parts.disk(disk_id), zero_first, progress)
             status, reason = ServerStatus.ACTIVE, ""
         except Exception as exc:
             log.exception("writing backup %s onto server %s failed", backup_id, server_id)
