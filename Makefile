@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/csbs/v1/*.proto)
 GEN_STAMP := csbs/v1/.generated
 CONFIG ?= config/cluster.toml
 
-.PHONY: install proto lint test cluster bench demo clean
+.PHONY: install proto lint test cluster bench demo clean soak
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -48,6 +48,15 @@ bench: install
 # ports with its data in a temp dir, started for the demo and stopped after it.
 demo: install
 	$(VENV)/bin/csbs --config $(CONFIG) demo --fresh-cluster $(TLS_FLAG)
+
+# The seeded fault test of a region node against a model (tests/node_soak.py), as root (it
+# mounts a tmpfs): kill -9, a full disk, every backup restored and compared. A failure prints
+# its seed; `make soak SEED=<seed> SECONDS=<s>` replays it. SEED defaults to a random one.
+SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
+SECONDS ?= 1800
+
+soak: install
+	$(PY) -m tests.node_soak --seed $(SEED) --seconds $(SECONDS)
 
 clean:
 	rm -rf csbs/v1 $(VENV) var .pytest_cache .mypy_cache .ruff_cache
