@@ -215,10 +215,10 @@ def chunks_lacking(conn: sqlite3.Connection, backup_id: str) -> int:
     """How many chunks a backup's manifest names that the chunk index does not hold."""
     return int(
         conn.execute(
-            "SELECT COUNT(*) FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+            "SELECT COUNT(*) AS n FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
             "WHERE m.backup_id = ? AND c.hash IS NULL",
             (backup_id,),
-        ).fetchone()[0]
+        ).fetchone()["n"]
     )
 
 
@@ -314,8 +314,8 @@ def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
 def manifest_bytes(conn: sqlite3.Connection, backup_id: str) -> int:
     return int(
         conn.execute(
-            "SELECT COALESCE(SUM(length), 0) FROM manifest WHERE backup_id = ?", (backup_id,)
-        ).fetchone()[0]
+            "SELECT COALESCE(SUM(length), 0) AS n FROM manifest WHERE backup_id = ?", (backup_id,)
+        ).fetchone()["n"]
     )
 
 
@@ -388,9 +388,9 @@ def stored_chunks_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: 
 def chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
     return int(
         conn.execute(
-            "SELECT COUNT(*) FROM manifest WHERE backup_id = ? AND disk_index = ?",
+            "SELECT COUNT(*) AS n FROM manifest WHERE backup_id = ? AND disk_index = ?",
             (backup_id, disk_index),
-        ).fetchone()[0]
+        ).fetchone()["n"]
     )
 
 

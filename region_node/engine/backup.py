@@ -14,6 +14,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from csbs.errors import ChunkCorrupted, FailedPrecondition
 from region_node.catalog import Row, requests
@@ -27,8 +28,18 @@ from region_node.storage.fileio import drop_cache, out_of_space
 
 log = logging.getLogger(__name__)
 
-# What a running backup captured: (disk index, chunk index) -> (hash, length, bytes stored new).
-Entries = dict[tuple[int, int], tuple[bytes, int, int]]
+
+class Captured(NamedTuple):
+    """A chunk a running backup read: its hash, its length, and the bytes it stored anew (0
+    when the store had it already)."""
+
+    hash: bytes
+    length: int
+    stored: int
+
+
+# What a running backup captured, by (disk index, chunk index).
+Entries = dict[tuple[int, int], Captured]
 
 
 @dataclass
@@ -139,7 +150,7 @@ class BackupEngine:
             if digest != parts.zero_hash_for(len(data)):
                 # Pinned by put until the backup commits or fails (chunk store rules).
                 stored = parts.store.put(digest, data)
-                entries[(plan.disk_index, chunk_index)] = (digest, len(data), stored)
+                entries[(plan.disk_index, chunk_index)] = Captured(digest, len(data), stored)
             progress.add(len(data))
 
         return capture
@@ -178,10 +189,10 @@ class BackupEngine:
                 else f"backup failed: {exc}"
             )
             parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")
-            parts.store.unpin(e[0] for e in entries.values())
-            parts.store.abandon(e[0] for e in entries.values() if e[2])
+            parts.store.unpin(e.hash for e in entries.values())
+            parts.store.abandon(e.hash for e in entries.values() if e.stored)
         else:
-            parts.store.unpin(e[0] for e in entries.values())
+            parts.store.unpin(e.hash for e in entries.values())
         finally:
             for plan in plans:
                 with plan.disk.gate:
@@ -195,12 +206,12 @@ class BackupEngine:
         AVAILABLE status. A backup is available only if it holds every chunk it names."""
         parts = self._parts
         parts.store.sync()
-        digests = [e[0] for e in entries.values()]
+        digests = [e.hash for e in entries.values()]
         with parts.catalog.transaction() as conn:
             backup_rows.add_manifest(
                 conn,
                 backup_id,
-                (ManifestEntry(d, c, e[0], e[1]) for (d, c), e in entries.items()),
+                (ManifestEntry(d, c, e.hash, e.length) for (d, c), e in entries.items()),
             )
             parts.store.index(conn, digests)
             lacking = backup_rows.chunks_lacking(conn, backup_id)
@@ -210,7 +221,7 @@ class BackupEngine:
                     "were lost while it ran)"
                 )
             backup_rows.mark_available(
-                conn, backup_id, progress.done, sum(e[2] for e in entries.values()), parts.now()
+                conn, backup_id, progress.done, sum(e.stored for e in entries.values()), parts.now()
             )
         parts.store.forget_pending(digests)
 
