@@ -16,7 +16,7 @@ import pytest
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
-from region_node.storage.chunk_store import PACK_HEADER, RECORD_HEADER
+from region_node.storage.chunk_store import PACK_HEADER, RECORD_HEADER, chunk_hash
 from tests.harness import ACCOUNT_TOKENS, DEFAULT_ACCOUNT, Cluster
 from tests.node_helpers import (
     MIB,
@@ -38,14 +38,24 @@ def _verify(stub: RegionNodeStub, backup_id: str) -> list[pb.VerifyBackupProgres
     return list(stub.VerifyBackup(pb.VerifyBackupRequest(backup_id=backup_id), timeout=60))
 
 
-def _flip_a_byte_of_the_first_chunk(chunks_dir: Path) -> None:
-    (pack,) = sorted(chunks_dir.glob("*.pack"))[:1]
-    where = PACK_HEADER.size + RECORD_HEADER.size + 1000
-    with pack.open("r+b") as f:
-        f.seek(where)
-        byte = f.read(1)
-        f.seek(where)
-        f.write(bytes([byte[0] ^ 0x5A]))
+def _flip_a_byte_of_chunk(chunks_dir: Path, digest: bytes) -> None:
+    """Damages the stored copy of a chunk: walks the pack records (hash, length, version)."""
+    for pack in sorted(chunks_dir.glob("*.pack")):
+        with pack.open("r+b") as f:
+            at = f.seek(PACK_HEADER.size)
+            while header := f.read(RECORD_HEADER.size):
+                if len(header) < RECORD_HEADER.size:
+                    break
+                found, length, _ = RECORD_HEADER.unpack(header)
+                if found == digest:
+                    f.seek(at + RECORD_HEADER.size + 1000)
+                    byte = f.read(1)
+                    f.seek(at + RECORD_HEADER.size + 1000)
+                    f.write(bytes([byte[0] ^ 0x5A]))
+                    return
+                at += RECORD_HEADER.size + length
+                f.seek(at)
+    raise AssertionError(f"chunk {digest.hex()} is in no pack")
 
 
 def _csbs(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +71,8 @@ def test_verify_backup_reads_every_chunk_and_marks_every_backup_naming_a_damaged
 ) -> None:
     stub = node_with_deadline(cluster.channel(REGION))
     server = make_server(stub, [16])
-    write(stub, server.server_id, 0, 0, seeded_bytes(1, 12 * MIB))
+    data = seeded_bytes(1, 12 * MIB)
+    write(stub, server.server_id, 0, 0, data)
     first = backup(stub, server.server_id)
     write(stub, server.server_id, 0, 8 * MIB, seeded_bytes(2, MIB))  # chunk 8 changes
     second = backup(stub, server.server_id)  # shares chunks 0-7 and 9-11 with the first
@@ -76,7 +87,8 @@ def test_verify_backup_reads_every_chunk_and_marks_every_backup_naming_a_damaged
     assert done.returncode == 0, done.stderr
     assert "12 chunks (12 MiB) checked, 0 damaged or missing; status available" in done.stdout
 
-    _flip_a_byte_of_the_first_chunk(cluster.config.region(REGION).data_dir / "chunks")
+    # Chunk 0, which both backups name.
+    _flip_a_byte_of_chunk(cluster.config.region(REGION).data_dir / "chunks", chunk_hash(data[:MIB]))
     found = _verify(stub, second.backup_id)[-1]
     assert (found.chunks_checked, found.chunks_bad) == (12, 1)
     assert found.backup.status == pb.BACKUP_STATUS_ERROR
