@@ -92,6 +92,7 @@ def job_to_proto(job: models.ReplicationJob) -> pb.ReplicationJob:
         started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at),
         updated_at=timestamp(job.updated_at),
+        cleanup_pending=job.cleanup_pending,
     )
 
 

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5  # seconds between two progress writes (and notifications) of a job
 R3_ROUNDS = 5
+CLEANUP_BACKOFF_MAX = 60.0  # seconds between two tries of a clean-up a node refused
 
 _RECORD_STATUS = {
     JobStatus.WAITING: RecordStatus.REPLICATING,
@@ -746,43 +747,52 @@ class ReplicationService:
         pending = []
         if self._finish_source(job) is not None:
             pending.append((CleanupKind.SOURCE, job.source_region_id, job.source_backup_id))
-        if self._remove_replica(job) is not None:
+        # Removed before the job reads FAILED, so that whoever sees the failure normally sees
+        # no leftover; if the target does not take it now, the stored clean-up retries.
+        removal = self._remove_replica(job)
+        if removal is not None:
+            log.warning("replication job %s: replica not removed yet: %s", job_id, removal)
             pending.append((CleanupKind.TARGET, job.target_region_id, job.replica_id))
         self._store.finish(job_id, JobStatus.FAILED, reason, self._clock.now(), pending)
         self.notifier.changed(job_id)
 
-    def _finish_source(self, job: ReplicationJob) -> str | None:
+    def _finish_source(self, job: ReplicationJob) -> CsbsError | None:
         """Records the job's outcome on the source backup and releases the hold. None when
-        done (or when there is nothing left to do it to); else the error, to try again."""
+        done (or when the backup is gone: nothing is left to do it to); else the error, to try
+        again (a refusal too: never dropped)."""
         record = self._record(job, _RECORD_STATUS[job.status], job.failure_reason)
         try:
             source = self._client(job.source_region_id, job.account_id)
             source.record_replication(job.source_backup_id, record)
             source.release_backup(job.source_backup_id, job.job_id)
+        except NotFound:
+            log.info(
+                "replication job %s: source backup %s is gone", job.job_id, job.source_backup_id
+            )
         except CsbsError as exc:
-            if is_transient(exc):
-                return exc.message
-            log.warning("replication job %s: the source keeps no record: %s", job.job_id, exc)
+            return exc
         return None
 
-    def _remove_replica(self, job: ReplicationJob) -> str | None:
+    def _remove_replica(self, job: ReplicationJob) -> CsbsError | None:
+        """Removes what a failed job made in the target region (the node keys it by the job
+        when the replica's ID was never learnt). None when done or already gone."""
         try:
             self._client(job.target_region_id, job.account_id).remove_replica(
                 job.replica_id, job.job_id
             )
+        except NotFound:
+            pass
         except CsbsError as exc:
-            if is_transient(exc):
-                return exc.message
-            log.warning("replication job %s: replica not removed: %s", job.job_id, exc)
+            return exc
         return None
 
-    def _release_hold(self, region_id: str, backup_id: str, job_id: str) -> str | None:
+    def _release_hold(self, region_id: str, backup_id: str, job_id: str) -> CsbsError | None:
         try:
             self._client(region_id, "").release_backup(backup_id, job_id)
+        except NotFound:
+            pass
         except CsbsError as exc:
-            if is_transient(exc):
-                return exc.message
-            log.warning("withdrawn job %s: hold on %s not released: %s", job_id, backup_id, exc)
+            return exc
         return None
 
     # -- clean-ups -------------------------------------------------------------------------------
@@ -794,9 +804,12 @@ class ReplicationService:
                 log.exception("clean-up round failed")
 
     def run_cleanups(self) -> int:
-        """One round over the clean-ups still owed; returns how many are left."""
+        """One round over the clean-ups that are due; returns how many are left. One that
+        failed is tried again: at the next round if the node did not answer, else backing off
+        (a refusal may pass once the node's state changes, say once space is added), and
+        reported with its job meanwhile (`cleanup_pending`), never dropped."""
         left = 0
-        for cleanup in self._store.cleanups():
+        for cleanup in self._store.cleanups(due_at=time.time()):
             if self._stop.is_set():
                 break
             job = self._store.get_job(cleanup.job_id)
@@ -811,7 +824,25 @@ class ReplicationService:
             if error is None:
                 self._store.cleanup_done(cleanup.kind, cleanup.job_id)
                 log.info("clean-up %s of job %s done", cleanup.kind, cleanup.job_id)
-            else:
-                self._store.cleanup_failed(cleanup.kind, cleanup.job_id, error)
-                left += 1
+                self.notifier.changed(cleanup.job_id)
+                continue
+            left += 1
+            delay = 0.0
+            if not is_transient(error):
+                delay = min(
+                    self._config.cleanup_interval_seconds * 2 ** min(cleanup.attempts, 10),
+                    CLEANUP_BACKOFF_MAX,
+                )
+            log.warning(
+                "clean-up %s of job %s failed (attempt %d), trying again in %.0fs: %s",
+                cleanup.kind,
+                cleanup.job_id,
+                cleanup.attempts + 1,
+                max(delay, self._config.cleanup_interval_seconds),
+                error.message,
+            )
+            self._store.cleanup_failed(
+                cleanup.kind, cleanup.job_id, error.message, time.time() + delay
+            )
+            self.notifier.changed(cleanup.job_id)
         return left

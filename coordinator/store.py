@@ -133,6 +133,10 @@ _MIGRATIONS: dict[int, str] = {
         status = json_extract(body, '$.status');
     CREATE INDEX policy_runs_by_status ON policy_runs(status, policy_id, kind)
     """,
+    7: """
+    -- Issue 11: a clean-up refused for good is retried too (never dropped), backing off.
+    ALTER TABLE cleanups ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0
+    """,
 }
 
 _JOB_COLUMNS = (
@@ -142,6 +146,18 @@ _JOB_COLUMNS = (
     "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at, "
     "account_id, source_server_id"
 )
+# What a finished job still owes a node and why, reported with the job (issue 11).
+_PENDING = (
+    "(SELECT group_concat(CASE c.kind "
+    "WHEN 'target' THEN CASE c.resource_id WHEN '' THEN 'removing the replica it made' "
+    "ELSE 'removing its replica ' || c.resource_id END "
+    "WHEN 'source' THEN 'recording the outcome on backup ' || c.resource_id "
+    "ELSE 'releasing its hold on backup ' || c.resource_id END "
+    "|| ' in region ' || c.region_id || CASE WHEN c.last_error = '' THEN '' "
+    "ELSE ' (tried ' || c.attempts || ' times; last error: ' || c.last_error || ')' END, "
+    "'; ') FROM cleanups c WHERE c.job_id = jobs.job_id)"
+)
+_JOB_READ = f"{_JOB_COLUMNS}, {_PENDING}"
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -178,6 +194,7 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
         updated_at=updated_at,
         account_id=row[24],
         source_server_id=row[25],
+        cleanup_pending=row[26] or "",
     )
 
 
@@ -192,17 +209,14 @@ class Store(Database):
         if conn is None:
             with self.read() as c:
                 return self.get_job(job_id, c)
-        row = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
-        ).fetchone()
+        row = conn.execute(f"SELECT {_JOB_READ} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
 
     def job_by_token(
         self, conn: sqlite3.Connection, source_project_id: str, token: str
     ) -> ReplicationJob | None:
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_project_id = ? AND "
-            "idempotency_token = ?",
+            f"SELECT {_JOB_READ} FROM jobs WHERE source_project_id = ? AND idempotency_token = ?",
             (source_project_id, token),
         ).fetchone()
         return None if row is None else _job(row)
@@ -217,7 +231,7 @@ class Store(Database):
         """The jobs of a source backup to a target region in the given statuses (R3)."""
         marks = ", ".join("?" for _ in statuses)
         rows = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_backup_id = ? AND "
+            f"SELECT {_JOB_READ} FROM jobs WHERE source_backup_id = ? AND "
             f"target_region_id = ? AND status IN ({marks}) ORDER BY seq",
             (source_backup_id, target_region_id, *map(int, statuses)),
         ).fetchall()
@@ -257,7 +271,7 @@ class Store(Database):
             args.append(where.created_before.timestamp())
         with self.read() as conn:
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS}, seq FROM jobs WHERE {' AND '.join(clauses)} "
+                f"SELECT {_JOB_READ}, seq FROM jobs WHERE {' AND '.join(clauses)} "
                 "ORDER BY seq LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
@@ -398,11 +412,13 @@ class Store(Database):
         return job
 
     # -- clean-ups -------------------------------------------------------------------------------
-    def cleanups(self) -> list[Cleanup]:
+    def cleanups(self, due_at: float | None = None) -> list[Cleanup]:
+        """The clean-ups still owed (those due at `due_at`, a time.time(), if given)."""
         with self.read() as conn:
             rows = conn.execute(
                 "SELECT kind, job_id, region_id, resource_id, attempts, last_error "
-                "FROM cleanups ORDER BY created_at"
+                "FROM cleanups WHERE next_attempt_at <= ? ORDER BY created_at",
+                (float("inf") if due_at is None else due_at,),
             ).fetchall()
         return [Cleanup(CleanupKind(r[0]), *r[1:]) for r in rows]
 
@@ -410,10 +426,12 @@ class Store(Database):
         with self.transaction() as conn:
             conn.execute("DELETE FROM cleanups WHERE kind = ? AND job_id = ?", (str(kind), job_id))
 
-    def cleanup_failed(self, kind: CleanupKind, job_id: str, error: str) -> None:
+    def cleanup_failed(
+        self, kind: CleanupKind, job_id: str, error: str, next_attempt_at: float = 0.0
+    ) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE cleanups SET attempts = attempts + 1, last_error = ? "
-                "WHERE kind = ? AND job_id = ?",
-                (error, str(kind), job_id),
+                "UPDATE cleanups SET attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ? WHERE kind = ? AND job_id = ?",
+                (error, next_attempt_at, str(kind), job_id),
             )

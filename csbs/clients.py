@@ -32,6 +32,7 @@ from csbs.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from csbs.rpc import open_channel
 from csbs.v1 import common_pb2
@@ -195,16 +196,20 @@ class ReplicationRecord:
 
 # --- errors ------------------------------------------------------------------------------------
 
-# Codes worth another try: the node may answer next time.
+# Codes worth another try: the node may answer next time. Every other code is a node's
+# deterministic answer (a refusal in product words, a full region, lost data, a bug): asking
+# again gives the same answer, so a job fails at once with it (issue 11).
 TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.CANCELLED,
     }
 )
+# gRPC's own RESOURCE_EXHAUSTED when a server runs its maximum of concurrent calls: unlike a
+# node's (a region with no storage space left), it passes.
+_BUSY_SERVER = "Concurrent RPC limit exceeded"
 
 # How a node's failure is reported to whoever called the coordinator.
 _KIND_FOR_CODE: dict[grpc.StatusCode, ErrorKind] = {
@@ -248,6 +253,9 @@ _REFUSALS: dict[grpc.StatusCode, Callable[[str], CsbsError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    # A region with no storage space left ("region X has no storage space left for ..."):
+    # the node's words are kept, and the same code reaches whoever asked the coordinator.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -258,6 +266,8 @@ def node_error(region_id: str, exc: grpc.RpcError) -> CsbsError:
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     if code == grpc.StatusCode.NOT_FOUND:
         return NodeNotFound(region_id, details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(_BUSY_SERVER):
+        return NodeError(region_id, grpc.StatusCode.UNAVAILABLE, details)
     refusal = _REFUSALS.get(code)
     if refusal is not None:
         return refusal(f"{details} (in region {region_id})")
