@@ -93,6 +93,7 @@ def job_to_proto(job: models.ReplicationJob) -> pb.ReplicationJob:
         finished_at=timestamp(job.finished_at),
         updated_at=timestamp(job.updated_at),
         cleanup_pending=job.cleanup_pending,
+        replica_deleted=job.replica_deleted,
     )
 
 

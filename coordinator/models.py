@@ -61,6 +61,8 @@ class ReplicationJob:
     updated_at: datetime
     account_id: str  # the account the job belongs to: no other account sees it (issue 6)
     source_server_id: str = ""  # the source backup's server: replica retention counts per server
+    # Its replica was deleted in the target region since (R4a may copy it there again).
+    replica_deleted: bool = False
     # What the ended job still owes a node (a leftover replica not removed yet, a record or a
     # hold) and the last error, retried until done; "" when it owes nothing (issue 11).
     cleanup_pending: str = ""

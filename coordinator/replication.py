@@ -486,7 +486,7 @@ class ReplicationService:
                     for j in self._store.jobs_to(
                         conn, job.source_backup_id, job.target_region_id, [JobStatus.SUCCESS]
                     )
-                    if j.job_id not in known_gone
+                    if j.job_id not in known_gone and not j.replica_deleted
                 ]
                 if not to_check:
                     self._store.insert_job(conn, job, token)
@@ -721,6 +721,7 @@ class ReplicationService:
             job_id=job.job_id,
             status=status,
             failure_reason=reason,
+            replica_deleted=job.replica_deleted,
         )
 
     def _succeed(self, job_id: str) -> None:
@@ -799,9 +800,41 @@ class ReplicationService:
     def _cleanup_loop(self) -> None:
         while not self._stop.wait(self._config.cleanup_interval_seconds):
             try:
+                self.learn_deleted_replicas()
                 self.run_cleanups()
             except Exception:
                 log.exception("clean-up round failed")
+
+    def learn_deleted_replicas(self) -> int:
+        """Asks every node which replicas were deleted there since the last round, marks their
+        jobs `replica_deleted`, and owes each a SOURCE clean-up, so that the source backup's
+        record says so (run_cleanups, right after). A node that does not answer is asked again
+        next round. Returns how many jobs were marked."""
+        marked = 0
+        for region_id in self._nodes.region_ids:
+            if self._stop.is_set():
+                break
+            after = self._store.deletion_cursor(region_id)
+            try:
+                client = self._client(region_id, "")
+                while True:
+                    deleted, last_seq = client.deleted_replicas(after)
+                    if last_seq < after:  # the node's catalog was made anew
+                        after = 0
+                        continue
+                    if not deleted:
+                        break
+                    after = deleted[-1].seq
+                    jobs = self._store.replicas_deleted(
+                        region_id, [d.job_id for d in deleted], after, self._clock.now()
+                    )
+                    for job_id in jobs:
+                        log.info("replication job %s: its replica was deleted", job_id)
+                        self.notifier.changed(job_id)
+                    marked += len(jobs)
+            except CsbsError as exc:
+                log.info("region %s: deleted replicas not learnt this round: %s", region_id, exc)
+        return marked
 
     def run_cleanups(self) -> int:
         """One round over the clean-ups that are due; returns how many are left. One that

@@ -137,6 +137,15 @@ _MIGRATIONS: dict[int, str] = {
     -- Issue 11: a clean-up refused for good is retried too (never dropped), backing off.
     ALTER TABLE cleanups ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0
     """,
+    8: """
+    -- Issue 11: a job's replica deleted in the target region, as that region's node said
+    -- (ListDeletedReplicas), and how far each node's list of deletions has been read.
+    ALTER TABLE jobs ADD COLUMN replica_deleted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE deletion_cursors (
+        region_id TEXT PRIMARY KEY,
+        after_seq INTEGER NOT NULL
+    )
+    """,
 }
 
 _JOB_COLUMNS = (
@@ -144,7 +153,7 @@ _JOB_COLUMNS = (
     "target_region_id, target_project_id, replica_id, replica_name, replica_description, "
     "status, chunks_planned, bytes_planned, chunks_sent, bytes_sent, chunks_skipped, "
     "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at, "
-    "account_id, source_server_id"
+    "account_id, source_server_id, replica_deleted"
 )
 # What a finished job still owes a node and why, reported with the job (issue 11).
 _PENDING = (
@@ -194,7 +203,8 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
         updated_at=updated_at,
         account_id=row[24],
         source_server_id=row[25],
-        cleanup_pending=row[26] or "",
+        replica_deleted=bool(row[26]),
+        cleanup_pending=row[27] or "",
     )
 
 
@@ -284,7 +294,7 @@ class Store(Database):
         p = job.progress
         conn.execute(
             f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
-            f"VALUES ({', '.join('?' * 28)})",
+            f"VALUES ({', '.join('?' * 29)})",
             (
                 job.job_id,
                 int(job.way),
@@ -312,6 +322,7 @@ class Store(Database):
                 _ts(job.updated_at),
                 job.account_id,
                 job.source_server_id,
+                int(job.replica_deleted),
                 seq,
                 token,
             ),
@@ -410,6 +421,47 @@ class Store(Database):
             job = self.get_job(job_id, conn)
         assert job is not None
         return job
+
+    # -- replicas deleted in their region ---------------------------------------------------------
+    def deletion_cursor(self, region_id: str) -> int:
+        """How far the region's list of deleted replicas has been read (its seq)."""
+        with self.read() as conn:
+            row = conn.execute(
+                "SELECT after_seq FROM deletion_cursors WHERE region_id = ?", (region_id,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def replicas_deleted(
+        self, region_id: str, job_ids: Sequence[str], after_seq: int, now: datetime
+    ) -> list[str]:
+        """Marks the replicas of these jobs (made in `region_id`) deleted, owes each ended job
+        a SOURCE clean-up (its source backup's record then says so; a job still running says
+        so when it ends) and moves the region's cursor to `after_seq`, in one transaction.
+        Returns the jobs marked."""
+        marked: list[str] = []
+        with self.transaction() as conn:
+            for job_id in job_ids:
+                row = conn.execute(
+                    "SELECT source_region_id, source_backup_id, status FROM jobs WHERE "
+                    "job_id = ? AND target_region_id = ? AND replica_deleted = 0",
+                    (job_id, region_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute("UPDATE jobs SET replica_deleted = 1 WHERE job_id = ?", (job_id,))
+                marked.append(job_id)
+                if JobStatus(row[2]).finished:
+                    conn.execute(
+                        "INSERT INTO cleanups(kind, job_id, region_id, resource_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, job_id) DO NOTHING",
+                        (str(CleanupKind.SOURCE), job_id, row[0], row[1], _ts(now)),
+                    )
+            conn.execute(
+                "INSERT INTO deletion_cursors(region_id, after_seq) VALUES (?, ?) "
+                "ON CONFLICT(region_id) DO UPDATE SET after_seq = excluded.after_seq",
+                (region_id, after_seq),
+            )
+        return marked
 
     # -- clean-ups -------------------------------------------------------------------------------
     def cleanups(self, due_at: float | None = None) -> list[Cleanup]:

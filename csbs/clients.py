@@ -192,6 +192,18 @@ class ReplicationRecord:
     job_id: str
     status: RecordStatus
     failure_reason: str = ""
+    replica_deleted: bool = False  # the replica was deleted in the target region since
+
+
+@dataclass(frozen=True)
+class DeletedReplica:
+    """A replica a user (or a policy's retention) deleted in its region."""
+
+    seq: int
+    replica_id: str
+    job_id: str
+    source_region_id: str
+    source_backup_id: str
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -581,9 +593,23 @@ class RegionNodeClient:
                 job_id=record.job_id,
                 status=int(record.status),  # type: ignore[arg-type]
                 failure_reason=record.failure_reason,
+                replica_deleted=record.replica_deleted,
             ),
         )
         self._idempotent(self._internal.RecordReplication, request)
+
+    # -- either side -----------------------------------------------------------------------------
+    def deleted_replicas(self, after_seq: int) -> tuple[list[DeletedReplica], int]:
+        """The replicas deleted in this region after `after_seq` (one page, in order), and the
+        node's newest seq."""
+        answer = self._idempotent(
+            self._internal.ListDeletedReplicas, pb.ListDeletedReplicasRequest(after_seq=after_seq)
+        )
+        found = [
+            DeletedReplica(d.seq, d.replica_id, d.job_id, d.source_region_id, d.source_backup_id)
+            for d in answer.replicas
+        ]
+        return found, answer.last_seq
 
     # -- target side -----------------------------------------------------------------------------
     def create_replica(

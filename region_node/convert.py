@@ -7,6 +7,8 @@ from csbs.timestamps import instant, timestamp
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from region_node import models
+from region_node.catalog.replica_deletions import DeletedReplica
+from region_node.parts import dt
 
 
 def region_info_to_proto(info: models.RegionInfo) -> common_pb2.RegionInfo:
@@ -204,4 +206,15 @@ def verify_progress_to_proto(progress: models.VerifyProgress) -> pb.VerifyBackup
         chunks_bad=progress.chunks_bad,
         done=progress.backup is not None,
         backup=backup_to_proto(progress.backup) if progress.backup is not None else None,
+    )
+
+
+def deleted_replica_to_proto(d: DeletedReplica) -> pb.DeletedReplica:
+    return pb.DeletedReplica(
+        seq=d.seq,
+        replica_id=d.replica_id,
+        job_id=d.job_id,
+        source_region_id=d.source_region_id,
+        source_backup_id=d.source_backup_id,
+        deleted_at=timestamp(dt(d.deleted_at)),
     )

@@ -377,3 +377,12 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     ) -> pb.SetClockResponse:
         now = self._node.region.set_clock(instant(request.now, "now"))
         return pb.SetClockResponse(now=timestamp(now))
+
+    @rpc_method
+    def ListDeletedReplicas(
+        self, request: pb.ListDeletedReplicasRequest, context: grpc.ServicerContext
+    ) -> pb.ListDeletedReplicasResponse:
+        found, last_seq = self._node.replicas.deleted_replicas(request.after_seq, request.page_size)
+        return pb.ListDeletedReplicasResponse(
+            replicas=[convert.deleted_replica_to_proto(d) for d in found], last_seq=last_seq
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -148,5 +148,18 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (replica_id, hash)
     ) WITHOUT ROWID;
     CREATE INDEX replica_arrivals_by_hash ON replica_arrivals(hash);
+    """,
+    3: """
+    -- Issue 11: the replicas deleted here, written in the transaction that deletes one, so
+    -- that the coordinator learns it (ListDeletedReplicas, after a seq it remembers) and the
+    -- source backup's replication record says so. Never reused seqs: AUTOINCREMENT.
+    CREATE TABLE replica_deletions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        replica_id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        source_region_id TEXT NOT NULL,
+        source_backup_id TEXT NOT NULL,
+        deleted_at REAL NOT NULL
+    );
     """,
 }

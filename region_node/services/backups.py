@@ -13,7 +13,7 @@ from dataclasses import replace
 from csbs.errors import FailedPrecondition, InvalidArgument, ServerNotFound
 from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.paging import page_size
-from region_node.catalog import Row, page, requests
+from region_node.catalog import Row, page, replica_deletions, requests
 from region_node.catalog import backups as backup_rows
 from region_node.catalog import servers as server_rows
 from region_node.engine.backup import BackupEngine
@@ -166,6 +166,7 @@ class BackupService:
                     f"backup {backup_id} is being replicated by job {job}; it can be "
                     "deleted once the replication ends"
                 )
+            replica_deletions.record(conn, backup_id, parts.now())
             hashes = backup_rows.delete(conn, backup_id)
             freed = parts.store.unindex(conn, parts.store.unreferenced(conn, hashes))
         parts.store.release(freed)

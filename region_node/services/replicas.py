@@ -10,7 +10,9 @@ from collections.abc import Iterable, Iterator
 from csbs.errors import FailedPrecondition, InvalidArgument
 from csbs.names import validate_description, validate_name
 from region_node.catalog import backups as backup_rows
+from region_node.catalog import replica_deletions as deletion_rows
 from region_node.catalog import replicas as replica_rows
+from region_node.catalog.replica_deletions import DeletedReplica
 from region_node.engine.transfer import ChunkTransfer, check_hash
 from region_node.models import (
     Backup,
@@ -86,6 +88,16 @@ class ReplicaService:
         return result
 
     # -- the target side ------------------------------------------------------------------------
+    def deleted_replicas(self, after_seq: int, size: int) -> tuple[list[DeletedReplica], int]:
+        """The replicas deleted here after `after_seq`, in order, and the newest seq there is."""
+        if after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative")
+        if not 0 <= size <= deletion_rows.MAX_PAGE:
+            raise InvalidArgument(f"page_size: 0 (default {deletion_rows.MAX_PAGE}) to 1000")
+        with self._parts.catalog.read() as conn:
+            found = deletion_rows.after(conn, after_seq, size or deletion_rows.MAX_PAGE)
+            return found, deletion_rows.last_seq(conn)
+
     @needs_space("the replica")
     def create(self, spec: ReplicaSpec, entries: Iterable[ManifestEntry]) -> Backup:
         """A replica in status REPLICATING with its whole manifest; idempotent by job ID."""
