@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import errno
 import functools
-import json
 import os
 import random
 import shutil
@@ -35,7 +34,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +46,19 @@ from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import MIB
+from tests.soak_model import (
+    PAGE,
+    BackupModel,
+    DiskModel,
+    Failure,
+    Refused,
+    ServerModel,
+    SoakFailed,
+    SoakReport,
+)
 
 REGION = "cn-north-4"
 PROJECT = f"{REGION}_default"
-PAGE = 4096
 TMPFS_MIB = 512
 DEADLINE = 20.0  # seconds, for every call
 WAIT = 60.0  # seconds, for anything to settle
@@ -76,122 +83,6 @@ TABLES += ("chunks", "images", "holds", "replica_arrivals", "replication_records
 CREATING, AVAILABLE = pb.BACKUP_STATUS_CREATING, pb.BACKUP_STATUS_AVAILABLE
 ERROR, REPLICATING = pb.BACKUP_STATUS_ERROR, pb.BACKUP_STATUS_REPLICATING
 SERVER_BUSY = (pb.SERVER_STATUS_CREATING, pb.SERVER_STATUS_RESTORING, pb.SERVER_STATUS_DELETING)
-
-
-class Failure(Exception):
-    """A rule the node broke: ends the run."""
-
-
-class Refused(Exception):
-    """A call answered with a status code it may answer under faults (counted)."""
-
-    def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{code}: {details}")
-        self.code = code
-
-
-@dataclass
-class SoakReport:
-    seed: int
-    seconds: float
-    ops: dict[str, int] = field(default_factory=dict)  # calls, by method
-    codes: dict[str, int] = field(default_factory=dict)  # answers, by status code
-    kills: int = 0
-    fills: int = 0
-    writes_acknowledged: int = 0
-    writes_failed: int = 0
-    disks_verified: int = 0
-    backups_verified: int = 0
-    unanswered: int = 0  # creates never answered (what they made may exist)
-    pack_bytes_left: int = 0  # allocated by the packs at the end (zeros only)
-    elapsed: float = 0.0
-
-    def json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-class SoakFailed(AssertionError):
-    def __init__(self, message: str, report: SoakReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def _page(data: bytes | bytearray, p: int) -> bytes:
-    return bytes(data[p * PAGE : (p + 1) * PAGE])
-
-
-@dataclass
-class DiskModel:
-    """What a disk holds: `data`, except the pages in `maybe`, each one of a set of contents."""
-
-    data: bytearray
-    maybe: dict[int, set[bytes]] = field(default_factory=dict)
-
-    def copy(self) -> DiskModel:
-        return DiskModel(bytearray(self.data), {p: set(c) for p, c in self.maybe.items()})
-
-    def _contents(self, p: int) -> set[bytes]:
-        return self.maybe.get(p) or {_page(self.data, p)}
-
-    def _set(self, p: int, contents: set[bytes]) -> None:
-        if len(contents) > 1:
-            self.maybe[p] = contents
-        else:
-            self.maybe.pop(p, None)
-            self.data[p * PAGE : (p + 1) * PAGE] = next(iter(contents))
-
-    def write(self, offset: int, data: bytes, sure: bool) -> None:
-        """A write the node acknowledged (`sure`), or one that failed: old or new, per page."""
-        end = offset + len(data)
-        if sure and not self.maybe:
-            self.data[offset:end] = data
-            return
-        for p in range(offset // PAGE, (end - 1) // PAGE + 1):
-            lo, hi = max(offset, p * PAGE), min(end, (p + 1) * PAGE)
-            old = self._contents(p)
-            piece, at = data[lo - offset : hi - offset], lo - p * PAGE
-            new = {c[:at] + piece + c[at + len(piece) :] for c in old}
-            self._set(p, new if sure else old | new)
-
-    def either(self, other: DiskModel) -> None:
-        """This disk or `other`, page by page (a restore that may or may not have run)."""
-        for p in range(len(self.data) // PAGE):
-            if (mine := self._contents(p)) != (theirs := other._contents(p)):
-                self._set(p, mine | theirs)
-
-    def check(self, got: bytes) -> str:
-        """What is wrong with `got` as this disk ("" if nothing, and then it is adopted)."""
-        if len(got) != len(self.data):
-            return f"{len(got)} bytes read, the disk has {len(self.data)}"
-        expected = bytearray(self.data)
-        for p, contents in self.maybe.items():  # the page read if it is one of them
-            page = _page(got, p)
-            expected[p * PAGE : (p + 1) * PAGE] = page if page in contents else min(contents)
-        if expected != got:
-            bad = [p for p in range(len(got) // PAGE) if _page(expected, p) != _page(got, p)]
-            zeros = " (it reads as zeros)" if _page(got, bad[0]) == bytes(PAGE) else ""
-            return f"{len(bad)} pages differ from the model, the first at {bad[0] * PAGE}{zeros}"
-        self.data[:] = got
-        self.maybe.clear()
-        return ""
-
-
-@dataclass(eq=False)
-class ServerModel:
-    server_id: str
-    disks: list[DiskModel]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    tainted: str = ""  # why its disks are not known any more, if they are not
-
-
-@dataclass(eq=False)
-class BackupModel:
-    backup_id: str
-    server_id: str
-    disks: dict[int, DiskModel]  # its point in time, by disk index (never changed)
-    epoch: int  # the fault epoch when it started
-    replica: bool = False
-    status: int = CREATING  # as last seen
 
 
 def _deadline(details: Any) -> Any:
