@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/csbs/v1/*.proto)
 GEN_STAMP := csbs/v1/.generated
 CONFIG ?= config/cluster.toml
 
-.PHONY: install proto lint test cluster bench demo clean soak
+.PHONY: install proto lint test cluster bench demo clean soak soak-cluster
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -49,14 +49,22 @@ bench: install
 demo: install
 	$(VENV)/bin/csbs --config $(CONFIG) demo --fresh-cluster $(TLS_FLAG)
 
-# The seeded fault test of a region node against a model (tests/node_soak.py), as root (it
-# mounts a tmpfs): kill -9, a full disk, every backup restored and compared. A failure prints
-# its seed; `make soak SEED=<seed> SECONDS=<s>` replays it. SEED defaults to a random one.
+# The seeded fault tests, each for SECONDS, as root (they mount tmpfs filesystems): a region
+# node against a model (tests/node_soak.py: kill -9, a full disk, every backup restored and
+# compared), then the whole cluster over DAYS simulated days a run, seed after seed
+# (tests/cluster_soak.py: kills and pauses of every process, a full target region; every due
+# run once, every job ended, replicas identical). A failure prints its seed; `make soak
+# SEED=<seed> SECONDS=<s>` replays it. SEED defaults to a random one.
 SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
 SECONDS ?= 1800
+DAYS ?= 10
 
 soak: install
 	$(PY) -m tests.node_soak --seed $(SEED) --seconds $(SECONDS)
+	$(PY) -m tests.cluster_soak --seed $(SEED) --days $(DAYS) --seconds $(SECONDS)
+
+soak-cluster: install
+	$(PY) -m tests.cluster_soak --seed $(SEED) --days $(DAYS) --seconds $(SECONDS)
 
 clean:
 	rm -rf csbs/v1 $(VENV) var .pytest_cache .mypy_cache .ruff_cache
