@@ -55,7 +55,8 @@ from coordinator.policy_models import (
     run_body,
     run_from_body,
 )
-from coordinator.replication import ReplicationService, own_project
+from coordinator.replication import ReplicationService
+from coordinator.replication_rules import own_project
 from coordinator.retention import expired, server_of_replica
 from coordinator.schedule import validate_schedule
 from coordinator.store import Store

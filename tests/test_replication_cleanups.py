@@ -35,6 +35,9 @@ class _Target:
     full: threading.Event = field(default_factory=threading.Event)
     removed: list[str] = field(default_factory=list)
 
+    def deleted_replicas(self, after_seq: int) -> tuple[list[object], int]:
+        return [], 0
+
     def remove_replica(self, replica_id: str, job_id: str) -> bool:
         if self.full.is_set():
             raise StorageFull(TARGET, "the deletion's record")
@@ -45,6 +48,7 @@ class _Target:
 class _Nodes:
     def __init__(self, target: _Target) -> None:
         self._target = target
+        self.region_ids = [TARGET]
 
     def __contains__(self, region_id: object) -> bool:
         return region_id == TARGET
