@@ -21,6 +21,7 @@ import pytest
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
+from tests.filesystems import Filler, small_filesystem
 from tests.harness import DEFAULT_REGIONS, Cluster, write_cluster_config
 from tests.node_helpers import (
     MIB,
@@ -34,7 +35,6 @@ from tests.node_helpers import (
     write,
 )
 from tests.replication_helpers import follow, replicate
-from tests.test_disk_full import Filler, small_filesystem
 
 pytestmark = pytest.mark.timeout(300)
 
