@@ -49,12 +49,9 @@ from coordinator.policy_models import (
     PolicyReplication,
     PolicyRun,
     RunItem,
-    policy_body,
-    policy_from_row,
     request_parameters,
-    run_body,
-    run_from_body,
 )
+from coordinator.policy_store import PolicyStore
 from coordinator.replication import ReplicationService
 from coordinator.replication_rules import own_project
 from coordinator.retention import expired, server_of_replica
@@ -102,6 +99,7 @@ class PolicyService:
         replication: ReplicationService,
     ) -> None:
         self._store = store
+        self._policies = PolicyStore(store)
         self._clock = clock
         self._nodes = nodes
         self._replication = replication
@@ -206,19 +204,16 @@ class PolicyService:
                     f"R1a: server {server_id} is a bare-metal server; a policy protects "
                     "elastic cloud servers (ECS) only"
                 )
-        with self._store.read() as conn:
-            for server_id in server_ids:
-                row = conn.execute(
-                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
-                ).fetchone()
-                if row and row[0] != policy.policy_id:
-                    raise FailedPrecondition(
-                        f"server {server_id} is already protected by policy {row[0]}; a server "
-                        "belongs to at most one policy"
-                    )
+        for server_id in server_ids:
+            owner = self._policies.protector(server_id)
+            if owner is not None and owner != policy.policy_id:
+                raise FailedPrecondition(
+                    f"server {server_id} is already protected by policy {owner}; a server "
+                    "belongs to at most one policy"
+                )
 
     # -- CRUD -------------------------------------------------------------------------------------
-    def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, ...]:
+    def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, float | None]:
         backup = policy.backup_schedule.next_after(after) if policy.enabled else None
         repl = policy.replication
         replication = (
@@ -234,13 +229,9 @@ class PolicyService:
         # Request IDs are the account's own: another account's never answers for it.
         request_key = f"{account_id}/{request_id}"
         if request_id:
-            with self._store.read() as conn:
-                row = conn.execute(
-                    "SELECT policy_id, parameters FROM policy_requests WHERE request_id = ?",
-                    (request_key,),
-                ).fetchone()
-            if row:
-                return self._same_request(account_id, policy, request_id, row[0], row[1])
+            made = self._policies.request(request_key)
+            if made is not None:
+                return self._same_request(account_id, policy, request_id, *made)
         now = self._clock.now()
         policy = replace(
             policy,
@@ -252,38 +243,20 @@ class PolicyService:
         policy = self._check_definition(policy)
         self._check_servers(policy, policy.server_ids)
         times = self._schedule_times(policy, now)
-        with self._store.transaction() as conn:
+        with self._policies.transaction() as conn:
             for server_id in policy.server_ids:
-                row = conn.execute(
-                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
-                ).fetchone()
-                if row:
+                owner = self._policies.protector(server_id, conn)
+                if owner is not None:
                     raise FailedPrecondition(
-                        f"server {server_id} is already protected by policy {row[0]}"
+                        f"server {server_id} is already protected by policy {owner}"
                     )
-            conn.execute(
-                "INSERT INTO policies(policy_id, seq, region_id, project_id, body, "
-                "next_backup_at, next_replication_at, account_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    policy.policy_id,
-                    self._store.next_seq(conn, "policies"),
-                    policy.region_id,
-                    policy.project_id,
-                    policy_body(policy),
-                    *times,
-                    account_id,
-                ),
+            self._policies.insert(
+                conn,
+                policy,
+                times,
+                request_key if request_id else "",
+                json.dumps(request_parameters(policy)),
             )
-            conn.executemany(
-                "INSERT INTO policy_servers(server_id, policy_id) VALUES (?, ?)",
-                [(s, policy.policy_id) for s in policy.server_ids],
-            )
-            if request_id:
-                conn.execute(
-                    "INSERT INTO policy_requests(request_id, policy_id, parameters) "
-                    "VALUES (?, ?, ?)",
-                    (request_key, policy.policy_id, json.dumps(request_parameters(policy))),
-                )
         self._wake_scheduler()
         return self._load(policy.policy_id)
 
@@ -311,15 +284,10 @@ class PolicyService:
         """A policy, whoever's it is (the scheduler's view)."""
         if not policy_id:
             raise InvalidArgument("policy_id is required")
-        with self._store.read() as conn:
-            row = conn.execute(
-                "SELECT body, next_backup_at, next_replication_at FROM policies "
-                "WHERE policy_id = ?",
-                (policy_id,),
-            ).fetchone()
-        if row is None:
+        policy = self._policies.load(policy_id)
+        if policy is None:
             raise PolicyNotFound(policy_id)
-        return policy_from_row(*row)
+        return policy
 
     def get(self, account_id: str, policy_id: str) -> Policy:
         """A policy of the account; another account's is not found, as if it never existed."""
@@ -334,21 +302,8 @@ class PolicyService:
         limit = page_size(size)
         scope = f"policies/{account_id}/{region_id}/{project_id}"
         after = self._tokens.open(scope, token)
-        where, args = ["account_id = ?", "seq > ?"], [account_id, after]
-        for column, value in (("region_id", region_id), ("project_id", project_id)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        with self._store.read() as conn:
-            rows = conn.execute(
-                "SELECT body, next_backup_at, next_replication_at, seq FROM policies WHERE "
-                + " AND ".join(where)
-                + " ORDER BY seq LIMIT ?",
-                (*args, limit + 1),
-            ).fetchall()
-        items = [policy_from_row(*r[:3]) for r in rows[:limit]]
-        next_token = self._tokens.issue(scope, rows[limit - 1][3]) if len(rows) > limit else ""
-        return Page(items, next_token)
+        items, last = self._policies.page(account_id, region_id, project_id, after, limit)
+        return Page(items, "" if last is None else self._tokens.issue(scope, last))
 
     def update(self, account_id: str, change: Policy, fields: list[str]) -> Policy:
         known = {"name", "description", "backup_schedule", "retention", "enabled", "replication"}
@@ -363,12 +318,8 @@ class PolicyService:
         now = self._clock.now()
         policy = self._check_definition(replace(current, **updates, updated_at=now))
         times = self._schedule_times(policy, now)
-        with self._store.transaction() as conn:
-            conn.execute(
-                "UPDATE policies SET body = ?, next_backup_at = ?, next_replication_at = ? "
-                "WHERE policy_id = ?",
-                (policy_body(policy), *times, policy.policy_id),
-            )
+        with self._policies.transaction() as conn:
+            self._policies.update(conn, policy, times)
         self._wake_scheduler()
         return self._load(policy.policy_id)
 
@@ -376,10 +327,7 @@ class PolicyService:
         """Deletes a policy. A run in flight finishes what it started (its backups and jobs end,
         nothing is left half-done), then stops; the backups it made are kept."""
         self.get(account_id, policy_id)
-        with self._store.transaction() as conn:
-            conn.execute("DELETE FROM policies WHERE policy_id = ?", (policy_id,))
-            conn.execute("DELETE FROM policy_servers WHERE policy_id = ?", (policy_id,))
-            conn.execute("DELETE FROM policy_requests WHERE policy_id = ?", (policy_id,))
+        self._policies.delete(policy_id)
         with self._lock:
             self._deleted.add(policy_id)
         self._wake_scheduler()
@@ -401,82 +349,28 @@ class PolicyService:
         if len(servers) > MAX_SERVERS:
             raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
         policy = replace(policy, server_ids=servers, updated_at=self._clock.now())
-        with self._store.transaction() as conn:
+        with self._policies.transaction() as conn:
             for server_id in new:
-                row = conn.execute(
-                    "SELECT policy_id FROM policy_servers WHERE server_id = ?", (server_id,)
-                ).fetchone()
-                if row:
+                owner = self._policies.protector(server_id, conn)
+                if owner is not None:
                     raise FailedPrecondition(
-                        f"server {server_id} is already protected by policy {row[0]}"
+                        f"server {server_id} is already protected by policy {owner}"
                     )
-            conn.execute(
-                "UPDATE policies SET body = ? WHERE policy_id = ?",
-                (policy_body(policy), policy_id),
-            )
+            self._policies.update(conn, policy)
             if add:
-                conn.executemany(
-                    "INSERT INTO policy_servers(server_id, policy_id) VALUES (?, ?)",
-                    [(s, policy_id) for s in new],
-                )
+                self._policies.add_servers(conn, policy_id, new)
             else:
-                conn.executemany(
-                    "DELETE FROM policy_servers WHERE server_id = ?", [(s,) for s in server_ids]
-                )
+                self._policies.remove_servers(conn, server_ids)
         return self._load(policy_id)
 
     # -- runs: records ----------------------------------------------------------------------------
-    def _save_run(self, run: PolicyRun, conn: sqlite3.Connection | None = None) -> None:
-        if conn is None:
-            with self._store.transaction() as c:
-                self._save_run(run, c)
-            return
-        exists = conn.execute(
-            "SELECT 1 FROM policy_runs WHERE run_id = ?", (run.run_id,)
-        ).fetchone()
-        if exists:
-            conn.execute(
-                "UPDATE policy_runs SET body = ?, status = ? WHERE run_id = ?",
-                (run_body(run), run.status, run.run_id),
-            )
-        else:
-            conn.execute(
-                "INSERT INTO policy_runs(run_id, seq, policy_id, body, kind, status) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    self._store.next_seq(conn, "policy_runs"),
-                    run.policy_id,
-                    run_body(run),
-                    run.kind,
-                    run.status,
-                ),
-            )
-
-    @staticmethod
-    def _going(conn: sqlite3.Connection, policy_id: str, kind: int) -> str | None:
-        """The run of this policy and kind still going, if any (the skip rule)."""
-        row = conn.execute(
-            "SELECT run_id FROM policy_runs WHERE status = ? AND policy_id = ? AND kind = ? "
-            "LIMIT 1",
-            (RUNNING, policy_id, kind),
-        ).fetchone()
-        return None if row is None else str(row[0])
-
     def list_runs(self, account_id: str, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
         self.get(account_id, policy_id)  # NOT_FOUND for a policy not of this account
         limit = page_size(size)
         scope = f"runs/{policy_id}"
         after = self._tokens.open(scope, token)
-        with self._store.read() as conn:
-            rows = conn.execute(
-                "SELECT body, seq FROM policy_runs WHERE policy_id = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (policy_id, after, limit + 1),
-            ).fetchall()
-        items = [run_from_body(r[0]) for r in rows[:limit]]
-        next_token = self._tokens.issue(scope, rows[limit - 1][1]) if len(rows) > limit else ""
-        return Page(items, next_token)
+        items, last = self._policies.runs_page(policy_id, after, limit)
+        return Page(items, "" if last is None else self._tokens.issue(scope, last))
 
     # -- runs: doing ------------------------------------------------------------------------------
     def execute(self, account_id: str, policy_id: str, kind: int) -> PolicyRun:
@@ -487,7 +381,7 @@ class PolicyService:
         policy = self.get(account_id, policy_id)
         if kind == KIND_REPLICATION and policy.replication is None:
             raise FailedPrecondition(f"policy {policy_id} has no replication rule")
-        with self._store.transaction() as conn:
+        with self._policies.transaction() as conn:
             run = self._new_run(conn, policy, kind, TRIGGER_EXECUTE_NOW, self._clock.now())
         return self._carry_out(policy, run, wait=False)
 
@@ -510,7 +404,7 @@ class PolicyService:
             scheduled_at=scheduled_at,
             started_at=self._clock.now(),
         )
-        going = self._going(conn, policy.policy_id, kind)
+        going = self._policies.going(conn, policy.policy_id, kind)
         if going is not None:
             run = replace(
                 run,
@@ -518,7 +412,7 @@ class PolicyService:
                 finished_at=self._clock.now(),
                 reason=f"the previous {KIND_NAMES[kind]} run {going} was still going",
             )
-        self._save_run(run, conn)
+        self._policies.save_run(run, conn)
         return run
 
     def _carry_out(self, policy: Policy, run: PolicyRun, wait: bool) -> PolicyRun:
@@ -560,7 +454,7 @@ class PolicyService:
                 finished_at=self._clock.now(),
                 reason=f"{run.reason}; {reason}" if run.reason else reason,
             )
-        self._save_run(run)
+        self._policies.save_run(run)
         return run, work
 
     def _finish_safely(self, policy: Policy, run: PolicyRun, work: _Work) -> PolicyRun:
@@ -569,7 +463,7 @@ class PolicyService:
         except Exception as exc:
             log.exception("policy %s: run %s failed", policy.policy_id, run.run_id)
             run = replace(run, status=FAILED, finished_at=self._clock.now(), reason=str(exc))
-        self._save_run(run)
+        self._policies.save_run(run)
         return run
 
     # -- runs: after a crash ----------------------------------------------------------------------
@@ -579,19 +473,14 @@ class PolicyService:
         idempotent) and goes to its end; otherwise it is FAILED with the reason. What a run
         could not finish (retention, say), the next run picks up."""
         try:
-            with self._store.read() as conn:
-                rows = conn.execute(
-                    "SELECT body FROM policy_runs WHERE status = ? ORDER BY seq", (RUNNING,)
-                ).fetchall()
             ending = []
-            for (body,) in rows:
-                run = run_from_body(body)
+            for run in self._policies.running():
                 log.info("policy %s: run %s was left running; resuming", run.policy_id, run.run_id)
                 run = replace(run, reason=RESTARTED)
                 try:
                     policy = self._load(run.policy_id)
                 except PolicyNotFound:
-                    self._save_run(
+                    self._policies.save_run(
                         replace(
                             run,
                             status=FAILED,
@@ -860,12 +749,8 @@ class PolicyService:
     def _next_due(self, until: datetime | None) -> tuple[datetime, str, int] | None:
         """The earliest (time, policy, kind) falling due, at or before `until` if given;
         backups before replications at the same instant."""
-        with self._store.read() as conn:
-            rows = conn.execute(
-                "SELECT policy_id, next_backup_at, next_replication_at FROM policies"
-            ).fetchall()
         due: list[tuple[float, int, str]] = []
-        for policy_id, backup_at, repl_at in rows:
+        for policy_id, backup_at, repl_at in self._policies.due_times():
             if backup_at is not None:
                 due.append((backup_at, KIND_BACKUP, policy_id))
             if repl_at is not None:
@@ -882,17 +767,11 @@ class PolicyService:
         """Records the run due at `due` and moves the policy's next time of this kind past it,
         in one transaction: a crash leaves either both or neither, so every due run is recorded
         exactly once. None if the policy is gone or this time was taken already."""
-        column = "next_backup_at" if kind == KIND_BACKUP else "next_replication_at"
-        with self._store.transaction() as conn:
-            row = conn.execute(
-                "SELECT body, next_backup_at, next_replication_at FROM policies "
-                "WHERE policy_id = ?",
-                (policy_id,),
-            ).fetchone()
-            if row is None:
+        with self._policies.transaction() as conn:
+            policy = self._policies.load(policy_id, conn)
+            if policy is None:
                 return None
-            policy = policy_from_row(*row)
-            current = row[1] if kind == KIND_BACKUP else row[2]
+            current = self._policies.next_at(conn, policy_id, kind)
             if current is None or current != due.timestamp():
                 return None
             schedule = (
@@ -901,9 +780,7 @@ class PolicyService:
                 else (policy.replication.schedule if policy.replication else None)
             )
             following = schedule.next_after(due).timestamp() if schedule else None
-            conn.execute(
-                f"UPDATE policies SET {column} = ? WHERE policy_id = ?", (following, policy_id)
-            )
+            self._policies.move_next_at(conn, policy_id, kind, following)
             run = self._new_run(conn, policy, kind, TRIGGER_SCHEDULE, due)
         return policy, run
 

@@ -1,6 +1,6 @@
 """The coordinator's state: one SQLite database (WAL) in `<data_dir>/coordinator.db` holding the
 replication jobs, the clean-ups that failed jobs still owe a node, and the policies and their
-runs (see coordinator/policies.py).
+runs (their SQL: coordinator/policy_store.py).
 
 One connection guarded by one lock; every logical step is one transaction. The schema carries
 a version (PRAGMA user_version) and is migrated on start."""
