@@ -3,7 +3,7 @@ each is one of those kinds, so csbs.rpc maps it to its status code unchanged."""
 
 from __future__ import annotations
 
-from csbs.errors import InvalidArgument
+from csbs.errors import FailedPrecondition, InvalidArgument
 
 
 class IdempotencyTokenReused(InvalidArgument):
@@ -28,3 +28,15 @@ class IdempotencyTokenReused(InvalidArgument):
         )
         self.token = token
         self.parameter = name
+
+
+class ServerInAnotherPolicy(FailedPrecondition):
+    """A server is protected by at most one policy."""
+
+    def __init__(self, server_id: str, policy_id: str) -> None:
+        super().__init__(
+            f"server {server_id} is already protected by policy {policy_id}; a server belongs "
+            "to at most one policy"
+        )
+        self.server_id = server_id
+        self.policy_id = policy_id

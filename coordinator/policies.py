@@ -204,13 +204,6 @@ class PolicyService:
                     f"R1a: server {server_id} is a bare-metal server; a policy protects "
                     "elastic cloud servers (ECS) only"
                 )
-        for server_id in server_ids:
-            owner = self._policies.protector(server_id)
-            if owner is not None and owner != policy.policy_id:
-                raise FailedPrecondition(
-                    f"server {server_id} is already protected by policy {owner}; a server "
-                    "belongs to at most one policy"
-                )
 
     # -- CRUD -------------------------------------------------------------------------------------
     def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, float | None]:
@@ -244,12 +237,6 @@ class PolicyService:
         self._check_servers(policy, policy.server_ids)
         times = self._schedule_times(policy, now)
         with self._policies.transaction() as conn:
-            for server_id in policy.server_ids:
-                owner = self._policies.protector(server_id, conn)
-                if owner is not None:
-                    raise FailedPrecondition(
-                        f"server {server_id} is already protected by policy {owner}"
-                    )
             self._policies.insert(
                 conn,
                 policy,
@@ -346,21 +333,16 @@ class PolicyService:
                 raise NotFound("server", f"{missing[0]} in policy {policy_id}")
             servers = tuple(s for s in policy.server_ids if s not in server_ids)
             new = ()
-        if len(servers) > MAX_SERVERS:
-            raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
         policy = replace(policy, server_ids=servers, updated_at=self._clock.now())
         with self._policies.transaction() as conn:
-            for server_id in new:
-                owner = self._policies.protector(server_id, conn)
-                if owner is not None:
-                    raise FailedPrecondition(
-                        f"server {server_id} is already protected by policy {owner}"
-                    )
-            self._policies.update(conn, policy)
             if add:
                 self._policies.add_servers(conn, policy_id, new)
             else:
                 self._policies.remove_servers(conn, server_ids)
+            # Checked after add_servers (rolled back): a server in another policy is named first.
+            if len(servers) > MAX_SERVERS:
+                raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
+            self._policies.update(conn, policy)
         return self._load(policy_id)
 
     # -- runs: records ----------------------------------------------------------------------------

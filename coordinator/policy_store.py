@@ -4,7 +4,7 @@
 What it keeps:
 - `policies`: a policy's definition as versioned JSON (coordinator/policy_models.py) with the
   columns lists and the scheduler search by, among them the next due time of each kind of run;
-- `policy_servers`: which policy protects a server (a server is in at most one);
+- `policy_servers`: which policy protects a server (a server is in at most one: add_servers);
 - `policy_requests`: the policy a request ID made, with the parameters it was made with;
 - `policy_runs`: every run, as versioned JSON, with its kind and status as columns (the skip
   rule and the recovery at start look for runs RUNNING).
@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from coordinator.errors import ServerInAnotherPolicy
 from coordinator.policy_models import (
     KIND_BACKUP,
     KIND_REPLICATION,
@@ -184,6 +185,13 @@ class PolicyStore:
     def add_servers(
         self, conn: sqlite3.Connection, policy_id: str, server_ids: Sequence[str]
     ) -> None:
+        """Protects these servers with the policy. The one place "a server is in at most one
+        policy" is checked: in the transaction that adds them, so two policies never both take
+        a server."""
+        for server_id in server_ids:
+            owner = self.protector(server_id, conn)
+            if owner is not None:
+                raise ServerInAnotherPolicy(server_id, owner)
         conn.executemany(
             "INSERT INTO policy_servers(server_id, policy_id) VALUES (?, ?)",
             [(s, policy_id) for s in server_ids],
