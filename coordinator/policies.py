@@ -38,7 +38,6 @@ from coordinator.policy_models import (
     KIND_BACKUP,
     KIND_NAMES,
     KIND_REPLICATION,
-    MAX_KEEP,
     RESTARTED,
     RUNNING,
     SKIPPED,
@@ -46,32 +45,32 @@ from coordinator.policy_models import (
     TRIGGER_SCHEDULE,
     Policy,
     PolicyNotFound,
-    PolicyReplication,
     PolicyRun,
     RunItem,
     request_parameters,
 )
 from coordinator.policy_store import PolicyStore
+from coordinator.policy_validation import (
+    check_definition,
+    check_server_count,
+    check_servers,
+    check_update_fields,
+)
 from coordinator.replication import ReplicationService
-from coordinator.replication_rules import own_project
 from coordinator.retention import expired, server_of_replica
-from coordinator.schedule import validate_schedule
 from coordinator.store import Store
-from csbs.clients import BackupStatus, RegionNodes, ReplicationWay, ServerType
+from csbs.clients import BackupStatus, RegionNodes, ReplicationWay
 from csbs.errors import (
     CsbsError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    RegionNotFound,
-    TargetProjectNotFound,
 )
-from csbs.names import validate_description, validate_name, validate_request_id
+from csbs.names import validate_request_id
 from csbs.paging import PageTokens, page_size
 
 log = logging.getLogger(__name__)
 
-MAX_SERVERS = 64
 WAIT_POLL = 0.1
 WORK_TIMEOUT = 6 * 3600.0  # a run gives up waiting for its backups or jobs after this
 
@@ -131,80 +130,6 @@ class PolicyService:
         if self._scheduler is not None:
             self._scheduler.join(timeout=10)
 
-    # -- validation -------------------------------------------------------------------------------
-    def _check_definition(self, policy: Policy, check_capability: bool = True) -> Policy:
-        """Checks every field against its rule; returns the policy with defaults filled in.
-        `check_capability` False leaves R5 (whether the target accepts replication now) out."""
-        validate_name(policy.name, "name")
-        validate_description(policy.description, "description")
-        if policy.region_id not in self._nodes:
-            raise RegionNotFound(policy.region_id)
-        info = self._nodes.client(policy.region_id).region_info()  # every project
-        project = own_project(
-            info, policy.region_id, policy.account_id, policy.project_id, "project_id"
-        )
-        schedule = validate_schedule(
-            policy.backup_schedule.rrule, policy.backup_schedule.timezone, "backup_schedule"
-        )
-        r = policy.retention
-        if r.keep_count and r.keep_days:
-            raise InvalidArgument("retention: keep_count or keep_days, not both")
-        for name, value in (("keep_count", r.keep_count), ("keep_days", r.keep_days)):
-            if not 0 <= value <= MAX_KEEP:
-                raise InvalidArgument(f"retention.{name} {value}: 1 to {MAX_KEEP}")
-        policy = replace(policy, project_id=project.project_id, backup_schedule=schedule)
-        if policy.replication is not None:
-            policy = replace(policy, replication=self._check_replication(policy, check_capability))
-        return policy
-
-    def _check_replication(self, policy: Policy, check_capability: bool) -> PolicyReplication:
-        repl = policy.replication
-        assert repl is not None
-        target = repl.target_region_id
-        if not target:
-            raise InvalidArgument("replication.target_region_id is required")
-        if target not in self._nodes:
-            raise RegionNotFound(target)
-        if target == policy.region_id:
-            raise InvalidArgument(
-                "replication.target_region_id: the target must be another region than the "
-                f"policy's region {policy.region_id}"
-            )
-        info = self._nodes.client(target).region_info()  # every project of the region
-        if check_capability and not info.accepts_replication:
-            raise FailedPrecondition(
-                f"R5: region {target} does not accept replication; it cannot be a policy's "
-                "replication target"
-            )
-        project = own_project(
-            info,
-            target,
-            policy.account_id,
-            repl.target_project_id,
-            "replication.target_project_id",
-            TargetProjectNotFound,
-        )
-        if not 0 <= repl.replica_keep_count <= MAX_KEEP:
-            raise InvalidArgument(f"replication.replica_keep_count: 0 to {MAX_KEEP}")
-        schedule = validate_schedule(
-            repl.schedule.rrule, repl.schedule.timezone, "replication.schedule"
-        )
-        return replace(repl, target_project_id=project.project_id, schedule=schedule)
-
-    def _check_servers(self, policy: Policy, server_ids: tuple[str, ...]) -> None:
-        if len(server_ids) > MAX_SERVERS:
-            raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
-        if len(set(server_ids)) != len(server_ids):
-            raise InvalidArgument("server_ids: a server is named twice")
-        client = self._nodes.client(policy.region_id, policy.account_id)
-        for server_id in server_ids:
-            kind = client.server_type(policy.project_id, server_id)
-            if kind != ServerType.ECS:
-                raise FailedPrecondition(
-                    f"R1a: server {server_id} is a bare-metal server; a policy protects "
-                    "elastic cloud servers (ECS) only"
-                )
-
     # -- CRUD -------------------------------------------------------------------------------------
     def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, float | None]:
         backup = policy.backup_schedule.next_after(after) if policy.enabled else None
@@ -233,8 +158,8 @@ class PolicyService:
             updated_at=now,
             account_id=account_id,
         )
-        policy = self._check_definition(policy)
-        self._check_servers(policy, policy.server_ids)
+        policy = check_definition(self._nodes, policy)
+        check_servers(self._nodes, policy, policy.server_ids)
         times = self._schedule_times(policy, now)
         with self._policies.transaction() as conn:
             self._policies.insert(
@@ -258,7 +183,9 @@ class PolicyService:
             return existing
         recorded = json.loads(first)
         now = request_parameters(
-            self._check_definition(replace(asked, account_id=account_id), check_capability=False)
+            check_definition(
+                self._nodes, replace(asked, account_id=account_id), check_capability=False
+            )
         )
         for name, value in json.loads(json.dumps(now)).items():
             if recorded.get(name) != value:
@@ -293,17 +220,11 @@ class PolicyService:
         return Page(items, "" if last is None else self._tokens.issue(scope, last))
 
     def update(self, account_id: str, change: Policy, fields: list[str]) -> Policy:
-        known = {"name", "description", "backup_schedule", "retention", "enabled", "replication"}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise InvalidArgument(
-                f"update_fields: {', '.join(unknown)} cannot be changed; one of "
-                f"{', '.join(sorted(known))}"
-            )
+        changed = check_update_fields(fields)
         current = self.get(account_id, change.policy_id)
-        updates = {f: getattr(change, f) for f in (fields or sorted(known))}
+        updates = {f: getattr(change, f) for f in changed}
         now = self._clock.now()
-        policy = self._check_definition(replace(current, **updates, updated_at=now))
+        policy = check_definition(self._nodes, replace(current, **updates, updated_at=now))
         times = self._schedule_times(policy, now)
         with self._policies.transaction() as conn:
             self._policies.update(conn, policy, times)
@@ -325,7 +246,7 @@ class PolicyService:
         policy = self.get(account_id, policy_id)
         if add:
             new = tuple(s for s in server_ids if s not in policy.server_ids)
-            self._check_servers(policy, tuple(server_ids))
+            check_servers(self._nodes, policy, server_ids)
             servers = policy.server_ids + new
         else:
             missing = [s for s in server_ids if s not in policy.server_ids]
@@ -340,8 +261,7 @@ class PolicyService:
             else:
                 self._policies.remove_servers(conn, server_ids)
             # Checked after add_servers (rolled back): a server in another policy is named first.
-            if len(servers) > MAX_SERVERS:
-                raise InvalidArgument(f"server_ids: at most {MAX_SERVERS} servers in a policy")
+            check_server_count(servers)
             self._policies.update(conn, policy)
         return self._load(policy_id)
 
