@@ -27,7 +27,6 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.errors import IdempotencyTokenReused
@@ -40,7 +39,6 @@ from coordinator.policy_models import (
     KIND_REPLICATION,
     RESTARTED,
     RUNNING,
-    SKIPPED,
     TRIGGER_EXECUTE_NOW,
     TRIGGER_SCHEDULE,
     Policy,
@@ -48,6 +46,14 @@ from coordinator.policy_models import (
     PolicyRun,
     RunItem,
     request_parameters,
+)
+from coordinator.policy_rules import (
+    backups_retention_deletes,
+    choose_replication,
+    kept_for_image,
+    policy_replicas,
+    replicas_retention_deletes,
+    skip_if_going,
 )
 from coordinator.policy_store import PolicyStore
 from coordinator.policy_validation import (
@@ -57,9 +63,9 @@ from coordinator.policy_validation import (
     check_update_fields,
 )
 from coordinator.replication import ReplicationService
-from coordinator.retention import expired, server_of_replica
+from coordinator.retention import server_of_replica
 from coordinator.store import Store
-from csbs.clients import BackupStatus, RegionNodes, ReplicationWay
+from csbs.clients import BackupStatus, BackupSummary, RegionNodeClient, RegionNodes, ReplicationWay
 from csbs.errors import (
     CsbsError,
     FailedPrecondition,
@@ -307,13 +313,7 @@ class PolicyService:
             started_at=self._clock.now(),
         )
         going = self._policies.going(conn, policy.policy_id, kind)
-        if going is not None:
-            run = replace(
-                run,
-                status=SKIPPED,
-                finished_at=self._clock.now(),
-                reason=f"the previous {KIND_NAMES[kind]} run {going} was still going",
-            )
+        run = skip_if_going(run, going, self._clock.now())
         self._policies.save_run(run, conn)
         return run
 
@@ -482,30 +482,18 @@ class PolicyService:
         never one with an image or being replicated (kept, and tried again next run)."""
         rule = policy.retention
         if not rule.keep_count and not rule.keep_days:
-            return []
+            return []  # nothing to ask the node for
         client = self._nodes.client(policy.region_id, policy.account_id)
-        backups = [
-            b
-            for b in client.list_backups(policy.project_id, policy_id=policy.policy_id)
-            if b.status == BackupStatus.AVAILABLE and not b.origin.replicated
-        ]
-        victims = expired(
-            backups,
-            lambda b: b.server_id,
-            self._clock.now(),
-            keep_count=rule.keep_count,
-            keep_days=rule.keep_days,
-        )
+        backups = client.list_backups(policy.project_id, policy_id=policy.policy_id)
+        victims = backups_retention_deletes(policy, backups, self._clock.now())
         return [self._delete(client, policy.project_id, b, "retention") for b in victims]
 
-    def _delete(self, client: Any, project_id: str, backup: Any, why: str) -> RunItem:
-        if backup.image_ids:
-            return RunItem(
-                "kept",
-                backup.backup_id,
-                backup.server_id,
-                reason=f"{why}: backup has image {backup.image_ids[0]}; kept until it is deleted",
-            )
+    def _delete(
+        self, client: RegionNodeClient, project_id: str, backup: BackupSummary, why: str
+    ) -> RunItem:
+        kept = kept_for_image(backup, why)
+        if kept is not None:
+            return kept
         try:
             client.delete_backup(project_id, backup.backup_id)
         except CsbsError as exc:
@@ -543,12 +531,23 @@ class PolicyService:
             token = _run_token(run.run_id, backup.backup_id)
             with self._store.read() as conn:
                 started = self._store.job_by_token(conn, policy.project_id, token)
-            if started is not None:  # this run started it before the coordinator restarted
-                work.jobs.append((backup.backup_id, backup.server_id, started.job_id))
+                jobs = (
+                    []
+                    if started is not None
+                    else self._store.jobs_to(conn, backup.backup_id, target, list(JobStatus))
+                )
+            choice = choose_replication(
+                backup.backup_id, target, None if started is None else started.job_id, jobs
+            )
+            if choice.attach_job_id:  # this run started it before the coordinator restarted
+                work.jobs.append((backup.backup_id, backup.server_id, choice.attach_job_id))
                 continue
-            reason = self._already_replicated(backup.backup_id, target)
-            if reason:
-                items.append(RunItem("skipped", backup.backup_id, backup.server_id, reason=reason))
+            if choice.skip_reason:
+                items.append(
+                    RunItem(
+                        "skipped", backup.backup_id, backup.server_id, reason=choice.skip_reason
+                    )
+                )
                 continue
             try:
                 job = self._replication.replicate(
@@ -571,23 +570,6 @@ class PolicyService:
                 continue
             work.jobs.append((backup.backup_id, backup.server_id, job.job_id))
         return replace(run, items=tuple(items), job_ids=tuple(j for _, _, j in work.jobs))
-
-    def _already_replicated(self, backup_id: str, target: str) -> str:
-        """Why M2/M3 must not replicate this backup to this region, or "" if it may: never
-        again once any way replicated it there successfully (R4b, a manual copy counts, even
-        after its replica was deleted), nor while a job copies it there (R3)."""
-        with self._store.read() as conn:
-            jobs = self._store.jobs_to(conn, backup_id, target, list(JobStatus))
-        for job in jobs:
-            if job.status == JobStatus.SUCCESS:
-                return (
-                    f"R4b: backup {backup_id} was already replicated to region {target} "
-                    f"(job {job.job_id}); a policy replicates a backup to a region once"
-                )
-        for job in jobs:
-            if job.status in (JobStatus.WAITING, JobStatus.REPLICATING):
-                return f"R3: backup {backup_id} is being replicated to {target} (job {job.job_id})"
-        return ""
 
     def _wait_jobs(self, policy: Policy, work: _Work) -> list[RunItem]:
         items = []
@@ -613,13 +595,7 @@ class PolicyService:
         if repl is None or not repl.replica_keep_count:
             return []
         client = self._nodes.client(repl.target_region_id, policy.account_id)
-        replicas = [
-            b
-            for b in client.list_backups(repl.target_project_id)
-            if b.origin.replicated
-            and b.origin.policy_id == policy.policy_id
-            and b.status == BackupStatus.AVAILABLE
-        ]
+        replicas = policy_replicas(policy, client.list_backups(repl.target_project_id))
         if not replicas:
             return []
         server_of_job = self._store.source_servers([r.origin.replication_job_id for r in replicas])
@@ -628,7 +604,8 @@ class PolicyService:
             b.backup_id: b.server_id
             for b in source.list_backups(policy.project_id, policy_id=policy.policy_id)
         }
-        victims = expired(
+        victims = replicas_retention_deletes(
+            policy,
             replicas,
             lambda r: server_of_replica(
                 r.origin.source_backup_id,
@@ -637,7 +614,6 @@ class PolicyService:
                 server_of_backup,
             ),
             self._clock.now(),
-            keep_count=repl.replica_keep_count,
         )
         return [
             self._delete(client, repl.target_project_id, b, "replica retention") for b in victims
