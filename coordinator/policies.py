@@ -15,7 +15,7 @@ import secrets
 import threading
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.errors import IdempotencyTokenReused
@@ -24,13 +24,13 @@ from coordinator.policy_models import (
     KIND_BACKUP,
     KIND_REPLICATION,
     TRIGGER_EXECUTE_NOW,
-    TRIGGER_SCHEDULE,
     Policy,
     PolicyNotFound,
     PolicyRun,
     request_parameters,
 )
 from coordinator.policy_runner import PolicyRunner
+from coordinator.policy_scheduler import PolicyScheduler, schedule_times
 from coordinator.policy_store import PolicyStore
 from coordinator.policy_validation import (
     check_definition,
@@ -67,40 +67,24 @@ class PolicyService:
         self._tokens = PageTokens(
             store.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
-        self._wake = threading.Condition()
-        self._stop = threading.Event()
-        self._advance_lock = threading.Lock()
-        self._scheduler: threading.Thread | None = None
+        self._scheduler = PolicyScheduler(self._policies, self._runner, clock)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Starts following the schedules (wall mode; in simulated mode AdvanceClock runs them)."""
         self._clock.push()
         threading.Thread(target=self._runner.recover, name="recover-runs", daemon=True).start()
-        if not self._clock.simulated:
-            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler")
-            self._scheduler.daemon = True
-            self._scheduler.start()
+        self._scheduler.start()
 
     def close(self) -> None:
-        self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
-        if self._scheduler is not None:
-            self._scheduler.join(timeout=10)
+        self._scheduler.close()
+
+    def advance(self, to: datetime) -> datetime:
+        """Simulated mode: moves the clock to `to`, running everything that falls due in
+        between, in order, each to its end, before returning."""
+        return self._scheduler.advance(to)
 
     # -- CRUD -------------------------------------------------------------------------------------
-    def _schedule_times(self, policy: Policy, after: datetime) -> tuple[float | None, float | None]:
-        backup = policy.backup_schedule.next_after(after) if policy.enabled else None
-        repl = policy.replication
-        replication = (
-            repl.schedule.next_after(after) if policy.enabled and repl and repl.enabled else None
-        )
-        return (
-            None if backup is None else backup.timestamp(),
-            None if replication is None else replication.timestamp(),
-        )
-
     def create(self, account_id: str, policy: Policy, request_id: str) -> Policy:
         validate_request_id(request_id)
         # Request IDs are the account's own: another account's never answers for it.
@@ -119,7 +103,7 @@ class PolicyService:
         )
         policy = check_definition(self._nodes, policy)
         check_servers(self._nodes, policy, policy.server_ids)
-        times = self._schedule_times(policy, now)
+        times = schedule_times(policy, now)
         with self._policies.transaction() as conn:
             self._policies.insert(
                 conn,
@@ -128,7 +112,7 @@ class PolicyService:
                 request_key if request_id else "",
                 json.dumps(request_parameters(policy)),
             )
-        self._wake_scheduler()
+        self._scheduler.wake()
         return self._load(policy.policy_id)
 
     def _same_request(
@@ -184,10 +168,10 @@ class PolicyService:
         updates = {f: getattr(change, f) for f in changed}
         now = self._clock.now()
         policy = check_definition(self._nodes, replace(current, **updates, updated_at=now))
-        times = self._schedule_times(policy, now)
+        times = schedule_times(policy, now)
         with self._policies.transaction() as conn:
             self._policies.update(conn, policy, times)
-        self._wake_scheduler()
+        self._scheduler.wake()
         return self._load(policy.policy_id)
 
     def delete(self, account_id: str, policy_id: str) -> None:
@@ -196,7 +180,7 @@ class PolicyService:
         self.get(account_id, policy_id)
         self._policies.delete(policy_id)
         self._runner.policy_deleted(policy_id)
-        self._wake_scheduler()
+        self._scheduler.wake()
 
     def set_servers(
         self, account_id: str, policy_id: str, server_ids: list[str], add: bool
@@ -244,85 +228,3 @@ class PolicyService:
         with self._policies.transaction() as conn:
             run = self._runner.new_run(conn, policy, kind, TRIGGER_EXECUTE_NOW, self._clock.now())
         return self._runner.carry_out(policy, run, wait=False)
-
-    # -- the scheduler ----------------------------------------------------------------------------
-    def _wake_scheduler(self) -> None:
-        with self._wake:
-            self._wake.notify_all()
-
-    def _next_due(self, until: datetime | None) -> tuple[datetime, str, int] | None:
-        """The earliest (time, policy, kind) falling due, at or before `until` if given;
-        backups before replications at the same instant."""
-        due: list[tuple[float, int, str]] = []
-        for policy_id, backup_at, repl_at in self._policies.due_times():
-            if backup_at is not None:
-                due.append((backup_at, KIND_BACKUP, policy_id))
-            if repl_at is not None:
-                due.append((repl_at, KIND_REPLICATION, policy_id))
-        if not due:
-            return None
-        at, kind, policy_id = min(due)
-        when = datetime.fromtimestamp(at, UTC)
-        if until is not None and when > until:
-            return None
-        return when, policy_id, kind
-
-    def _claim(self, policy_id: str, kind: int, due: datetime) -> tuple[Policy, PolicyRun] | None:
-        """Records the run due at `due` and moves the policy's next time of this kind past it,
-        in one transaction: a crash leaves either both or neither, so every due run is recorded
-        exactly once. None if the policy is gone or this time was taken already."""
-        with self._policies.transaction() as conn:
-            policy = self._policies.load(policy_id, conn)
-            if policy is None:
-                return None
-            current = self._policies.next_at(conn, policy_id, kind)
-            if current is None or current != due.timestamp():
-                return None
-            schedule = (
-                policy.backup_schedule
-                if kind == KIND_BACKUP
-                else (policy.replication.schedule if policy.replication else None)
-            )
-            following = schedule.next_after(due).timestamp() if schedule else None
-            self._policies.move_next_at(conn, policy_id, kind, following)
-            run = self._runner.new_run(conn, policy, kind, TRIGGER_SCHEDULE, due)
-        return policy, run
-
-    def _run_due(self, policy_id: str, kind: int, due: datetime, wait: bool) -> None:
-        claimed = self._claim(policy_id, kind, due)
-        if claimed is not None:
-            self._runner.carry_out(*claimed, wait=wait)
-
-    def _schedule_loop(self) -> None:
-        """Wall mode: runs what falls due, as it falls due."""
-        while not self._stop.is_set():
-            try:
-                due = self._next_due(None)
-                now = self._clock.now()
-                if due is not None and due[0] <= now:
-                    self._run_due(due[1], due[2], due[0], wait=False)
-                    continue
-                wait = 60.0 if due is None else min(60.0, (due[0] - now).total_seconds())
-                with self._wake:
-                    self._wake.wait(timeout=max(wait, 0.01))
-            except Exception:
-                log.exception("the scheduler failed; trying again")
-                self._stop.wait(1.0)
-
-    def advance(self, to: datetime) -> datetime:
-        """Simulated mode: moves the clock to `to`, running everything that falls due in
-        between, in order, each to its end, before returning."""
-        if not self._clock.simulated:
-            self._clock.move_to(to)  # refuses with the reason
-        with self._advance_lock:
-            self._runner.wait_recovered()  # the runs a crash left going end first, in order
-            if to < self._clock.now():
-                self._clock.move_to(to)  # refuses: never backwards
-            while True:
-                due = self._next_due(to)
-                if due is None:
-                    break
-                when, policy_id, kind = due
-                self._clock.move_to(max(when, self._clock.now()))
-                self._run_due(policy_id, kind, when, wait=True)
-            return self._clock.move_to(to)
