@@ -1,7 +1,9 @@
-"""Backup policies (with replication: M2, and execute-now: M3) as users manage them, and the
-scheduler that runs them on the cluster clock. A policy's definition is checked in
-coordinator/policy_validation.py, stored by coordinator/policy_store.py, and its runs carried
-out by coordinator/policy_runner.py (the state machine and its recovery at start).
+"""Backup policies (with replication: M2, and execute-now: M3) as users manage them: create,
+read, update, delete, the servers they protect, their runs listed and executed now. A policy's
+definition is checked in coordinator/policy_validation.py and stored by
+coordinator/policy_store.py; its runs are carried out by coordinator/policy_runner.py (the state
+machine and its recovery at start), what a run selects, keeps and deletes is decided in
+coordinator/policy_rules.py, and coordinator/policy_scheduler.py runs them as they fall due.
 
 Across crashes: a due run is recorded in the same transaction that moves its schedule on, so
 each is recorded exactly once; the runs a crash left RUNNING end at start (the runner), and
@@ -10,7 +12,6 @@ AdvanceClock first lets them end. The skip rule asks the catalog, not memory."""
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import threading
 import uuid
@@ -48,8 +49,6 @@ from csbs.errors import (
 )
 from csbs.names import validate_request_id
 from csbs.paging import PageTokens, page_size
-
-log = logging.getLogger(__name__)
 
 
 class PolicyService:
