@@ -17,11 +17,13 @@ import pytest
 from csbs.clock import WallClock
 from csbs.config import ProjectConfig
 from csbs.errors import FailedPrecondition
+from region_node.catalog import Catalog
 from region_node.config import NodeConfig
 from region_node.engine.fill import FillEngine
 from region_node.models import BackupStatus, NewBackup, NewImage, NewServer, ServerStatus
 from region_node.node import ChunkSizeMismatch, RegionNode
 from region_node.storage import fileio
+from region_node.storage.chunk_store import PACK_HEADER, PACK_MAGIC, PACK_VERSION, ChunkStore
 from region_node.storage.disks import DiskGone
 from tests.node_helpers import MIB, seeded_bytes
 
@@ -354,3 +356,33 @@ def test_a_server_from_an_image_of_some_disks_gets_those_disks_in_order(
     assert [d.size_bytes for d in node.servers.get("", copy).disks] == [3 * MIB, 4 * MIB]
     assert _read_all(node, copy, 0) == contents[1]
     assert _read_all(node, copy, 1) == contents[2]
+
+
+def test_a_pack_deleted_while_in_use_keeps_its_descriptor_until_the_use_ends(
+    tmp_path: Path,
+) -> None:
+    """Found by the 30-minute seeded soak (13 pages of a server's disk read as zeros): a release
+    punching the space of a chunk through a pack's descriptor that a concurrent release had just
+    closed (the pack held nothing any more, so it was deleted) punched whatever file had reused
+    that descriptor number, such as a server's disk. Now a pack's descriptor is closed only once
+    its last user is done, and a pack already gone has nothing left to free."""
+    catalog = Catalog(tmp_path / "catalog.db")
+    store = ChunkStore(tmp_path / "chunks", catalog)
+    pack = tmp_path / "chunks" / "000000000007.pack"
+    pack.write_bytes(PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION) + bytes(4096))
+    try:
+        with store._pack_fd(7) as fd:
+            assert fd is not None
+            store._delete_pack_if_empty(7)  # a concurrent release: the pack holds nothing
+            assert not pack.exists()
+            os.fstat(fd)  # still open: the number cannot be reused under this user
+            other = os.open(tmp_path / "another-file", os.O_RDWR | os.O_CREAT, 0o600)
+            assert other != fd
+            os.close(other)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed once its user was done
+        with store._pack_fd(7) as gone:
+            assert gone is None
+    finally:
+        store.close()
+        catalog.close()

@@ -29,7 +29,7 @@ import sqlite3
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,9 @@ class ChunkStore:
         self._inflight = 0
         self._pending: dict[bytes, ChunkLocation] = {}  # written, not yet in the index
         self._pins: Counter[bytes] = Counter()  # chunks put by writers that have not committed
-        self._read_fds: dict[int, int] = {}
+        self._read_fds: dict[int, int] = {}  # by pack: read-write, for reading and freeing
+        self._fd_users: Counter[int] = Counter()  # by pack: I/O in progress on its descriptor
+        self._closing_fds: dict[int, int] = {}  # of packs deleted while in use: closed when idle
         # Pack IDs come from the files, never the catalog: the store lock is never held while
         # taking the catalog's (lock order: catalog, then store).
         self._next_pack_id = max(self._pack_ids_on_disk(), default=0) + 1
@@ -209,8 +211,9 @@ class ChunkStore:
                 if d not in self._pins and (loc := self._pending.pop(d, None))
             ]
         for loc in dropped:
-            fd = self._read_fd(loc.pack_id)
-            punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size)
+            with self._pack_fd(loc.pack_id) as fd:
+                if fd is not None:
+                    punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size)
 
     def sync(self) -> None:
         """Makes every chunk written so far durable (waits for writes in flight). If the
@@ -266,14 +269,34 @@ class ChunkStore:
             row = index_of_chunks.location(conn, digest)
         return ChunkLocation(row["pack_id"], row["offset"], row["length"]) if row else None
 
-    def _read_fd(self, pack_id: int) -> int:
+    @contextlib.contextmanager
+    def _pack_fd(self, pack_id: int) -> Iterator[int | None]:
+        """The pack's descriptor, kept open while the block runs (a pack deleted meanwhile is
+        closed only once its last user is done, so a descriptor number is never used after it
+        was closed and perhaps reused for another file, such as a server's disk); None if the
+        pack is gone. Read-write: freeing space punches holes through it."""
         with self._lock:
             fd = self._read_fds.get(pack_id)
             if fd is None:
-                # Read-write: freeing space punches holes through this descriptor too.
-                fd = os.open(self._pack_path(pack_id), os.O_RDWR)
-                self._read_fds[pack_id] = fd
-            return fd
+                try:
+                    fd = os.open(self._pack_path(pack_id), os.O_RDWR)
+                except FileNotFoundError:
+                    fd = None
+                else:
+                    self._read_fds[pack_id] = fd
+            if fd is not None:
+                self._fd_users[pack_id] += 1
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                with self._lock:
+                    self._fd_users[pack_id] -= 1
+                    if not self._fd_users[pack_id]:
+                        del self._fd_users[pack_id]
+                        closing = self._closing_fds.pop(pack_id, None)
+                        if closing is not None:
+                            os.close(closing)
 
     def read(self, digest: bytes, buffer: bytearray | None = None) -> memoryview:
         """The chunk's bytes, verified against its hash. Reads into `buffer` when given (it must
@@ -290,8 +313,8 @@ class ChunkStore:
         if buffer is None or len(buffer) < loc.length:
             buffer = bytearray(loc.length)
         view = memoryview(buffer)[: loc.length]
-        fd = self._read_fd(loc.pack_id)
-        got = os.preadv(fd, [view], loc.offset)
+        with self._pack_fd(loc.pack_id) as fd:
+            got = -1 if fd is None else os.preadv(fd, [view], loc.offset)
         if got != loc.length or chunk_hash(view) != digest:
             raise ChunkCorrupted(
                 f"chunk {digest.hex()} in pack {loc.pack_id} does not match its hash", digest
@@ -300,20 +323,24 @@ class ChunkStore:
 
     def forget_cached(self, loc: ChunkLocation) -> None:
         """Drops a chunk that was read once from the page cache (streaming, not caching)."""
-        drop_cache(self._read_fd(loc.pack_id), loc.offset, loc.length)
+        with self._pack_fd(loc.pack_id) as fd:
+            if fd is not None:
+                drop_cache(fd, loc.offset, loc.length)
 
     def prefetch(self, locations: Iterable[ChunkLocation]) -> None:
         """Asks the kernel to start reading these chunks now, so later reads find them cached."""
         for loc in locations:
-            os.posix_fadvise(
-                self._read_fd(loc.pack_id), loc.offset, loc.length, os.POSIX_FADV_WILLNEED
-            )
+            with self._pack_fd(loc.pack_id) as fd:
+                if fd is not None:
+                    os.posix_fadvise(fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
 
     def drop_read_cache(self) -> None:
         with self._lock:
-            fds = list(self._read_fds.values())
-        for fd in fds:
-            drop_cache(fd)
+            packs = list(self._read_fds)
+        for pack_id in packs:
+            with self._pack_fd(pack_id) as fd:
+                if fd is not None:
+                    drop_cache(fd)
 
     # -- freeing ------------------------------------------------------------------------------
     def unreferenced(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[bytes]:
@@ -347,9 +374,13 @@ class ChunkStore:
         packs: set[int] = set()
         for loc in locations:
             packs.add(loc.pack_id)
-            fd = self._read_fd(loc.pack_id)
-            # The record header goes too; punching is by whole blocks, the rest reads as zeros.
-            if not punch_hole(fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size):
+            with self._pack_fd(loc.pack_id) as fd:
+                # The record header goes too (by whole blocks: the rest reads as zeros). A pack
+                # already deleted by a concurrent release has nothing left to free.
+                punched = fd is None or punch_hole(
+                    fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size
+                )
+            if not punched:
                 log.warning(
                     "pack %d: the filesystem cannot punch holes; space stays in use "
                     "until the pack is empty",
@@ -368,7 +399,10 @@ class ChunkStore:
                 return
             fd = self._read_fds.pop(pack_id, None)
             if fd is not None:
-                os.close(fd)
+                if self._fd_users[pack_id]:
+                    self._closing_fds[pack_id] = fd
+                else:
+                    os.close(fd)
             self._pack_path(pack_id).unlink(missing_ok=True)
 
     def collect_garbage(self) -> int:
@@ -419,6 +453,7 @@ class ChunkStore:
             if self._active is not None:
                 os.close(self._active.fd)
                 self._active = None
-            for fd in self._read_fds.values():
+            for fd in [*self._read_fds.values(), *self._closing_fds.values()]:
                 os.close(fd)
             self._read_fds.clear()
+            self._closing_fds.clear()
