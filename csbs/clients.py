@@ -1,6 +1,8 @@
-"""Typed clients of the region nodes, for the coordinator: plain values in and out, a deadline
-on every call, retries of idempotent calls when a node is briefly unavailable, and the one place
-that turns a failed call (grpc.RpcError) into a typed error.
+"""Typed clients of the region nodes, for the coordinator: plain values in and out. Deadlines,
+retries of idempotent calls while a node is briefly unavailable, the meaning of a status code
+and paging are the client core's (csbs.client_core); `failure_error` here says how a node's
+failure reads as the coordinator's typed errors (a refusal keeps the node's words and names
+the region).
 
 Chunks are relayed between two nodes without being parsed: the source's ReadChunks messages
 are passed as raw bytes into the target's WriteChunks (the messages are the same `Chunk`), one
@@ -16,24 +18,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from csbs.auth import ACTING_ACCOUNT, bearer, with_metadata
+from csbs.client_core import ClientCore, Failure, Retries
 from csbs.config import ConfigError, resolve_address
-from csbs.errors import (
-    AlreadyExists,
-    CsbsError,
-    ErrorKind,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-)
+from csbs.errors import CsbsError, NotFound
 from csbs.rpc import open_channel
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
@@ -41,14 +34,14 @@ from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 UNARY_TIMEOUT = 10.0  # a call that only reads or writes a few catalog rows
 HEAVY_UNARY_TIMEOUT = 60.0  # a call whose work grows with a backup's manifest
 STREAM_TIMEOUT = 3600.0  # a stream's overall deadline; stalls are caught much sooner (below)
 STALL_TIMEOUT = 30.0  # a stream that moves nothing for this long is cut and counted transient
 RELAY_BATCH = 256  # hashes per ReadChunks/WriteChunks pair
-RETRY_ATTEMPTS = 4
+# An idempotent call is tried again while the node is UNAVAILABLE (or gRPC's own busy limit).
+RETRIES = Retries(attempts=4, max_wait=1.0)
 
 READ_CHUNKS = "/csbs.v1.RegionNodeInternal/ReadChunks"
 WRITE_CHUNKS = "/csbs.v1.RegionNodeInternal/WriteChunks"
@@ -208,33 +201,11 @@ class DeletedReplica:
 
 # --- errors ------------------------------------------------------------------------------------
 
-# Codes worth another try: the node may answer next time. Every other code is a node's
-# deterministic answer (a refusal in product words, a full region, lost data, a bug): asking
-# again gives the same answer, so a job fails at once with it (issue 11).
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
-# gRPC's own RESOURCE_EXHAUSTED when a server runs its maximum of concurrent calls: unlike a
-# node's (a region with no storage space left), it passes.
-_BUSY_SERVER = "Concurrent RPC limit exceeded"
-
-# How a node's failure is reported to whoever called the coordinator.
-_KIND_FOR_CODE: dict[grpc.StatusCode, ErrorKind] = {
-    grpc.StatusCode.DATA_LOSS: ErrorKind.DATA_LOSS,
-    grpc.StatusCode.PERMISSION_DENIED: ErrorKind.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED: ErrorKind.UNAUTHENTICATED,
-    grpc.StatusCode.OUT_OF_RANGE: ErrorKind.INVALID_ARGUMENT,
-}
-
 
 class NodeError(CsbsError):
     """A call to a region node failed other than by a refusal in product words: the node was
-    unreachable, too slow, or failed inside. `transient` says whether trying again may help."""
+    unreachable, too slow, or failed inside. `transient` says whether trying again may help
+    (a job fails at once on anything else: asking again gives the same answer, issue 11)."""
 
     def __init__(self, region_id: str, code: grpc.StatusCode, details: str) -> None:
         name = getattr(code, "name", str(code))
@@ -242,12 +213,13 @@ class NodeError(CsbsError):
         self.region_id = region_id
         self.code = code
         self.details = details
-        # A node that cannot serve reads as UNAVAILABLE to a user of the coordinator.
-        self.kind = _KIND_FOR_CODE.get(code, ErrorKind.UNAVAILABLE)
+        self.failure = Failure(code, details)
+        # How it reads to a user of the coordinator (a node that cannot serve: UNAVAILABLE).
+        self.kind = self.failure.kind
 
     @property
     def transient(self) -> bool:
-        return self.code in TRANSIENT_CODES
+        return self.failure.transient
 
 
 class NodeNotFound(NotFound):
@@ -260,30 +232,19 @@ class NodeNotFound(NotFound):
         self.region_id = region_id
 
 
-_REFUSALS: dict[grpc.StatusCode, Callable[[str], CsbsError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    # A region with no storage space left ("region X has no storage space left for ..."):
-    # the node's words are kept, and the same code reaches whoever asked the coordinator.
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
+def failure_error(region_id: str, failure: Failure) -> CsbsError:
+    """The typed error for a failed call to a region node: a node's refusal keeps its message
+    (which starts with the rule it names) with the region added; anything else is a NodeError."""
+    if failure.code == grpc.StatusCode.NOT_FOUND:
+        return NodeNotFound(region_id, failure.details)
+    if failure.refusal:
+        return failure.meaning.error(f"{failure.details} (in region {region_id})")
+    return NodeError(region_id, failure.code, failure.details)
 
 
 def node_error(region_id: str, exc: grpc.RpcError) -> CsbsError:
-    """The typed error for a failed call to a region node: a node's refusal keeps its message
-    (which starts with the rule it names) with the region added; anything else is a NodeError."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NodeNotFound(region_id, details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(_BUSY_SERVER):
-        return NodeError(region_id, grpc.StatusCode.UNAVAILABLE, details)
-    refusal = _REFUSALS.get(code)
-    if refusal is not None:
-        return refusal(f"{details} (in region {region_id})")
-    return NodeError(region_id, code, details)
+    """`failure_error` for an RpcError; gRPC's own concurrent-call limit reads as UNAVAILABLE."""
+    return failure_error(region_id, Failure.of(exc, busy_is_unavailable=True))
 
 
 def incomplete_copy(region_id: str, details: str) -> NodeError:
@@ -293,10 +254,6 @@ def incomplete_copy(region_id: str, details: str) -> NodeError:
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, NodeError) and exc.transient
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, NodeError) and exc.code == grpc.StatusCode.UNAVAILABLE
 
 
 # --- conversions -------------------------------------------------------------------------------
@@ -469,6 +426,11 @@ class RegionNodeClient:
         self._internal = RegionNodeInternalStub(channel)
         self._unary_timeout = unary_timeout
         self._stall_timeout = stall_timeout
+        self._core = ClientCore(
+            retries=RETRIES,
+            to_error=lambda failure, _timeout: failure_error(region_id, failure),
+            busy_is_unavailable=True,
+        )
         self._read_chunks = channel.unary_stream(
             READ_CHUNKS,
             request_serializer=pb.ReadChunksRequest.SerializeToString,
@@ -485,21 +447,12 @@ class RegionNodeClient:
 
     # -- plumbing --------------------------------------------------------------------------------
     def _once(self, method: Any, request: Any, timeout: float) -> Any:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise node_error(self.region_id, exc) from None
+        return self._core.unary(method, request, timeout=timeout)
 
     def _idempotent(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """An idempotent unary call, tried again (a few times, backing off) while the node is
         UNAVAILABLE; never on a refusal or a timeout."""
-        retrying = Retrying(
-            retry=retry_if_exception(_is_unavailable),
-            stop=stop_after_attempt(RETRY_ATTEMPTS),
-            wait=wait_random_exponential(multiplier=0.1, max=1.0),
-            reraise=True,
-        )
-        return retrying(self._once, method, request, timeout or self._unary_timeout)
+        return self._core.unary(method, request, timeout=timeout or self._unary_timeout, retry=True)
 
     # -- user API --------------------------------------------------------------------------------
     def region_info(self) -> RegionSummary:
@@ -516,23 +469,13 @@ class RegionNodeClient:
         self, project_id: str, policy_id: str = "", server_id: str = ""
     ) -> list[BackupSummary]:
         """Every backup of a project (all pages), optionally of one policy or server."""
-        found: list[BackupSummary] = []
-        token = ""
-        while True:
-            page = self._idempotent(
-                self._user.ListBackups,
-                pb.ListBackupsRequest(
-                    project_id=project_id,
-                    policy_id=policy_id,
-                    server_id=server_id,
-                    page_size=1000,
-                    page_token=token,
-                ),
-            )
-            found.extend(backup_from_proto(b) for b in page.backups)
-            token = page.next_page_token
-            if not token:
-                return found
+        request = pb.ListBackupsRequest(
+            project_id=project_id, policy_id=policy_id, server_id=server_id
+        )
+        backups = self._core.list_all(
+            self._user.ListBackups, request, "backups", timeout=self._unary_timeout
+        )
+        return [backup_from_proto(b) for b in backups]
 
     def delete_backup(self, project_id: str, backup_id: str) -> None:
         self._once(

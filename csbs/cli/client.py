@@ -1,7 +1,8 @@
 """The csbs command line's clients of a region node and of the coordinator: the user API of each
-over a channel, with a deadline on every call, retries of idempotent calls while a process is
-briefly unavailable, watches that are opened again when their deadline passes, and the one place
-that turns a failed call into a one-line CliError with its exit code.
+over a channel. Deadlines, retries of idempotent calls while a process is briefly unavailable,
+watches opened again and paging are the client core's (csbs.client_core), with the command
+line's own timeouts and retries; `Endpoint._error` here is the one place that turns a failed
+call into a one-line CliError with its exit code.
 
 They answer with the .proto messages themselves: the command line prints exactly those (as
 tables, or with `--json` as the messages' JSON), so there is nothing to convert. The
@@ -12,21 +13,18 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from csbs.cli.errors import START_HINT, CliError, Refused, Unreachable
+from csbs.client_core import ClientCore, Failure, Retries, Watches
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeStub
-
-T = TypeVar("T")
 
 UNARY_TIMEOUT = 15.0  # a call that reads or writes a few catalog rows
 HEAVY_TIMEOUT = 120.0  # a call whose work grows with a backup (create, delete, restore)
@@ -37,21 +35,12 @@ WATCH_RETRIES = 5  # a watch cut by an unavailable process is opened again this 
 WATCH_RETRY_PAUSE = 1.0
 PROBE_TIMEOUT = 0.5  # how long to look whether a process that said UNAVAILABLE is connected
 RETRY_ATTEMPTS = 3
-LIST_PAGE_SIZE = 1000  # the most a List call returns at once
 
 Metadata = tuple[tuple[str, str], ...]
 
-
-def _code(exc: grpc.RpcError) -> grpc.StatusCode:
-    return exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-
-
-def _details(exc: grpc.RpcError) -> str:
-    return (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-
-
-def _unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and _code(exc) == grpc.StatusCode.UNAVAILABLE
+# A read, or a create with a request ID, is tried again while the process answers UNAVAILABLE.
+RETRIES = Retries(attempts=RETRY_ATTEMPTS, max_wait=0.5)
+WATCHES = Watches(timeout=WATCH_TIMEOUT, retries=WATCH_RETRIES, pause=WATCH_RETRY_PAUSE)
 
 
 def probe(address: str, timeout: float = PROBE_TIMEOUT) -> str:
@@ -97,6 +86,7 @@ class Endpoint:
         self._operator_metadata = operator_metadata
         self._not_found_where = not_found_where
         self._tls = tls
+        self._core = ClientCore(retries=RETRIES, to_error=self._error, metadata=metadata)
 
     @property
     def channel(self) -> grpc.Channel:
@@ -119,77 +109,35 @@ class Endpoint:
         ID), so it is tried again while the process answers UNAVAILABLE. `operator`: an
         operator call, made with the operator credential instead of the user token."""
         metadata = self._operator_metadata if operator else self._metadata
+        return self._core.unary(method, request, timeout=timeout, retry=retry, metadata=metadata)
 
-        def once() -> Any:
-            return method(request, timeout=timeout, metadata=metadata)
-
-        try:
-            if not retry:
-                return once()
-            retrying = Retrying(
-                retry=retry_if_exception(_unavailable),
-                stop=stop_after_attempt(RETRY_ATTEMPTS),
-                wait=wait_random_exponential(multiplier=0.1, max=0.5),
-                reraise=True,
-            )
-            return retrying(once)
-        except grpc.RpcError as exc:
-            raise self.error(exc, timeout) from None
+    def list_all(self, method: Any, request: Any, field: str) -> list[Any]:
+        """Every item of a List call (`field`: the answer's repeated field), all pages."""
+        return self._core.list_all(method, request, field, timeout=UNARY_TIMEOUT)
 
     def client_stream(
         self, method: Any, requests: Iterable[Any], *, timeout: float = TRANSFER_TIMEOUT
     ) -> Any:
-        try:
-            return method(iter(requests), timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise self.error(exc, timeout) from None
+        return self._core.client_stream(method, requests, timeout=timeout)
 
     def server_stream(
         self, method: Any, request: Any, *, timeout: float = TRANSFER_TIMEOUT
     ) -> Iterator[Any]:
         """The messages of a server stream; the call is cancelled if the caller stops early."""
-        call = method(request, timeout=timeout, metadata=self._metadata)
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise self.error(exc, timeout) from None
-        finally:
-            call.cancel()
+        return self._core.server_stream(method, request, timeout=timeout)
 
     def watch(self, method: Any, request: Any, done: Callable[[Any], bool]) -> Iterator[Any]:
-        """The messages of a Watch call until one is `done` (or the process ends the stream).
-        A watch longer than its deadline is opened again, and so is one cut while the process
-        is briefly unavailable (a few times); the call is cancelled if the caller stops."""
-        retries = 0
-        while True:
-            call = method(request, timeout=WATCH_TIMEOUT, metadata=self._metadata)
-            try:
-                for message in call:
-                    retries = 0
-                    yield message
-                    if done(message):
-                        return
-                return
-            except grpc.RpcError as exc:
-                code = _code(exc)
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue
-                if code == grpc.StatusCode.UNAVAILABLE and retries < WATCH_RETRIES:
-                    retries += 1
-                    time.sleep(WATCH_RETRY_PAUSE)
-                    continue
-                raise self.error(exc, WATCH_TIMEOUT) from None
-            finally:
-                call.cancel()
+        """The messages of a Watch call until one is `done` (or the process ends the stream);
+        opened again past its deadline or while the process is briefly unavailable."""
+        return self._core.watch(method, request, done, WATCHES)
 
     # -- errors ----------------------------------------------------------------------------------
-    def error(self, exc: grpc.RpcError, timeout: float) -> CliError:
+    def _error(self, failure: Failure, timeout: float) -> CliError:
         """The one-line error for a failed call, by its status code: a process that cannot be
         reached, did not answer in time or says one behind it cannot be reached is exit 3;
         anything else it answered is a refusal, exit 1, with the process's own message (which
         names the rule or the field)."""
-        code = _code(exc)
-        details = _details(exc)
+        code, details = failure.code, failure.details
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self._connected():
                 return Unreachable(self._unreachable())
@@ -245,16 +193,6 @@ class Endpoint:
         return True
 
 
-def _all_pages(fetch: Callable[[str], tuple[list[T], str]]) -> list[T]:
-    items: list[T] = []
-    token = ""
-    while True:
-        page, token = fetch(token)
-        items += page
-        if not token:
-            return items
-
-
 class RegionClient:
     """The user API (RegionNode) of one region's node."""
 
@@ -282,14 +220,8 @@ class RegionClient:
         return server
 
     def list_servers(self, project_id: str) -> list[pb.Server]:
-        def fetch(token: str) -> tuple[list[pb.Server], str]:
-            request = pb.ListServersRequest(
-                project_id=project_id, page_size=LIST_PAGE_SIZE, page_token=token
-            )
-            answer = self.endpoint.unary(self._stub.ListServers, request, retry=True)
-            return list(answer.servers), answer.next_page_token
-
-        return _all_pages(fetch)
+        request = pb.ListServersRequest(project_id=project_id)
+        return self.endpoint.list_all(self._stub.ListServers, request, "servers")
 
     def delete_server(self, project_id: str, server_id: str) -> pb.Server:
         request = pb.DeleteServerRequest(project_id=project_id, server_id=server_id)
@@ -328,18 +260,8 @@ class RegionClient:
         server_id: str = "",
         status: pb.BackupStatus.ValueType = pb.BACKUP_STATUS_UNSPECIFIED,
     ) -> list[pb.Backup]:
-        def fetch(token: str) -> tuple[list[pb.Backup], str]:
-            request = pb.ListBackupsRequest(
-                project_id=project_id,
-                server_id=server_id,
-                status=status,
-                page_size=LIST_PAGE_SIZE,
-                page_token=token,
-            )
-            answer = self.endpoint.unary(self._stub.ListBackups, request, retry=True)
-            return list(answer.backups), answer.next_page_token
-
-        return _all_pages(fetch)
+        request = pb.ListBackupsRequest(project_id=project_id, server_id=server_id, status=status)
+        return self.endpoint.list_all(self._stub.ListBackups, request, "backups")
 
     def delete_backup(self, project_id: str, backup_id: str) -> pb.DeleteBackupResponse:
         request = pb.DeleteBackupRequest(project_id=project_id, backup_id=backup_id)
@@ -377,14 +299,8 @@ class RegionClient:
         return image
 
     def list_images(self, project_id: str) -> list[pb.Image]:
-        def fetch(token: str) -> tuple[list[pb.Image], str]:
-            request = pb.ListImagesRequest(
-                project_id=project_id, page_size=LIST_PAGE_SIZE, page_token=token
-            )
-            answer = self.endpoint.unary(self._stub.ListImages, request, retry=True)
-            return list(answer.images), answer.next_page_token
-
-        return _all_pages(fetch)
+        request = pb.ListImagesRequest(project_id=project_id)
+        return self.endpoint.list_all(self._stub.ListImages, request, "images")
 
     def delete_image(self, project_id: str, image_id: str) -> pb.DeleteImageResponse:
         request = pb.DeleteImageRequest(project_id=project_id, image_id=image_id)
@@ -423,15 +339,7 @@ class CoordinatorClient:
         return job
 
     def list_jobs(self, request: cpb.ListReplicationJobsRequest) -> list[cpb.ReplicationJob]:
-        def fetch(token: str) -> tuple[list[cpb.ReplicationJob], str]:
-            page = cpb.ListReplicationJobsRequest()
-            page.CopyFrom(request)
-            page.page_size = LIST_PAGE_SIZE
-            page.page_token = token
-            answer = self.endpoint.unary(self._stub.ListReplicationJobs, page, retry=True)
-            return list(answer.jobs), answer.next_page_token
-
-        return _all_pages(fetch)
+        return self.endpoint.list_all(self._stub.ListReplicationJobs, request, "jobs")
 
     def watch_job(self, job_id: str) -> Iterator[cpb.ReplicationJob]:
         request = cpb.GetReplicationJobRequest(job_id=job_id)
@@ -453,17 +361,8 @@ class CoordinatorClient:
         return policy
 
     def list_policies(self, region_id: str, project_id: str) -> list[cpb.Policy]:
-        def fetch(token: str) -> tuple[list[cpb.Policy], str]:
-            request = cpb.ListPoliciesRequest(
-                region_id=region_id,
-                project_id=project_id,
-                page_size=LIST_PAGE_SIZE,
-                page_token=token,
-            )
-            answer = self.endpoint.unary(self._stub.ListPolicies, request, retry=True)
-            return list(answer.policies), answer.next_page_token
-
-        return _all_pages(fetch)
+        request = cpb.ListPoliciesRequest(region_id=region_id, project_id=project_id)
+        return self.endpoint.list_all(self._stub.ListPolicies, request, "policies")
 
     def update_policy(self, policy: cpb.Policy, fields: Iterable[str]) -> cpb.Policy:
         request = cpb.UpdatePolicyRequest(policy=policy, update_fields=list(fields))
@@ -494,14 +393,8 @@ class CoordinatorClient:
         return run
 
     def list_policy_runs(self, policy_id: str) -> list[cpb.PolicyRun]:
-        def fetch(token: str) -> tuple[list[cpb.PolicyRun], str]:
-            request = cpb.ListPolicyRunsRequest(
-                policy_id=policy_id, page_size=LIST_PAGE_SIZE, page_token=token
-            )
-            answer = self.endpoint.unary(self._stub.ListPolicyRuns, request, retry=True)
-            return list(answer.runs), answer.next_page_token
-
-        return _all_pages(fetch)
+        request = cpb.ListPolicyRunsRequest(policy_id=policy_id)
+        return self.endpoint.list_all(self._stub.ListPolicyRuns, request, "runs")
 
     # -- the cluster clock -----------------------------------------------------------------------
     def get_clock(self) -> cpb.ClockState:
