@@ -21,6 +21,7 @@ from coordinator.models import JobStatus
 from coordinator.policy_models import KIND_NAMES, SKIPPED, Policy, PolicyRun, RunItem
 from coordinator.retention import expired
 from csbs.clients import BackupStatus, BackupSummary
+from csbs.errors import ReplicaAlreadyExists
 
 
 class JobOutcome(Protocol):
@@ -62,7 +63,7 @@ def why_not_replicate(backup_id: str, target: str, jobs: Iterable[JobOutcome]) -
             )
     for job in jobs:
         if job.status in (JobStatus.WAITING, JobStatus.REPLICATING):
-            return f"R3: backup {backup_id} is being replicated to {target} (job {job.job_id})"
+            return ReplicaAlreadyExists(backup_id, target, job.job_id).message
     return ""
 
 

@@ -52,7 +52,7 @@ from coordinator.replication import ReplicationService
 from coordinator.retention import server_of_replica
 from coordinator.store import Store
 from csbs.clients import BackupStatus, BackupSummary, RegionNodeClient, RegionNodes, ReplicationWay
-from csbs.errors import CsbsError
+from csbs.errors import CsbsError, RegionRefusesReplication
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +327,7 @@ class PolicyRunner:
                 run,
                 status=FINISHED,
                 finished_at=self._clock.now(),
-                reason=f"R5: target region {target} does not accept replication now; nothing "
-                "was replicated",
+                reason=f"{RegionRefusesReplication(target).message}; nothing was replicated",
             )
         way = (
             ReplicationWay.POLICY_EXECUTE

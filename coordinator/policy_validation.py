@@ -15,9 +15,10 @@ from coordinator.replication_rules import own_project
 from coordinator.schedule import validate_schedule
 from csbs.clients import RegionNodes, ServerType
 from csbs.errors import (
-    FailedPrecondition,
     InvalidArgument,
+    PolicyProtectsCloudServersOnly,
     RegionNotFound,
+    RegionRefusesReplication,
     TargetProjectNotFound,
 )
 from csbs.names import validate_description, validate_name
@@ -71,10 +72,7 @@ def _check_replication(
         )
     info = nodes.client(target).region_info()  # every project of the region
     if check_capability and not info.accepts_replication:
-        raise FailedPrecondition(
-            f"R5: region {target} does not accept replication; it cannot be a policy's "
-            "replication target"
-        )
+        raise RegionRefusesReplication(target)
     project = own_project(
         info,
         target,
@@ -106,10 +104,7 @@ def check_servers(nodes: RegionNodes, policy: Policy, server_ids: Sequence[str])
     for server_id in server_ids:
         kind = client.server_type(policy.project_id, server_id)
         if kind != ServerType.ECS:
-            raise FailedPrecondition(
-                f"R1a: server {server_id} is a bare-metal server; a policy protects "
-                "elastic cloud servers (ECS) only"
-            )
+            raise PolicyProtectsCloudServersOnly(server_id)
 
 
 def check_update_fields(fields: Sequence[str]) -> list[str]:

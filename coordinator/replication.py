@@ -275,9 +275,7 @@ class ReplicationService:
                 )
                 if active:
                     raise ReplicaAlreadyExists(
-                        f"R3: backup {job.source_backup_id} is already being replicated to "
-                        f"region {job.target_region_id} (job {active[0].job_id}); a region "
-                        "holds at most one replica of a backup"
+                        job.source_backup_id, job.target_region_id, active[0].job_id
                     )
                 to_check = [
                     j
@@ -292,10 +290,10 @@ class ReplicationService:
             for earlier in to_check:
                 if self._replica_exists(target, earlier):
                     raise ReplicaAlreadyExists(
-                        f"R3: region {job.target_region_id} already holds replica "
-                        f"{earlier.replica_id} of backup {job.source_backup_id} (job "
-                        f"{earlier.job_id}); a region holds at most one replica of a backup. "
-                        "Delete that replica to replicate the backup there again (R4a)"
+                        job.source_backup_id,
+                        job.target_region_id,
+                        earlier.job_id,
+                        earlier.replica_id,
                     )
                 known_gone.add(earlier.job_id)
         raise Unavailable("R3 could not be checked: the replications of this backup kept changing")

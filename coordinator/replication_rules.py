@@ -17,12 +17,15 @@ from csbs.clients import (
     ReplicationWay,
     ServerType,
 )
-from csbs.errors import BackupCannotBeReplicated, CsbsError, NotFound, PermissionDenied
-
-_SERVER_KIND = {
-    ServerType.BMS: "a bare-metal server (BMS)",
-    ServerType.UNSPECIFIED: "no known kind of server",
-}
+from csbs.errors import (
+    BackupNotAvailable,
+    BackupNotOfCloudServer,
+    BackupWithoutSystemDisk,
+    CsbsError,
+    NotFound,
+    ProjectOfAnotherAccount,
+    ReplicaCannotBeReplicated,
+)
 
 
 def default_replica_name(way: ReplicationWay, backup_id: str) -> str:
@@ -71,10 +74,7 @@ def own_project(
     if project is None:
         raise not_found(project_id, region_id)
     if project.account_id != account_id:
-        raise PermissionDenied(
-            f"{field_name}: project {project_id} in region {region_id} is not a project of "
-            "your account"
-        )
+        raise ProjectOfAnotherAccount(field_name, project_id, region_id)
     return project
 
 
@@ -100,27 +100,10 @@ def check_replicable(backup: BackupSummary) -> None:
     """R2 and R1, in that order (a replica is refused for what it is before its state)."""
     b = backup.backup_id
     if backup.origin.replicated:
-        raise BackupCannotBeReplicated(
-            "R2",
-            f"backup {b} was replicated in from region {backup.origin.source_region_id}; "
-            "a replica cannot be replicated again",
-        )
+        raise ReplicaCannotBeReplicated(b, backup.origin.source_region_id)
     if backup.server_type != ServerType.ECS:
-        kind = _SERVER_KIND.get(backup.server_type, backup.server_type.name)
-        raise BackupCannotBeReplicated(
-            "R1a",
-            f"backup {b} was made from {kind}; only backups of elastic cloud servers (ECS) "
-            "can be replicated",
-        )
+        raise BackupNotOfCloudServer(b, backup.server_type.name)
     if not any(d.system for d in backup.disks):
-        raise BackupCannotBeReplicated(
-            "R1b",
-            f"backup {b} does not include its server's system disk; only a backup that "
-            "includes the system disk can be replicated",
-        )
+        raise BackupWithoutSystemDisk(b)
     if backup.status != BackupStatus.AVAILABLE:
-        raise BackupCannotBeReplicated(
-            "R1c",
-            f"backup {b} is {backup.status.name.lower()}; only an available backup can be "
-            "replicated",
-        )
+        raise BackupNotAvailable(b, backup.status.name.lower())

@@ -1,5 +1,7 @@
 """The domain error hierarchy, in the product's words. Nothing here knows gRPC: `csbs.rpc`
-maps each kind to a status code in one table."""
+maps each kind to a status code in one table. Each rule of spec/replication.md that refuses
+something has its class here (R1a to R5, P1 to P4), and its message is built in that class
+only, starting with the rule."""
 
 from __future__ import annotations
 
@@ -118,12 +120,109 @@ class ReplicationJobNotFound(NotFound):
         super().__init__("replication job", job_id)
 
 
+# --- the rules' refusals (spec/replication.md), each worded here once, naming its rule ---------
+
+
 class BackupCannotBeReplicated(FailedPrecondition):
     """A rule of R1 or R2 keeps a backup from being replicated; the message starts with it."""
 
     def __init__(self, rule: str, why: str) -> None:
         super().__init__(f"{rule}: {why}")
         self.rule = rule
+
+
+class ReplicaCannotBeReplicated(BackupCannotBeReplicated):
+    """R2: a backup replicated in from another region is never replicated again."""
+
+    def __init__(self, backup_id: str, source_region_id: str = "") -> None:
+        source = f"region {source_region_id}" if source_region_id else "another region"
+        super().__init__(
+            "R2",
+            f"backup {backup_id} was replicated in from {source}; a replica cannot be "
+            "replicated again",
+        )
+
+
+class ReplicaCannotBeRestored(FailedPrecondition):
+    """R2: a replica only makes images; it never restores a server."""
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(
+            f"R2: backup {backup_id} was replicated in from another region; a replica can only "
+            "be used to create images, not to restore a server"
+        )
+        self.rule = "R2"
+
+
+_SERVER_KINDS = {"BMS": "a bare-metal server (BMS)", "UNSPECIFIED": "no known kind of server"}
+
+
+class BackupNotOfCloudServer(BackupCannotBeReplicated):
+    """R1a: only a backup of an elastic cloud server (ECS) is replicated. `server_type`: the
+    ServerType name of what it was made from."""
+
+    def __init__(self, backup_id: str, server_type: str) -> None:
+        kind = _SERVER_KINDS.get(server_type, server_type)
+        super().__init__(
+            "R1a",
+            f"backup {backup_id} was made from {kind}; only backups of elastic cloud servers "
+            "(ECS) can be replicated",
+        )
+
+
+class PolicyProtectsCloudServersOnly(FailedPrecondition):
+    """R1a, as a policy keeps it: a policy protects elastic cloud servers (ECS) only, so that
+    every backup it makes can be replicated."""
+
+    def __init__(self, server_id: str) -> None:
+        super().__init__(
+            f"R1a: server {server_id} is a bare-metal server; a policy protects elastic cloud "
+            "servers (ECS) only"
+        )
+        self.rule = "R1a"
+        self.server_id = server_id
+
+
+class BackupWithoutSystemDisk(BackupCannotBeReplicated):
+    """R1b: only a backup that includes its server's system disk is replicated."""
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(
+            "R1b",
+            f"backup {backup_id} does not include its server's system disk; only a backup "
+            "that includes the system disk can be replicated",
+        )
+
+
+class BackupNotAvailable(BackupCannotBeReplicated):
+    """R1c: only an available backup is replicated. `status`: the backup's status, in words."""
+
+    def __init__(self, backup_id: str, status: str) -> None:
+        super().__init__(
+            "R1c",
+            f"backup {backup_id} is {status}; only an available backup can be replicated",
+        )
+
+
+class ReplicaAlreadyExists(AlreadyExists):
+    """R3: a target region holds at most one replica of a source backup at a time, and a
+    replication in flight counts. With `replica_id` the region holds it already (R4a: deleting
+    it allows a manual replication again); without, job `job_id` is copying it there."""
+
+    def __init__(self, backup_id: str, region_id: str, job_id: str, replica_id: str = "") -> None:
+        if replica_id:
+            why = (
+                f"R3: region {region_id} already holds replica {replica_id} of backup "
+                f"{backup_id} (job {job_id}); a region holds at most one replica of a backup. "
+                "Delete that replica to replicate the backup there again (R4a)"
+            )
+        else:
+            why = (
+                f"R3: backup {backup_id} is already being replicated to region {region_id} "
+                f"(job {job_id}); a region holds at most one replica of a backup"
+            )
+        super().__init__(why)
+        self.rule = "R3"
 
 
 class RegionRefusesReplication(FailedPrecondition):
@@ -134,7 +233,36 @@ class RegionRefusesReplication(FailedPrecondition):
             f"R5: region {region_id} does not accept replication; only regions that advertise "
             "replication capability can be targets"
         )
+        self.rule = "R5"
         self.region_id = region_id
+
+
+class InvalidName(InvalidArgument):
+    """P1: a name is 1 to `max_length` Chinese characters (CJK U+4E00-U+9FFF), English letters,
+    digits, '_' and '-'."""
+
+    def __init__(self, field: str, value: str, max_length: int) -> None:
+        if not value:
+            why = "must not be empty"
+        elif len(value) > max_length:
+            why = f"has {len(value)} characters, at most {max_length} are allowed"
+        else:
+            why = (
+                f"{value!r} may contain only Chinese characters, English letters, digits, "
+                "'_' and '-'"
+            )
+        super().__init__(f"P1: {field} {why}")
+        self.rule = "P1"
+        self.field = field
+
+
+class DescriptionTooLong(InvalidArgument):
+    """P2: a description has at most `max_length` characters."""
+
+    def __init__(self, field: str, length: int, max_length: int) -> None:
+        super().__init__(f"P2: {field} has {length} characters, at most {max_length} are allowed")
+        self.rule = "P2"
+        self.field = field
 
 
 class TargetProjectNotFound(NotFound):
@@ -146,7 +274,27 @@ class TargetProjectNotFound(NotFound):
         )
         self.resource = "project"
         self.resource_id = project_id
+        self.rule = "P3"
 
 
-class ReplicaAlreadyExists(AlreadyExists):
-    """R3: a target region holds at most one replica of a source backup at a time."""
+class ProjectOfAnotherAccount(PermissionDenied):
+    """P3 and issue 6: a project named in a request is another account's; `field` names the
+    request's field (and, for a replication's target, the rule)."""
+
+    def __init__(self, field: str, project_id: str, region_id: str) -> None:
+        super().__init__(
+            f"{field}: project {project_id} in region {region_id} is not a project of your account"
+        )
+        self.field = field
+
+
+class BackupNotReadyForImage(FailedPrecondition):
+    """P4: an image is made only from a whole backup; never from a replica still being copied.
+    `status`: the backup's status, in words."""
+
+    def __init__(self, backup_id: str, status: str) -> None:
+        super().__init__(
+            f"P4: backup {backup_id} is {status}; an image can be created only from an "
+            "available backup"
+        )
+        self.rule = "P4"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from csbs.errors import InvalidArgument
+from csbs.errors import DescriptionTooLong, InvalidArgument, InvalidName
 
 MAX_NAME_LENGTH = 255
 MAX_DESCRIPTION_LENGTH = 255
@@ -18,26 +18,15 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 
 def validate_name(value: str, field: str = "name") -> str:
     """Checks a name against P1; returns it unchanged."""
-    if not value:
-        raise InvalidArgument(f"P1: {field} must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgument(
-            f"P1: {field} has {len(value)} characters, at most {MAX_NAME_LENGTH} are allowed"
-        )
-    if _NAME.fullmatch(value) is None:
-        raise InvalidArgument(
-            f"P1: {field} {value!r} may contain only Chinese characters, English letters, "
-            "digits, '_' and '-'"
-        )
+    if not value or len(value) > MAX_NAME_LENGTH or _NAME.fullmatch(value) is None:
+        raise InvalidName(field, value, MAX_NAME_LENGTH)
     return value
 
 
 def validate_description(value: str, field: str = "description") -> str:
     """Checks a description against P2."""
     if len(value) > MAX_DESCRIPTION_LENGTH:
-        raise InvalidArgument(
-            f"P2: {field} has {len(value)} characters, at most {MAX_DESCRIPTION_LENGTH} are allowed"
-        )
+        raise DescriptionTooLong(field, len(value), MAX_DESCRIPTION_LENGTH)
     return value
 
 

@@ -134,7 +134,10 @@ def test_r4b_counts_any_success_even_after_failures_and_before_r3() -> None:
 def test_r3_no_policy_replication_while_a_job_copies_the_backup_there() -> None:
     for status in (JobStatus.WAITING, JobStatus.REPLICATING):
         reason = why_not_replicate("b1", "south", [Job("j1", JobStatus.FAILED), Job("j2", status)])
-        assert reason == "R3: backup b1 is being replicated to south (job j2)"
+        assert reason == (
+            "R3: backup b1 is already being replicated to region south (job j2); a region "
+            "holds at most one replica of a backup"
+        )
 
 
 def test_a_backup_whose_jobs_all_failed_or_that_has_none_is_replicated() -> None:

@@ -10,7 +10,12 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from csbs.errors import FailedPrecondition, InvalidArgument, ServerNotFound
+from csbs.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ReplicaCannotBeRestored,
+    ServerNotFound,
+)
 from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.paging import page_size
 from region_node.catalog import Row, page, replica_deletions, requests
@@ -204,10 +209,7 @@ class BackupService:
         with parts.catalog.transaction() as conn:
             row = backup_rows.row(conn, project_id, backup_id)
             if row["origin_replicated"]:
-                raise FailedPrecondition(
-                    f"R2: backup {backup_id} was replicated in from another region; a replica "
-                    "can only be used to create images, not to restore a server"
-                )
+                raise ReplicaCannotBeRestored(backup_id)
             status = BackupStatus(row["status"])
             if status != BackupStatus.AVAILABLE:
                 raise FailedPrecondition(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 
-from csbs.errors import FailedPrecondition
+from csbs.errors import BackupNotReadyForImage, FailedPrecondition
 from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.paging import page_size
 from region_node.catalog import backups as backup_rows
@@ -35,10 +35,7 @@ class ImageService:
                 row = backup_rows.row(conn, project_id, order.backup_id)
                 status = BackupStatus(row["status"])
                 if status not in backup_rows.WHOLE:
-                    raise FailedPrecondition(
-                        f"P4: backup {order.backup_id} is {status.name.lower()}; an image can be "
-                        "created only from an available backup"
-                    )
+                    raise BackupNotReadyForImage(order.backup_id, status.name.lower())
                 image_rows.insert(
                     conn,
                     image_id,

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from csbs.errors import FailedPrecondition, InvalidArgument
+from csbs.errors import (
+    BackupNotAvailable,
+    FailedPrecondition,
+    InvalidArgument,
+    RegionRefusesReplication,
+    ReplicaCannotBeReplicated,
+)
 from csbs.names import validate_description, validate_name
 from region_node.catalog import backups as backup_rows
 from region_node.catalog import replica_deletions as deletion_rows
@@ -57,16 +63,10 @@ class ReplicaService:
             row = backup_rows.row(conn, None, backup_id)
             if not backup_rows.is_held_by(conn, backup_id, job_id):
                 if row["origin_replicated"]:
-                    raise FailedPrecondition(
-                        f"R2: backup {backup_id} was replicated in from another region; a "
-                        "replica cannot be replicated again"
-                    )
+                    raise ReplicaCannotBeReplicated(backup_id, row["origin_region_id"])
                 status = BackupStatus(row["status"])
                 if status != BackupStatus.AVAILABLE:
-                    raise FailedPrecondition(
-                        f"R1c: backup {backup_id} is {status.name.lower()}; only an available "
-                        "backup can be replicated"
-                    )
+                    raise BackupNotAvailable(backup_id, status.name.lower())
                 backup_rows.hold(conn, backup_id, job_id)
             return backup_rows.to_backup(conn, row)
 
@@ -107,7 +107,7 @@ class ReplicaService:
         if existing:
             return self._backups.get_any(existing)
         if not self._region.accepts_replication:
-            raise FailedPrecondition(f"R5: region {parts.region_id} does not accept replication")
+            raise RegionRefusesReplication(parts.region_id)
         if not spec.job_id:
             raise InvalidArgument("job_id: a replica is created for a replication job")
         project_id = self._region.resolve_project(spec.project_id)
