@@ -694,6 +694,15 @@ def _log_excerpt(log: Path, lines: int = 40) -> str:
     return "\n".join([*head, "--- its last lines ---", *text[-15:]])
 
 
+def _keep_evidence(node_dir: Path, to: Path) -> Path:
+    """The stopped node's catalog, copied off the tmpfs before it is unmounted, so a failure
+    can be read afterwards (`sqlite3 <to>/catalog.db`)."""
+    to.mkdir(parents=True, exist_ok=True)
+    for path in node_dir.glob("catalog.db*"):
+        shutil.copy2(path, to / path.name)
+    return to
+
+
 def run_soak(seed: int, seconds: float, workdir: Path) -> SoakReport:
     """Runs the soak for `seconds` (then the final checks) against a fresh one-region cluster
     whose data is on a tmpfs mounted at `<workdir>/data` (root only; always unmounted), the
@@ -716,9 +725,11 @@ def run_soak(seed: int, seconds: float, workdir: Path) -> SoakReport:
     except Failure as failure:
         report = soak.report if soak else SoakReport(seed, seconds)
         report.elapsed = round(time.monotonic() - started, 1)
+        evidence = _keep_evidence(data / REGION, workdir / "evidence")
         raise SoakFailed(
             f"seed {seed}: make soak SEED={seed} SECONDS={seconds:g} replays it\n{failure}\n"
-            f"node log: {log}\n{_log_excerpt(log)}\nreport: {report.json()}",
+            f"node log: {log}\nthe node's catalog as it was: {evidence}\n"
+            f"{_log_excerpt(log)}\nreport: {report.json()}",
             report,
         ) from None
     finally:
