@@ -386,3 +386,48 @@ def test_a_pack_deleted_while_in_use_keeps_its_descriptor_until_the_use_ends(
     finally:
         store.close()
         catalog.close()
+
+
+def test_a_backup_waits_for_a_writers_copy_on_write_before_it_commits(
+    node_service: RegionNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the 30-minute seeded soak (a server made from an image read a whole chunk as
+    zeros): a write took a chunk the backup had not read yet out of its to-do set and was still
+    capturing the old content when the backup's readers finished; the backup committed without
+    that chunk, AVAILABLE, and the chunk read as zeros ever after. Now the backup waits for every
+    capture a writer started."""
+    node = node_service
+    data = seeded_bytes(70, 4 * MIB)
+    server = node.servers.create(NewServer("", disk_sizes=(4 * MIB,)))
+    node.servers.write_disk("", server.server_id, 0, [(0, data)])
+    release_reads, in_capture, release_capture = (threading.Event() for _ in range(3))
+    original_read = node.backup_engine.read_chunk
+    original_put = node.parts.store.put
+
+    def held_read(plan: Any, chunk_index: int) -> None:
+        assert release_reads.wait(30)
+        original_read(plan, chunk_index)
+
+    def slow_put(digest: bytes, chunk: Any) -> int:
+        if threading.current_thread().name == "writer":
+            in_capture.set()
+            assert release_capture.wait(30)
+        return original_put(digest, chunk)
+
+    monkeypatch.setattr(node.backup_engine, "read_chunk", held_read)
+    monkeypatch.setattr(node.parts.store, "put", slow_put)
+    taken = node.backups.create(NewBackup("", server.server_id))
+    writer = threading.Thread(
+        target=lambda: node.servers.write_disk("", server.server_id, 0, [(2 * MIB, b"z" * 4096)]),
+        name="writer",
+    )
+    writer.start()
+    assert in_capture.wait(30)  # the writer took chunk 2 and is capturing its old content
+    release_reads.set()
+    time.sleep(0.5)  # the readers are done with chunks 0, 1 and 3
+    during = node.backups.get("", taken.backup_id).status
+    release_capture.set()
+    writer.join(30)
+    assert during == BackupStatus.CREATING, "the backup committed before the capture ended"
+    assert _settled_backup(node, taken.backup_id) == BackupStatus.AVAILABLE
+    assert _read_all(node, _server_from(node, taken.backup_id)) == data

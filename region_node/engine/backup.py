@@ -178,7 +178,10 @@ class BackupEngine:
             for plan in plans:
                 parts.parallel(plan.todo, lambda i, p=plan: self.read_chunk(p, i))  # type: ignore[misc]
             for plan in plans:
-                if plan.session is not None and plan.session.failure is not None:
+                assert plan.session is not None
+                # A chunk a writer took out of `todo` is ours only once its capture has ended.
+                plan.session.wait_for_captures()
+                if plan.session.failure is not None:
                     raise plan.session.failure
             self._commit(backup_id, entries, progress)
         except Exception as exc:

@@ -61,16 +61,19 @@ class DiskIO:
             if chunk_index not in session.todo:
                 return
             session.todo.discard(chunk_index)
+            session.capturing()  # the backup commits only once this capture has ended
+        try:
             length = self._parts.chunk_length(disk.size_bytes, chunk_index)
             buf = bytearray(length)
             with disk.io() as fd:
                 os.preadv(fd, [buf], chunk_index * self._cs)
-        try:
             session.capture(chunk_index, memoryview(buf))
         except Exception as exc:
             # The write goes on; the backup that lost this chunk ends in error.
             log.warning("backup copy-on-write of chunk %d failed: %s", chunk_index, exc)
             session.failure = exc
+        finally:
+            session.captured()
 
     def read(self, disk: DiskState, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
         end = offset + length

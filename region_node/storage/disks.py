@@ -35,6 +35,25 @@ class BackupSession:
         # A chunk taken out of `todo` whose capture failed (a writer's copy-on-write on a full
         # disk): the backup lacks it and must end in error, never available.
         self.failure: BaseException | None = None
+        # Writers' copy-on-write captures still running: a chunk they took out of `todo` is in
+        # the backup only once its capture is done, so the backup waits for them to commit.
+        self._capturing = 0
+        self._captured = threading.Condition()
+
+    def capturing(self) -> None:
+        """A writer took a chunk out of `todo` (under its stripe lock) and will capture it."""
+        with self._captured:
+            self._capturing += 1
+
+    def captured(self) -> None:
+        with self._captured:
+            self._capturing -= 1
+            self._captured.notify_all()
+
+    def wait_for_captures(self) -> None:
+        """Until every writer's capture that started has ended (well or not)."""
+        with self._captured:
+            self._captured.wait_for(lambda: not self._capturing)
 
 
 class DiskGone(FailedPrecondition):
