@@ -16,15 +16,10 @@ import time
 from coordinator.config import CoordinatorConfig
 from coordinator.models import CleanupKind, JobStatus, ReplicationJob
 from coordinator.store import Store
-from csbs.clients import (
-    RecordStatus,
-    RegionNodeClient,
-    RegionNodes,
-    ReplicationRecord,
-    is_transient,
-)
+from csbs.clients import RegionNodeClient, RegionNodes, is_transient
 from csbs.clock import Clock
 from csbs.errors import CsbsError, NotFound, RegionNotFound
+from csbs.node_views import RecordStatus, ReplicationRecord
 from csbs.notifier import Notifier
 
 log = logging.getLogger(__name__)

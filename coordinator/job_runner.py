@@ -22,17 +22,10 @@ from coordinator.config import CoordinatorConfig
 from coordinator.job_cleanups import JobCleanups, node_client, record_of
 from coordinator.models import CleanupKind, JobStatus, Progress, ReplicationJob
 from coordinator.store import Store
-from csbs.clients import (
-    BackupOrigin,
-    RecordStatus,
-    RegionNodeClient,
-    RegionNodes,
-    ReplicaHeader,
-    incomplete_copy,
-    is_transient,
-)
+from csbs.clients import RegionNodeClient, RegionNodes, incomplete_copy, is_transient
 from csbs.clock import Clock
 from csbs.errors import CsbsError, ReplicationJobNotFound
+from csbs.node_views import BackupOrigin, RecordStatus, ReplicaHeader
 from csbs.notifier import Notifier
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from csbs.clients import ProjectSummary, ReplicationWay
+from csbs.node_views import ProjectSummary, ReplicationWay
 
 T = TypeVar("T")
 

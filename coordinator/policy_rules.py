@@ -20,8 +20,8 @@ from typing import Protocol
 from coordinator.models import JobStatus
 from coordinator.policy_models import KIND_NAMES, SKIPPED, Policy, PolicyRun, RunItem
 from coordinator.retention import expired
-from csbs.clients import BackupStatus, BackupSummary
 from csbs.errors import ReplicaAlreadyExists
+from csbs.node_views import BackupStatus, BackupSummary
 
 
 class JobOutcome(Protocol):

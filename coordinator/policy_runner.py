@@ -51,8 +51,9 @@ from coordinator.policy_store import PolicyStore
 from coordinator.replication import ReplicationService
 from coordinator.retention import server_of_replica
 from coordinator.store import Store
-from csbs.clients import BackupStatus, BackupSummary, RegionNodeClient, RegionNodes, ReplicationWay
+from csbs.clients import RegionNodeClient, RegionNodes
 from csbs.errors import CsbsError, RegionRefusesReplication
+from csbs.node_views import BackupStatus, BackupSummary, ReplicationWay
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from coordinator.policy_models import MAX_KEEP, Policy, PolicyReplication
 from coordinator.replication_rules import own_project
 from coordinator.schedule import validate_schedule
-from csbs.clients import RegionNodes, ServerType
+from csbs.clients import RegionNodes
 from csbs.errors import (
     InvalidArgument,
     PolicyProtectsCloudServersOnly,
@@ -22,6 +22,7 @@ from csbs.errors import (
     TargetProjectNotFound,
 )
 from csbs.names import validate_description, validate_name
+from csbs.node_views import ServerType
 
 MAX_SERVERS = 64
 UPDATABLE_FIELDS = frozenset(

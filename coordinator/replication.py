@@ -34,7 +34,7 @@ from coordinator.replication_rules import (
     same_request,
 )
 from coordinator.store import Store
-from csbs.clients import RegionNodeClient, RegionNodes, RegionSummary, is_transient
+from csbs.clients import RegionNodeClient, RegionNodes, is_transient
 from csbs.clock import Clock
 from csbs.errors import (
     CsbsError,
@@ -48,6 +48,7 @@ from csbs.errors import (
     Unavailable,
 )
 from csbs.names import validate_description, validate_name, validate_request_id
+from csbs.node_views import RegionSummary
 from csbs.notifier import Notifier
 from csbs.paging import PageTokens, page_size
 

@@ -9,14 +9,6 @@ from collections.abc import Callable
 
 from coordinator.errors import IdempotencyTokenReused
 from coordinator.models import ReplicationJob
-from csbs.clients import (
-    BackupStatus,
-    BackupSummary,
-    ProjectSummary,
-    RegionSummary,
-    ReplicationWay,
-    ServerType,
-)
 from csbs.errors import (
     BackupNotAvailable,
     BackupNotOfCloudServer,
@@ -25,6 +17,14 @@ from csbs.errors import (
     NotFound,
     ProjectOfAnotherAccount,
     ReplicaCannotBeReplicated,
+)
+from csbs.node_views import (
+    BackupStatus,
+    BackupSummary,
+    ProjectSummary,
+    RegionSummary,
+    ReplicationWay,
+    ServerType,
 )
 
 

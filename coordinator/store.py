@@ -21,8 +21,8 @@ from coordinator.models import (
     Progress,
     ReplicationJob,
 )
-from csbs.clients import ReplicationWay
 from csbs.database import Database
+from csbs.node_views import ReplicationWay
 
 _MIGRATIONS: dict[int, str] = {
     1: """

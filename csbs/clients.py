@@ -10,10 +10,8 @@ batch of hashes at a time, pulled from the source only as fast as the target tak
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,8 +25,21 @@ from csbs.auth import ACTING_ACCOUNT, bearer, with_metadata
 from csbs.client_core import ClientCore, Failure, Retries
 from csbs.config import ConfigError, resolve_address
 from csbs.errors import CsbsError, NotFound
+from csbs.node_views import (
+    BackupSummary,
+    DeletedReplica,
+    MissingChunks,
+    RegionSummary,
+    ReplicaHeader,
+    ReplicationRecord,
+    ServerType,
+    backup_from_proto,
+    enum_of,
+    header_to_proto,
+    region_from_proto,
+)
+from csbs.relay import StallGuard, chunk_data_length
 from csbs.rpc import open_channel
-from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 
@@ -46,160 +57,6 @@ RETRIES = Retries(attempts=4, max_wait=1.0)
 READ_CHUNKS = "/csbs.v1.RegionNodeInternal/ReadChunks"
 WRITE_CHUNKS = "/csbs.v1.RegionNodeInternal/WriteChunks"
 REPLICA_ID_METADATA = "x-csbs-replica-id"
-
-
-# --- values ------------------------------------------------------------------------------------
-# Enum values equal the .proto's; nothing that uses these imports protobuf.
-
-
-class ServerType(enum.IntEnum):
-    UNSPECIFIED = 0
-    ECS = 1
-    BMS = 2
-
-
-class BackupStatus(enum.IntEnum):
-    UNSPECIFIED = 0
-    CREATING = 1
-    AVAILABLE = 2
-    ERROR = 3
-    REPLICATING = 4
-    RESTORING = 5
-
-
-class ReplicationWay(enum.IntEnum):
-    UNSPECIFIED = 0
-    MANUAL = 1
-    POLICY = 2
-    POLICY_EXECUTE = 3
-
-
-class RecordStatus(enum.IntEnum):
-    UNSPECIFIED = 0
-    REPLICATING = 1
-    SUCCESS = 2
-    FAILED = 3
-
-
-@dataclass(frozen=True)
-class ProjectSummary:
-    project_id: str
-    name: str
-    account_id: str
-    main: bool
-
-
-@dataclass(frozen=True)
-class RegionSummary:
-    """What a region node says about itself (R5, P3)."""
-
-    region_id: str
-    display_name: str
-    accepts_replication: bool
-    projects: tuple[ProjectSummary, ...]
-    chunk_size_bytes: int
-
-    def project(self, project_id: str) -> ProjectSummary | None:
-        return next((p for p in self.projects if p.project_id == project_id), None)
-
-    def main_project(self, account_id: str | None = None) -> ProjectSummary | None:
-        """The account's main project here (the first main one if no account is given)."""
-        return next(
-            (
-                p
-                for p in self.projects
-                if p.main and (account_id is None or p.account_id == account_id)
-            ),
-            None,
-        )
-
-
-@dataclass(frozen=True)
-class BackupDisk:
-    disk_index: int
-    disk_id: str
-    size_bytes: int
-    system: bool
-
-
-@dataclass(frozen=True)
-class BackupOrigin:
-    replicated: bool = False
-    source_region_id: str = ""
-    source_project_id: str = ""
-    source_backup_id: str = ""
-    way: ReplicationWay = ReplicationWay.UNSPECIFIED
-    policy_id: str = ""
-    replication_job_id: str = ""
-
-
-@dataclass(frozen=True)
-class BackupSummary:
-    """The fields of a backup the coordinator decides by."""
-
-    backup_id: str
-    project_id: str
-    name: str
-    server_type: ServerType
-    status: BackupStatus
-    disks: tuple[BackupDisk, ...]
-    origin: BackupOrigin
-    policy_id: str = ""
-    server_id: str = ""
-    image_ids: tuple[str, ...] = ()
-    created_at: datetime | None = None
-    error_reason: str = ""
-
-
-@dataclass(frozen=True)
-class ReplicaHeader:
-    """What CreateReplica is told before the manifest: where the replica goes and what it is."""
-
-    project_id: str
-    name: str
-    description: str
-    server_type: ServerType
-    disks: tuple[BackupDisk, ...]
-    origin: BackupOrigin
-    job_id: str
-
-
-@dataclass(frozen=True)
-class MissingChunks:
-    missing: tuple[bytes, ...]
-    chunks_total: int
-    bytes_total: int
-    chunks_already_held: int
-    bytes_already_held: int
-
-
-@dataclass(frozen=True)
-class ReplicationRecord:
-    """A source backup's record of one replication of it."""
-
-    target_region_id: str
-    target_project_id: str
-    replica_id: str
-    way: ReplicationWay
-    policy_id: str
-    job_id: str
-    status: RecordStatus
-    failure_reason: str = ""
-    replica_deleted: bool = False  # the replica was deleted in the target region since
-
-
-@dataclass(frozen=True)
-class DeletedReplica:
-    """A replica a user (or a policy's retention) deleted in its region."""
-
-    seq: int
-    replica_id: str
-    job_id: str
-    source_region_id: str
-    source_backup_id: str
-
-
-# --- errors ------------------------------------------------------------------------------------
 
 
 class NodeError(CsbsError):
@@ -256,154 +113,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, NodeError) and exc.transient
 
 
-# --- conversions -------------------------------------------------------------------------------
-
-
-def _disk_from_proto(d: pb.BackupDisk) -> BackupDisk:
-    return BackupDisk(d.disk_index, d.disk_id, d.size_bytes, d.system)
-
-
-def _disk_to_proto(d: BackupDisk) -> pb.BackupDisk:
-    return pb.BackupDisk(
-        disk_index=d.disk_index, disk_id=d.disk_id, size_bytes=d.size_bytes, system=d.system
-    )
-
-
-def _origin_to_proto(o: BackupOrigin) -> pb.BackupOrigin:
-    return pb.BackupOrigin(
-        replicated=o.replicated,
-        source_region_id=o.source_region_id,
-        source_project_id=o.source_project_id,
-        source_backup_id=o.source_backup_id,
-        way=int(o.way),  # type: ignore[arg-type]
-        policy_id=o.policy_id,
-        replication_job_id=o.replication_job_id,
-    )
-
-
-def _enum(kind: type[enum.IntEnum], value: int) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        return kind(0)
-
-
-def backup_from_proto(b: pb.Backup) -> BackupSummary:
-    o = b.origin
-    return BackupSummary(
-        backup_id=b.backup_id,
-        project_id=b.project_id,
-        name=b.name,
-        server_type=_enum(ServerType, b.server_type),
-        status=_enum(BackupStatus, b.status),
-        disks=tuple(_disk_from_proto(d) for d in b.disks),
-        origin=BackupOrigin(
-            replicated=o.replicated,
-            source_region_id=o.source_region_id,
-            source_project_id=o.source_project_id,
-            source_backup_id=o.source_backup_id,
-            way=_enum(ReplicationWay, o.way),
-            policy_id=o.policy_id,
-            replication_job_id=o.replication_job_id,
-        ),
-        policy_id=b.policy_id,
-        server_id=b.server_id,
-        image_ids=tuple(b.image_ids),
-        created_at=b.created_at.ToDatetime(tzinfo=UTC) if b.HasField("created_at") else None,
-        error_reason=b.error_reason,
-    )
-
-
-def region_from_proto(info: common_pb2.RegionInfo) -> RegionSummary:
-    return RegionSummary(
-        region_id=info.region_id,
-        display_name=info.display_name,
-        accepts_replication=info.accepts_replication,
-        projects=tuple(
-            ProjectSummary(p.project_id, p.name, p.account_id, p.main) for p in info.projects
-        ),
-        chunk_size_bytes=info.chunk_size_bytes,
-    )
-
-
-def chunk_data_length(raw: bytes) -> int:
-    """The length of the `data` field of a serialized Chunk, read from its few header bytes
-    (so that progress counts chunk bytes as the manifest does, without parsing the message)."""
-    i, n = 0, len(raw)
-    while i < n:
-        key, i = _varint(raw, i)
-        if key & 7 != 2:  # only length-delimited fields in a Chunk
-            return n
-        length, i = _varint(raw, i)
-        if key >> 3 == 2:
-            return length
-        i += length
-    return 0
-
-
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = raw[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-# --- stall detection ---------------------------------------------------------------------------
-
-
-class _StallGuard:
-    """Cancels a stream that moves nothing for `timeout` seconds while it is still sending, or
-    whose answer has not come `answer_timeout` seconds after the last message was sent (a
-    paused or cut-off node would otherwise hold it until its deadline), or at once when `stop`
-    is set. Watches from its own thread; `touch()` on every message."""
-
-    def __init__(self, timeout: float, stop: threading.Event | None, answer_timeout: float) -> None:
-        self._timeout = timeout
-        self._answer_timeout = answer_timeout
-        self._stop = stop
-        self._last = time.monotonic()
-        self._sending = True
-        self._done = threading.Event()
-        self._cancels: list[Callable[[], Any]] = []
-        self.fired: str = ""  # "stalled", "unanswered" or "stopped"
-        self._thread = threading.Thread(target=self._watch, name="stall-guard", daemon=True)
-
-    def on_fire(self, cancel: Callable[[], Any]) -> None:
-        self._cancels.append(cancel)
-
-    def touch(self) -> None:
-        self._last = time.monotonic()
-
-    def sending_done(self) -> None:
-        self._last = time.monotonic()
-        self._sending = False
-
-    def __enter__(self) -> _StallGuard:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.25):
-            if self._stop is not None and self._stop.is_set():
-                self._fire("stopped")
-                return
-            limit = self._timeout if self._sending else self._answer_timeout
-            if time.monotonic() - self._last > limit:
-                self._fire("stalled" if self._sending else "unanswered")
-                return
-
-    def _fire(self, why: str) -> None:
-        self.fired = why
-        for cancel in self._cancels:
-            cancel()
+# --- conversions ---
 
 
 # --- the client --------------------------------------------------------------------------------
@@ -489,7 +199,7 @@ class RegionNodeClient:
         server = self._idempotent(
             self._user.GetServer, pb.GetServerRequest(project_id=project_id, server_id=server_id)
         )
-        return _enum(ServerType, server.server_type)  # type: ignore[no-any-return]
+        return enum_of(ServerType, server.server_type)  # type: ignore[no-any-return]
 
     def create_policy_backup(
         self, project_id: str, server_id: str, name: str, policy_id: str, request_id: str
@@ -569,12 +279,12 @@ class RegionNodeClient:
             pb.GetBackupManifestRequest(backup_id=source_backup_id), timeout=STREAM_TIMEOUT
         )
         source_error: list[grpc.RpcError] = []
-        guard = _StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
+        guard = StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
         calls: list[Any] = []
         call_made = threading.Event()
 
         def requests() -> Iterator[pb.CreateReplicaRequest]:
-            yield pb.CreateReplicaRequest(header=_header_to_proto(header))
+            yield pb.CreateReplicaRequest(header=header_to_proto(header))
             try:
                 for part in manifest:
                     guard.touch()
@@ -670,7 +380,7 @@ class RegionNodeClient:
         )
         source_error: list[grpc.RpcError] = []
         wire_bytes = 0
-        guard = _StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
+        guard = StallGuard(self._stall_timeout, stop, HEAVY_UNARY_TIMEOUT)
 
         def forward() -> Iterator[bytes]:
             nonlocal wire_bytes
@@ -710,7 +420,7 @@ class RegionNodeClient:
     def _stream_error(
         self,
         exc: BaseException,
-        guard: _StallGuard,
+        guard: StallGuard,
         source: RegionNodeClient,
         source_error: list[grpc.RpcError],
         what: str,
@@ -737,18 +447,6 @@ class RegionNodeClient:
         if isinstance(exc, grpc.RpcError):
             return node_error(self.region_id, exc)
         return NodeError(self.region_id, grpc.StatusCode.CANCELLED, "the stream was cancelled")
-
-
-def _header_to_proto(h: ReplicaHeader) -> pb.CreateReplicaHeader:
-    return pb.CreateReplicaHeader(
-        project_id=h.project_id,
-        name=h.name,
-        description=h.description,
-        server_type=int(h.server_type),  # type: ignore[arg-type]
-        disks=[_disk_to_proto(d) for d in h.disks],
-        origin=_origin_to_proto(h.origin),
-        job_id=h.job_id,
-    )
 
 
 # --- every node of a cluster -------------------------------------------------------------------

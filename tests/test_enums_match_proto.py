@@ -14,7 +14,7 @@ import pytest
 
 import coordinator.models as coordinator_models
 import coordinator.policy_models as policy_models
-import csbs.clients as node_clients
+import csbs.node_views as node_clients
 import region_node.models as node_models
 from csbs.cli import backup as cli_backup
 from csbs.cli import job as cli_job
@@ -51,15 +51,15 @@ MIRRORS: list[tuple[str, Mapping[str, int], ProtoEnum]] = [
         _members(node_models.RecordStatus),
         pb.ReplicationRecordStatus,
     ),
-    ("csbs.clients.ServerType", _members(node_clients.ServerType), common_pb2.ServerType),
-    ("csbs.clients.BackupStatus", _members(node_clients.BackupStatus), pb.BackupStatus),
+    ("csbs.node_views.ServerType", _members(node_clients.ServerType), common_pb2.ServerType),
+    ("csbs.node_views.BackupStatus", _members(node_clients.BackupStatus), pb.BackupStatus),
     (
-        "csbs.clients.ReplicationWay",
+        "csbs.node_views.ReplicationWay",
         _members(node_clients.ReplicationWay),
         common_pb2.ReplicationWay,
     ),
     (
-        "csbs.clients.RecordStatus",
+        "csbs.node_views.RecordStatus",
         _members(node_clients.RecordStatus),
         pb.ReplicationRecordStatus,
     ),

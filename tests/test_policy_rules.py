@@ -31,7 +31,7 @@ from coordinator.policy_rules import (
     why_not_replicate,
 )
 from coordinator.schedule import Schedule
-from csbs.clients import BackupOrigin, BackupStatus, BackupSummary, ServerType
+from csbs.node_views import BackupOrigin, BackupStatus, BackupSummary, ServerType
 
 NOW = datetime(2024, 3, 1, 12, tzinfo=UTC)
 DAILY = Schedule("FREQ=DAILY;BYHOUR=2;BYMINUTE=0", "UTC")

@@ -18,10 +18,10 @@ from coordinator.config import CoordinatorConfig
 from coordinator.models import CleanupKind, JobStatus, Progress, ReplicationJob
 from coordinator.replication import ReplicationService
 from coordinator.store import Store
-from csbs.clients import ReplicationWay
 from csbs.clock import WallClock
 from csbs.credentials import ClusterSecrets
 from csbs.errors import StorageFull
+from csbs.node_views import ReplicationWay
 
 pytestmark = pytest.mark.timeout(60)
 
