@@ -262,11 +262,14 @@ class PolicyRunner:
         return replace(run, items=tuple(items))
 
     def _wait_backups(self, policy: Policy, work: _Work) -> list[RunItem]:
-        client = self._nodes.client(policy.region_id, policy.account_id)
         items: list[RunItem] = []
         deadline = time.monotonic() + WORK_TIMEOUT
         for server_id, backup_id in work.backups:
             while True:
+                # The node's address is looked up at every poll: a node that restarted on
+                # another address is followed (a client kept for the whole wait retried the
+                # old address until WORK_TIMEOUT, and the run and AdvanceClock hung).
+                client = self._nodes.client(policy.region_id, policy.account_id)
                 try:
                     backup = client.get_backup(policy.project_id, backup_id)
                 except CsbsError as exc:
