@@ -37,6 +37,10 @@ class _Stopping(Exception):
     """The coordinator is stopping: the job is left as it is and resumed on the next start."""
 
 
+class _JobEnded(_Stopping):
+    """The job ended before this run of it began (it was submitted again): nothing to do."""
+
+
 @dataclass
 class _Run:
     """One run of a job (all its attempts in this process): what it is doing now, for the
@@ -205,6 +209,8 @@ class JobRunner:
             raise _Stopping
         now = self._clock.now()
         job = self._store.start_attempt(job_id, now)
+        if job is None:
+            raise _JobEnded
         run.attempts = job.attempts
         self._notifier.changed(job_id)
         src, tgt = job.source_region_id, job.target_region_id

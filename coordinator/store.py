@@ -353,17 +353,25 @@ class Store(Database):
                     found[job_id] = row[0]
         return found
 
-    def start_attempt(self, job_id: str, now: datetime) -> ReplicationJob:
-        """The job is (again) being copied: REPLICATING, one more attempt."""
+    def start_attempt(self, job_id: str, now: datetime) -> ReplicationJob | None:
+        """The job is (again) being copied: REPLICATING, one more attempt. None for a job that
+        has ended: an ended job never runs again (a second run would hold its backup anew and
+        turn its source's record back to replicating)."""
         with self.transaction() as conn:
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE jobs SET status = ?, attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, ?), updated_at = ? WHERE job_id = ?",
-                (int(JobStatus.REPLICATING), _ts(now), _ts(now), job_id),
-            )
-            job = self.get_job(job_id, conn)
-        assert job is not None
-        return job
+                "started_at = COALESCE(started_at, ?), updated_at = ? "
+                "WHERE job_id = ? AND status IN (?, ?)",
+                (
+                    int(JobStatus.REPLICATING),
+                    _ts(now),
+                    _ts(now),
+                    job_id,
+                    int(JobStatus.WAITING),
+                    int(JobStatus.REPLICATING),
+                ),
+            ).rowcount
+            return self.get_job(job_id, conn) if updated else None
 
     def set_replica(self, job_id: str, replica_id: str, now: datetime) -> None:
         with self.transaction() as conn:
