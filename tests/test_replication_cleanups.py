@@ -127,3 +127,20 @@ def test_a_refused_removal_of_a_leftover_is_retried_and_reported_never_dropped(
     finally:
         service.close()
         store.close()
+
+
+def test_an_ended_job_never_runs_again(tmp_path: Path) -> None:
+    """Issue 11, every job to a clean end: a job submitted once more after it ended (a fresh-
+    clone CI run's fuzz caught one) held its source backup anew and turned its source's record
+    back to replicating. An attempt is now started only for a waiting or replicating job."""
+    store = Store(tmp_path / "coordinator.db")
+    job = _failed_job()
+    with store.transaction() as conn:
+        store.insert_job(conn, job, "")
+    started = store.start_attempt(job.job_id, datetime.now(UTC))
+    assert started is not None and started.attempts == 2
+    for ended in (JobStatus.SUCCESS, JobStatus.FAILED):
+        store.finish(job.job_id, ended, "", datetime.now(UTC), [])
+        assert store.start_attempt(job.job_id, datetime.now(UTC)) is None
+        again = store.get_job(job.job_id)
+        assert again is not None and again.status == ended and again.attempts == 2
