@@ -251,7 +251,7 @@ class JobRunner:
 
         run.step = f"finding the chunks region {tgt} lacks for replica {replica_id}"
         missing = target.find_missing_chunks(replica_id)
-        run.missing(len(missing.missing))
+        run.missing(missing.chunks_lacking)
         p = job.progress
         if self._store.is_planned(job_id):
             # Resuming: what the target holds beyond what it held at first arrived in an
@@ -273,23 +273,31 @@ class JobRunner:
             )
         self._save_progress(job_id, start)
 
-        run.step = f"copying {len(missing.missing)} chunks from region {src} to region {tgt}"
+        run.step = f"copying {missing.chunks_lacking} chunks from region {src} to region {tgt}"
         tracker = _ProgressTracker(lambda q: self._save_progress(job_id, q), start)
         try:
-            target.relay_chunks(
-                source, replica_id, missing.missing, tracker.on_chunk, self._stop, run.stored
-            )
+            # A page at a time (issue 12: nothing here grows with the backup); what arrived
+            # for one page is held by the next, so a chunk named twice is sent once.
+            page = missing
+            while True:
+                target.relay_chunks(
+                    source, replica_id, page.missing, tracker.on_chunk, self._stop, run.stored
+                )
+                if not page.next_page_token:
+                    break
+                page = target.find_missing_chunks(replica_id, page.next_page_token)
         finally:
             tracker.flush()
 
         run.step = f"completing replica {replica_id} in region {tgt}"
         left = target.find_missing_chunks(replica_id)
-        run.missing(len(left.missing))
-        if left.missing:
+        run.missing(left.chunks_lacking)
+        if left.chunks_lacking:
             # Some chunks did not arrive (a stream cut short): another attempt sends them.
             raise incomplete_copy(
                 tgt,
-                f"{len(left.missing)} chunks of replica {replica_id} still missing after the copy",
+                f"{left.chunks_lacking} chunks of replica {replica_id} still missing after "
+                "the copy",
             )
         target.complete_replica(replica_id)
         run.step = f"recording the replication on backup {backup_id} in region {src}"

@@ -311,10 +311,11 @@ class RegionNodeClient:
                 manifest.cancel()
         return backup_from_proto(replica)
 
-    def find_missing_chunks(self, replica_id: str) -> MissingChunks:
+    def find_missing_chunks(self, replica_id: str, page_token: str = "") -> MissingChunks:
+        """One page of the chunks the replica lacks; the first (no token) counts them all."""
         answer = self._idempotent(
             self._internal.FindMissingChunks,
-            pb.FindMissingChunksRequest(replica_id=replica_id),
+            pb.FindMissingChunksRequest(replica_id=replica_id, page_token=page_token),
             HEAVY_UNARY_TIMEOUT,
         )
         return MissingChunks(
@@ -323,6 +324,7 @@ class RegionNodeClient:
             bytes_total=answer.bytes_total,
             chunks_already_held=answer.chunks_already_held,
             bytes_already_held=answer.bytes_already_held,
+            next_page_token=answer.next_page_token,
         )
 
     def complete_replica(self, replica_id: str) -> BackupSummary:

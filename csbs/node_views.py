@@ -130,11 +130,20 @@ class ReplicaHeader:
 
 @dataclass(frozen=True)
 class MissingChunks:
+    """A page of FindMissingChunks: the chunks lacking among the manifest entries it looked
+    at, and (first page only) the counts of the whole manifest."""
+
     missing: tuple[bytes, ...]
     chunks_total: int
     bytes_total: int
     chunks_already_held: int
     bytes_already_held: int
+    next_page_token: str = ""
+
+    @property
+    def chunks_lacking(self) -> int:
+        """Entries of the whole manifest the target lacks (a first page's counts)."""
+        return self.chunks_total - self.chunks_already_held
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,7 @@ class MissingChunks:
     bytes_total: int
     chunks_already_held: int
     bytes_already_held: int
+    next_page_token: str = ""
 
 
 @dataclass(frozen=True)

@@ -310,13 +310,16 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def FindMissingChunks(
         self, request: pb.FindMissingChunksRequest, context: grpc.ServicerContext
     ) -> pb.FindMissingChunksResponse:
-        found = self._node.replicas.find_missing_chunks(request.replica_id)
+        found = self._node.replicas.find_missing_chunks(
+            request.replica_id, request.page_token, request.page_size
+        )
         return pb.FindMissingChunksResponse(
             missing=found.missing,
             chunks_total=found.chunks_total,
             bytes_total=found.bytes_total,
             chunks_already_held=found.chunks_already_held,
             bytes_already_held=found.bytes_already_held,
+            next_page_token=found.next_page_token,
         )
 
     @rpc_method

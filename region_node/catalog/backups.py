@@ -311,6 +311,22 @@ def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
     ]
 
 
+def manifest_page(
+    conn: sqlite3.Connection, backup_id: str, after: tuple[int, int] | None, limit: int
+) -> list[ManifestEntry]:
+    """At most `limit` entries of a backup's manifest after position `after` (disk_index,
+    chunk_index), in order: a seek in the primary key, whatever the manifest's size."""
+    first = after if after is not None else (-1, -1)
+    return [
+        ManifestEntry(r["disk_index"], r["chunk_index"], r["hash"], r["length"])
+        for r in conn.execute(
+            "SELECT disk_index, chunk_index, hash, length FROM manifest WHERE backup_id = ? "
+            "AND (disk_index, chunk_index) > (?, ?) ORDER BY disk_index, chunk_index LIMIT ?",
+            (backup_id, *first, limit),
+        )
+    ]
+
+
 def manifest_bytes(conn: sqlite3.Connection, backup_id: str) -> int:
     return int(
         conn.execute(

@@ -23,11 +23,13 @@ def insert(
     replica_id: str,
     project_id: str,
     spec: ReplicaSpec,
-    entries: Sequence[ManifestEntry],
+    bytes_named: int,
+    batches: Iterable[Sequence[ManifestEntry]],
     seq: int,
     now: float,
 ) -> None:
-    """A replica in REPLICATING with its whole manifest (its chunks arrive later)."""
+    """A replica in REPLICATING with its whole manifest, given in batches that name
+    `bytes_named` bytes in all (its chunks arrive later)."""
     origin = spec.origin
     conn.execute(
         "INSERT INTO backups(backup_id, project_id, name, description, server_id, "
@@ -42,7 +44,7 @@ def insert(
             spec.description,
             int(spec.server_type),
             BackupStatus.REPLICATING,
-            sum(e.length for e in entries),
+            bytes_named,
             origin.source_region_id,
             origin.source_project_id,
             origin.source_backup_id,
@@ -55,7 +57,8 @@ def insert(
         ),
     )
     insert_disks(conn, replica_id, spec.disks, 0)
-    add_manifest(conn, replica_id, entries)
+    for batch in batches:
+        add_manifest(conn, replica_id, batch)
 
 
 def add_arrivals(conn: sqlite3.Connection, replica_id: str, digests: Iterable[bytes]) -> None:
@@ -65,42 +68,83 @@ def add_arrivals(conn: sqlite3.Connection, replica_id: str, digests: Iterable[by
     )
 
 
-def wanted(conn: sqlite3.Connection, replica_id: str) -> dict[bytes, int]:
-    """hash -> length of every chunk the replica's manifest names."""
+def lengths_named(
+    conn: sqlite3.Connection, replica_id: str, digests: Sequence[bytes]
+) -> dict[bytes, int]:
+    """hash -> length of those of `digests` the replica's manifest names (one seek each in
+    manifest_by_hash, whatever the manifest's size or the region's history)."""
+    marks = ", ".join("?" * len(digests))
     return {
         r["hash"]: r["length"]
         for r in conn.execute(
-            "SELECT hash, length FROM manifest WHERE backup_id = ?", (replica_id,)
+            "SELECT DISTINCT hash, length FROM manifest INDEXED BY manifest_by_hash "
+            f"WHERE hash IN ({marks}) AND backup_id = ?",
+            (*digests, replica_id),
         )
     }
 
 
-def held_by_account(
-    conn: sqlite3.Connection, replica_id: str, projects: Sequence[str]
-) -> list[tuple[bytes, int, bool]]:
-    """Per manifest entry of the replica, in order: (hash, length, whether the account of
-    `projects` already holds the chunk here). Held means stored and either arrived for one of
-    the account's replicas or named by one of its whole backups (issue 6).
-
-    Per entry: a seek in `chunks`, then in replica_arrivals and in manifest by hash
-    (manifest_by_hash), whose rows are checked against the account's backups (a list made once
-    per query; `+` keeps SQLite from seeking once per backup of the account instead, which
-    costs more the more backups the account has)."""
+def _held(projects: Sequence[str]) -> str:
+    """SQL of whether the account of `projects` already holds manifest entry m's chunk here:
+    stored and either arrived for one of the account's replicas or named by one of its whole
+    backups (issue 6). Per entry: a seek in `chunks`, then in replica_arrivals and in manifest
+    by hash (manifest_by_hash), whose rows are checked against the account's backups (a list
+    made once per query; `+` keeps SQLite from seeking once per backup of the account instead,
+    which costs more the more backups the account has)."""
     marks = ", ".join("?" * len(projects))
-    rows = conn.execute(
-        "SELECT m.hash, m.length, CASE WHEN c.hash IS NULL THEN 0 "
+    return (
+        "CASE WHEN c.hash IS NULL THEN 0 "
         "WHEN EXISTS (SELECT 1 FROM replica_arrivals a "
         "JOIN backups r ON r.backup_id = a.replica_id "
         f"WHERE a.hash = m.hash AND r.project_id IN ({marks})) THEN 1 "
         "WHEN EXISTS (SELECT 1 FROM manifest o INDEXED BY manifest_by_hash "
         "WHERE o.hash = m.hash AND +o.backup_id IN (SELECT backup_id FROM backups "
         f"WHERE project_id IN ({marks}) AND status IN (?, ?))) THEN 1 "
-        "ELSE 0 END AS held "
+        "ELSE 0 END"
+    )
+
+
+def held_by_account(
+    conn: sqlite3.Connection,
+    replica_id: str,
+    projects: Sequence[str],
+    after: tuple[int, int] | None = None,
+    limit: int = -1,
+) -> list[tuple[int, int, bytes, int, bool]]:
+    """Per manifest entry of the replica after position `after` (disk_index, chunk_index), in
+    order, at most `limit`: (disk_index, chunk_index, hash, length, whether the account of
+    `projects` already holds the chunk here; see _held)."""
+    first = after if after is not None else (-1, -1)
+    rows = conn.execute(
+        f"SELECT m.disk_index, m.chunk_index, m.hash, m.length, {_held(projects)} AS held "
         "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
-        "ORDER BY m.disk_index, m.chunk_index",
-        (*projects, *projects, *WHOLE, replica_id),
+        "AND (m.disk_index, m.chunk_index) > (?, ?) "
+        "ORDER BY m.disk_index, m.chunk_index LIMIT ?",
+        (*projects, *projects, *WHOLE, replica_id, *first, limit),
     ).fetchall()
-    return [(r["hash"], r["length"], bool(r["held"])) for r in rows]
+    return [
+        (r["disk_index"], r["chunk_index"], r["hash"], r["length"], bool(r["held"])) for r in rows
+    ]
+
+
+def held_totals(
+    conn: sqlite3.Connection, replica_id: str, projects: Sequence[str]
+) -> tuple[int, int, int, int]:
+    """(entries, bytes, entries already held, bytes already held) of the replica's whole
+    manifest for the account of `projects` (see _held), counted in one pass without a list."""
+    found = conn.execute(
+        "SELECT COUNT(*) AS entries, COALESCE(SUM(length), 0) AS bytes, "
+        "COALESCE(SUM(held), 0) AS held, COALESCE(SUM(held * length), 0) AS held_bytes "
+        f"FROM (SELECT m.length AS length, {_held(projects)} AS held "
+        "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ?)",
+        (*projects, *projects, *WHOLE, replica_id),
+    ).fetchone()
+    return (
+        int(found["entries"]),
+        int(found["bytes"]),
+        int(found["held"]),
+        int(found["held_bytes"]),
+    )
 
 
 def lacking_and_total(conn: sqlite3.Connection, replica_id: str) -> tuple[int, int]:

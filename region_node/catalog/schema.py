@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -161,5 +161,12 @@ MIGRATIONS: dict[int, str] = {
         source_backup_id TEXT NOT NULL,
         deleted_at REAL NOT NULL
     );
+    """,
+    4: """
+    -- Issue 12: whether a chunk is named by one given backup is one seek, however many other
+    -- backups name it (a replica's arriving chunks are checked against its manifest in
+    -- batches at each commit, never by loading the whole manifest).
+    DROP INDEX manifest_by_hash;
+    CREATE INDEX manifest_by_hash ON manifest(hash, backup_id);
     """,
 }

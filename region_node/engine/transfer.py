@@ -30,12 +30,21 @@ class ChunkTransfer:
         self._parts = parts
 
     def manifest(self, backup_id: str) -> Iterator[list[ManifestEntry]]:
-        """A backup's non-zero chunks, in order, in parts of at most MANIFEST_PART entries."""
-        with self._parts.catalog.read() as conn:
-            backup_rows.row(conn, None, backup_id)
-            entries = backup_rows.manifest(conn, backup_id)
-        for start in range(0, len(entries), MANIFEST_PART):
-            yield entries[start : start + MANIFEST_PART]
+        """A backup's non-zero chunks, in order, in parts of at most MANIFEST_PART entries, each
+        part read in a short read of its own (issue 12: never the whole manifest at once). A
+        backup being copied is held, so it stays; if it went all the same, the stream fails
+        rather than end early: a replica is never made from part of a manifest."""
+        after: tuple[int, int] | None = None
+        while True:
+            with self._parts.catalog.read() as conn:
+                backup_rows.row(conn, None, backup_id)
+                part = backup_rows.manifest_page(conn, backup_id, after, MANIFEST_PART)
+            if not part:
+                return
+            yield part
+            if len(part) < MANIFEST_PART:
+                return
+            after = (part[-1].disk_index, part[-1].chunk_index)
 
     def read_chunks(self, hashes: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """The named chunks, verified; read ahead a window at a time and dropped from the page
@@ -77,45 +86,58 @@ class ChunkTransfer:
                 raise FailedPrecondition(f"backup {replica_id} is not a replica")
             if BackupStatus(row["status"]) != BackupStatus.REPLICATING:
                 raise FailedPrecondition(f"replica {replica_id} is not being replicated")
-            wanted = replica_rows.wanted(conn, replica_id)
         written = written_bytes = present = 0
         # Every verified chunk, stored now or already in the store (maybe for another account),
         # pinned by its put: indexed if pending and recorded as arrived for the replica at the
         # next commit (issue 6: deduplication never crosses accounts, so only what arrived for
         # the account counts as held on a resume), then unpinned.
-        arrived: list[bytes] = []
+        # Whether each is in the replica's manifest is checked at the commit, a batch in one
+        # query (issue 12: never the whole manifest in memory); one that is not fails the call
+        # and what it wrote is abandoned.
+        arrived: list[tuple[bytes, int]] = []
         try:
             for digest, data in chunks:
                 check_hash(digest)
-                length = wanted.get(digest)
-                if length is None:
-                    raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
-                if len(data) != length or chunk_hash(data) != digest:
+                if len(data) > parts.chunk_size or chunk_hash(data) != digest:
                     raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
                 stored = parts.store.put(digest, data)
-                arrived.append(digest)
+                arrived.append((digest, len(data)))
                 if stored:
                     written += 1
                     written_bytes += stored
                 else:
                     present += 1
                 if len(arrived) >= COMMIT_EVERY:
-                    self._commit(replica_id, arrived)
-                    arrived = []
+                    # Taken out first: a commit that fails has unpinned its batch, and the one
+                    # below must not unpin it again (another writer's pin would go).
+                    batch, arrived = arrived, []
+                    self._commit(replica_id, batch)
         finally:
             # Even when the stream is cut: what arrived whole is kept, indexed and recorded.
             self._commit(replica_id, arrived)
         return written, written_bytes, present
 
-    def _commit(self, replica_id: str, arrived: list[bytes]) -> None:
-        """Makes every chunk that `arrived` durable, then in one transaction indexes those
-        still pending (this writer's, or another's it found pending: durable too after the
-        sync) and records them as arrived for the replica; unpins them either way. If it cannot
-        commit, what this writer wrote is abandoned, never reused."""
-        if not arrived:
+    def _commit(self, replica_id: str, chunks: list[tuple[bytes, int]]) -> None:
+        """Checks that the replica's manifest names every chunk that arrived (hash, length),
+        makes them durable, then in one transaction indexes those still pending (this
+        writer's, or another's it found pending: durable too after the sync) and records them
+        as arrived for the replica; unpins them either way. If it cannot commit, what this
+        writer wrote is abandoned, never reused."""
+        if not chunks:
             return
+        arrived = [digest for digest, _ in chunks]
         store = self._parts.store
         try:
+            with self._parts.catalog.read() as conn:
+                named = replica_rows.lengths_named(conn, replica_id, sorted(set(arrived)))
+            for digest, length in chunks:
+                if digest not in named:
+                    raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
+                if named[digest] != length:
+                    raise InvalidArgument(
+                        f"chunk {digest.hex()} has {length} bytes, replica {replica_id}'s "
+                        f"manifest says {named[digest]}"
+                    )
             store.sync()
             with self._parts.catalog.transaction() as conn:
                 status = backup_rows.status_of(conn, replica_id)

@@ -19,7 +19,7 @@ from region_node.catalog import backups as backup_rows
 from region_node.catalog import replica_deletions as deletion_rows
 from region_node.catalog import replicas as replica_rows
 from region_node.catalog.replica_deletions import DeletedReplica
-from region_node.engine.transfer import ChunkTransfer, check_hash
+from region_node.engine.transfer import MANIFEST_PART, ChunkTransfer, check_hash
 from region_node.models import (
     Backup,
     BackupStatus,
@@ -32,6 +32,7 @@ from region_node.parts import NodeParts, makes_room, needs_space, new_id
 from region_node.services.backups import BackupService
 from region_node.services.region import RegionService
 from region_node.services.servers import MAX_DISKS, check_disk_size
+from region_node.storage.spool import ManifestSpool
 
 
 class ReplicaService:
@@ -123,31 +124,36 @@ class ReplicaService:
             if disk.disk_index in sizes or disk.disk_index >= MAX_DISKS:
                 raise InvalidArgument(f"disks: disk_index {disk.disk_index} is invalid or twice")
             sizes[disk.disk_index] = disk.size_bytes
-        checked = self._checked_manifest(entries, sizes)
         replica_id = new_id()
-        with parts.catalog.transaction() as conn:
-            again = replica_rows.of_job(conn, spec.job_id)
-            if again is None:
-                replica_rows.insert(
-                    conn,
-                    replica_id,
-                    project_id,
-                    spec,
-                    checked,
-                    parts.catalog.next_seq(conn, "backup"),
-                    parts.now(),
-                )
-            else:
-                replica_id = again
+        with ManifestSpool(parts.config.data_dir) as spool:
+            for entry in self._checked_manifest(entries, sizes):
+                spool.add(entry)
+            with parts.catalog.transaction() as conn:
+                again = replica_rows.of_job(conn, spec.job_id)
+                if again is None:
+                    replica_rows.insert(
+                        conn,
+                        replica_id,
+                        project_id,
+                        spec,
+                        spool.bytes_named,
+                        spool.batches(),
+                        parts.catalog.next_seq(conn, "backup"),
+                        parts.now(),
+                    )
+                else:
+                    replica_id = again
         parts.notifier.changed(replica_id)
         return self._backups.get_any(replica_id)
 
     def _checked_manifest(
         self, entries: Iterable[ManifestEntry], sizes: dict[int, int]
-    ) -> list[ManifestEntry]:
+    ) -> Iterator[ManifestEntry]:
+        """The entries as they come, each checked; in strictly increasing (disk_index,
+        chunk_index) order, as GetBackupManifest sends them, so that an entry given twice is
+        found without remembering them all (issue 12)."""
         parts = self._parts
-        checked: list[ManifestEntry] = []
-        seen: set[tuple[int, int]] = set()
+        last: tuple[int, int] | None = None
         for entry in entries:
             size = sizes.get(entry.disk_index)
             if size is None:
@@ -163,14 +169,21 @@ class ReplicaService:
                 )
             check_hash(entry.hash)
             key = (entry.disk_index, entry.chunk_index)
-            if key in seen:
-                raise InvalidArgument(f"manifest: chunk {key} appears twice")
-            seen.add(key)
-            checked.append(entry)
-        return checked
+            if last is not None and key <= last:
+                raise InvalidArgument(
+                    f"manifest: chunk {key} "
+                    + ("appears twice" if key == last else f"comes after {last}")
+                    + "; entries go in order of disk_index, then chunk_index"
+                )
+            last = key
+            yield entry
 
-    def find_missing_chunks(self, replica_id: str) -> MissingChunks:
-        """The chunks of a replica's manifest the coordinator must send, and those it need not.
+    def find_missing_chunks(
+        self, replica_id: str, page_token: str = "", page_size: int = 0
+    ) -> MissingChunks:
+        """The chunks of a replica's manifest the coordinator must send, and those it need not,
+        a page of manifest entries at a time (issue 12: no answer grows with the replica); the
+        first page (empty token) also counts the whole manifest.
 
         Issue 6: deduplication never crosses accounts. A chunk counts as already held only if
         the store has it and the replica's own account holds it: it arrived already for one of
@@ -178,27 +191,30 @@ class ReplicaService:
         the account references it. A chunk only another account holds is reported missing and
         sent again, so that no one learns what another account stores; the store still keeps
         its bytes once."""
+        if not 0 <= page_size <= MANIFEST_PART:
+            raise InvalidArgument(f"page_size: 0 (default {MANIFEST_PART}) to {MANIFEST_PART}")
+        after = _position_of_token(page_token)
+        size = page_size or MANIFEST_PART
         with self._parts.catalog.read() as conn:
             row = backup_rows.row(conn, None, replica_id)
             if not row["origin_replicated"]:
                 raise FailedPrecondition(f"backup {replica_id} is not a replica")
-            entries = replica_rows.held_by_account(
-                conn, replica_id, self._region.account_projects(row["project_id"])
+            projects = self._region.account_projects(row["project_id"])
+            entries = replica_rows.held_by_account(conn, replica_id, projects, after, size)
+            totals = (
+                replica_rows.held_totals(conn, replica_id, projects)
+                if after is None
+                else (0, 0, 0, 0)
             )
-        missing: dict[bytes, None] = {}
-        held = held_bytes = 0
-        for digest, length, present in entries:
-            if present:
-                held += 1
-                held_bytes += length
-            else:
-                missing[digest] = None
+        missing = dict.fromkeys(e[2] for e in entries if not e[4])
+        last = entries[-1] if len(entries) == size else None
         return MissingChunks(
             missing=list(missing),
-            chunks_total=len(entries),
-            bytes_total=sum(e[1] for e in entries),
-            chunks_already_held=held,
-            bytes_already_held=held_bytes,
+            chunks_total=totals[0],
+            bytes_total=totals[1],
+            chunks_already_held=totals[2],
+            bytes_already_held=totals[3],
+            next_page_token="" if last is None else f"{last[0]}.{last[1]}",
         )
 
     @needs_space("the replica's chunks")
@@ -248,3 +264,13 @@ class ReplicaService:
         parts.store.release(freed)
         parts.notifier.changed(replica_id)
         return True
+
+
+def _position_of_token(token: str) -> tuple[int, int] | None:
+    """The manifest position (disk_index, chunk_index) a FindMissingChunks page token names."""
+    if not token:
+        return None
+    disk, dot, chunk = token.partition(".")
+    if not (dot and disk.isdigit() and chunk.isdigit()):
+        raise InvalidArgument(f"page_token {token!r} is not one this node gave")
+    return int(disk), int(chunk)
