@@ -7,6 +7,7 @@ the second page must not name what the first page's relay already brought."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import grpc
 import pytest
@@ -166,13 +167,14 @@ def test_pages_of_missing_chunks_cover_the_manifest_once_and_bad_pages_are_refus
     )
     assert after.chunks_already_held == 0  # the batch that held the stranger was not kept
 
-    for bad in ("x", "1", "1.x", "-1.2"):
-        code, message = refusal(
-            lambda bad=bad: internal.FindMissingChunks(
-                pb.FindMissingChunksRequest(replica_id=replica.backup_id, page_token=bad),
-                timeout=30,
-            )
+    def page_at(token: str) -> object:
+        return internal.FindMissingChunks(
+            pb.FindMissingChunksRequest(replica_id=replica.backup_id, page_token=token),
+            timeout=30,
         )
+
+    for bad in ("x", "1", "1.x", "-1.2"):
+        code, message = refusal(partial(page_at, bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in message
     code, message = refusal(
         lambda: internal.FindMissingChunks(
@@ -192,19 +194,21 @@ def test_a_manifest_out_of_order_or_with_an_entry_twice_is_refused_and_makes_no_
         "job-order": [_entry(1, datas[1]), _entry(0, datas[0])],
         "job-twice": [_entry(0, datas[0]), _entry(2, datas[2]), _entry(2, datas[2])],
     }
-    for job_id, entries in cases.items():
-        code, message = refusal(
-            lambda job_id=job_id, entries=entries: internal.CreateReplica(
-                iter(
-                    [
-                        pb.CreateReplicaRequest(header=_replica_header(job_id, 1 << 20)),
-                        pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[:1])),
-                        pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[1:])),
-                    ]
-                ),
-                timeout=30,
-            )
+
+    def create(job_id: str, entries: list[pb.ManifestEntry]) -> object:
+        return internal.CreateReplica(
+            iter(
+                [
+                    pb.CreateReplicaRequest(header=_replica_header(job_id, 1 << 20)),
+                    pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[:1])),
+                    pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[1:])),
+                ]
+            ),
+            timeout=30,
         )
+
+    for job_id, entries in cases.items():
+        code, message = refusal(partial(create, job_id, entries))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, message
         assert "in order of disk_index, then chunk_index" in message
         removed = internal.RemoveReplica(pb.RemoveReplicaRequest(job_id=job_id), timeout=30)
