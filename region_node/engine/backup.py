@@ -2,16 +2,19 @@
 transaction its row, its disks, the chunks written since its base (the newest whole backup of
 each disk) and the manifest rows it shares with that base; and, before the gates open, a session
 per disk through which a writer preserves a chunk the backup has not read yet. Then the chunks
-are read on a few threads, hashed, and put in the chunk store (pinned, see its rules); the
-backup commits its manifest, the index of what it stored and AVAILABLE in one transaction, and
-only if every chunk it names is stored. A failure ends it in ERROR at once, saying why, and
-gives back what it wrote."""
+are read on a few threads, hashed, and put in the chunk store (pinned, see its rules). What it
+captured is committed a batch at a time (issue 12: its memory is bounded by the batch, not by
+the disk): the batch's chunks made durable, then its manifest rows and the index of what it
+stored in one transaction, after which those rows keep the chunks alive and the pins go. The
+backup becomes AVAILABLE in the transaction that checks every chunk it names is stored. A
+failure ends it in ERROR at once, saying why, drops its manifest and gives back what it wrote."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,8 +41,33 @@ class Captured(NamedTuple):
     stored: int
 
 
-# What a running backup captured, by (disk index, chunk index).
+# What a running backup captured and has not committed yet, by (disk index, chunk index).
 Entries = dict[tuple[int, int], Captured]
+
+COMMIT_EVERY = 1024  # chunks captured between two commits of a running backup
+
+
+class Captures:
+    """What a running backup captured: the batch not committed yet, and the bytes it stored
+    anew in all. Readers and writers (copy-on-write) add to it from many threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batch: Entries = {}
+        self.stored = 0
+
+    def add(self, disk_index: int, chunk_index: int, captured: Captured) -> None:
+        with self._lock:
+            self._batch[(disk_index, chunk_index)] = captured
+            self.stored += captured.stored
+
+    def take(self, at_least: int = 0) -> Entries:
+        """The batch, if it holds at least `at_least` chunks (else nothing), and a new one."""
+        with self._lock:
+            if len(self._batch) < max(at_least, 1):
+                return {}
+            batch, self._batch = self._batch, {}
+            return batch
 
 
 @dataclass
@@ -82,16 +110,18 @@ class BackupEngine:
             progress = parts.progress[backup_id] = Progress(total=to_read)
             # What the backup captured, made before its sessions so that a writer's
             # copy-on-write, possible from the moment the gates open, always has a place to go.
-            entries: Entries = {}
+            captures = Captures()
             for plan in plans:
-                plan.session = BackupSession(set(plan.todo), self._capture(entries, plan, progress))
+                plan.session = BackupSession(
+                    set(plan.todo), self._capture(captures, plan, progress)
+                )
                 plan.disk.epoch += 1
                 plan.disk.marked.clear()
                 plan.disk.session = plan.session
         finally:
             for state in reversed(states):
                 state.gate.release()
-        parts.jobs.submit(self._run, backup_id, plans, entries)
+        parts.jobs.submit(self._run, backup_id, plans, captures)
         return backup_id
 
     def _begin(
@@ -141,16 +171,16 @@ class BackupEngine:
         return to_read
 
     def _capture(
-        self, entries: Entries, plan: DiskPlan, progress: Progress
+        self, captures: Captures, plan: DiskPlan, progress: Progress
     ) -> Callable[[int, memoryview], None]:
         parts = self._parts
 
         def capture(chunk_index: int, data: memoryview) -> None:
             digest = chunk_hash(data)
             if digest != parts.zero_hash_for(len(data)):
-                # Pinned by put until the backup commits or fails (chunk store rules).
+                # Pinned by put until its batch commits or the backup fails (chunk store rules).
                 stored = parts.store.put(digest, data)
-                entries[(plan.disk_index, chunk_index)] = Captured(digest, len(data), stored)
+                captures.add(plan.disk_index, chunk_index, Captured(digest, len(data), stored))
             progress.add(len(data))
 
         return capture
@@ -171,62 +201,93 @@ class BackupEngine:
                 drop_cache(fd, chunk_index * parts.chunk_size, length)
         session.capture(chunk_index, view)
 
-    def _run(self, backup_id: str, plans: list[DiskPlan], entries: Entries) -> None:
+    def _run(self, backup_id: str, plans: list[DiskPlan], captures: Captures) -> None:
         parts = self._parts
         progress = parts.progress[backup_id]
+        failure: Exception | None = None
         try:
             for plan in plans:
-                parts.parallel(plan.todo, lambda i, p=plan: self.read_chunk(p, i))  # type: ignore[misc]
+
+                def read(chunk_index: int, plan: DiskPlan = plan) -> None:
+                    self.read_chunk(plan, chunk_index)
+                    self._commit_batch(backup_id, captures.take(COMMIT_EVERY))
+
+                parts.parallel(plan.todo, read)
             for plan in plans:
                 assert plan.session is not None
                 # A chunk a writer took out of `todo` is ours only once its capture has ended.
                 plan.session.wait_for_captures()
                 if plan.session.failure is not None:
                     raise plan.session.failure
-            self._commit(backup_id, entries, progress)
+            self._commit(backup_id, captures, progress)
         except Exception as exc:
             log.exception("backup %s failed", backup_id)
-            reason = (
-                f"region {parts.region_id} ran out of storage space while taking this backup"
-                if out_of_space(exc)
-                else f"backup failed: {exc}"
-            )
-            parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")
-            parts.store.unpin(e.hash for e in entries.values())
-            parts.store.abandon(e.hash for e in entries.values() if e.stored)
-        else:
-            parts.store.unpin(e.hash for e in entries.values())
+            failure = exc
         finally:
             for plan in plans:
                 with plan.disk.gate:
                     plan.disk.session = None
-            parts.progress.pop(backup_id, None)
-            parts.notifier.changed(backup_id)
-
-    def _commit(self, backup_id: str, entries: Entries, progress: Progress) -> None:
-        """Makes the backup's new chunks durable, then in one transaction: its manifest, the
-        index of the chunks it put, a check that every chunk it names is stored, and the
-        AVAILABLE status. A backup is available only if it holds every chunk it names."""
-        parts = self._parts
-        parts.store.sync()
-        digests = [e.hash for e in entries.values()]
-        with parts.catalog.transaction() as conn:
-            backup_rows.add_manifest(
-                conn,
-                backup_id,
-                (ManifestEntry(d, c, e.hash, e.length) for (d, c), e in entries.items()),
+            # No capture starts any more; those under way end before what they put is given
+            # back (a pin left behind would keep its chunk for good).
+            for plan in plans:
+                if plan.session is not None:
+                    plan.session.wait_for_captures()
+        if failure is not None:
+            reason = (
+                f"region {parts.region_id} ran out of storage space while taking this backup"
+                if out_of_space(failure)
+                else f"backup failed: {failure}"
             )
-            parts.store.index(conn, digests)
+            # Given back before the backup reads as failed: whoever sees ERROR sees it whole.
+            self._give_back(captures.take())
+            parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")
+        parts.progress.pop(backup_id, None)
+        parts.notifier.changed(backup_id)
+
+    def _commit_batch(self, backup_id: str, batch: Entries) -> None:
+        """Makes a batch's new chunks durable, then in one transaction adds its manifest rows
+        and indexes what it stored: from then on the rows keep the chunks alive, and the pins
+        go. A batch that cannot commit is given back at once."""
+        if not batch:
+            return
+        parts = self._parts
+        digests = [e.hash for e in batch.values()]
+        try:
+            parts.store.sync()
+            with parts.catalog.transaction() as conn:
+                if backup_rows.status_of(conn, backup_id) is None:
+                    raise FailedPrecondition(f"backup {backup_id} was removed")
+                backup_rows.add_manifest(
+                    conn,
+                    backup_id,
+                    (ManifestEntry(d, c, e.hash, e.length) for (d, c), e in batch.items()),
+                )
+                parts.store.index(conn, digests)
+            parts.store.forget_pending(digests)
+        except BaseException:
+            self._give_back(batch)
+            raise
+        parts.store.unpin(digests)
+
+    def _give_back(self, batch: Entries) -> None:
+        """Unpins a batch that will not commit, and gives back the space of what it wrote."""
+        store = self._parts.store
+        store.unpin(e.hash for e in batch.values())
+        store.abandon(e.hash for e in batch.values() if e.stored)
+
+    def _commit(self, backup_id: str, captures: Captures, progress: Progress) -> None:
+        """Commits the last batch, then AVAILABLE in the transaction that checks every chunk
+        the backup names is stored: a backup is available only if it holds them all."""
+        parts = self._parts
+        self._commit_batch(backup_id, captures.take())
+        with parts.catalog.transaction() as conn:
             lacking = backup_rows.chunks_lacking(conn, backup_id)
             if lacking:
                 raise ChunkCorrupted(
                     f"{lacking} chunks of the backup are not in the store (the chunks it shared "
                     "were lost while it ran)"
                 )
-            backup_rows.mark_available(
-                conn, backup_id, progress.done, sum(e.stored for e in entries.values()), parts.now()
-            )
-        parts.store.forget_pending(digests)
+            backup_rows.mark_available(conn, backup_id, progress.done, captures.stored, parts.now())
 
     def _fail(self, backup_id: str, reason: str) -> None:
         parts = self._parts

@@ -348,11 +348,10 @@ class ChunkStore:
         manifest references them, no writer has them pinned or pending. Inside the transaction
         that unindexes them."""
         with self._lock:
-            kept = set(self._pending) | set(self._pins)
+            # Looked up one by one, never copied: pins and pending records can be many.
+            loose = [d for d in set(digests) if d not in self._pending and d not in self._pins]
         out = []
-        for d in set(digests):
-            if d in kept:
-                continue
+        for d in loose:
             if index_of_chunks.named_by_a_manifest(conn, d):
                 continue
             out.append(d)
