@@ -31,6 +31,8 @@ def target_to_proto(target: models.ReplicationTarget) -> pb.ReplicationTarget:
             )
             for p in target.projects
         ],
+        unreachable=target.unreachable,
+        unreachable_reason=target.unreachable_reason,
     )
 
 

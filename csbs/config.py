@@ -16,6 +16,9 @@ ADDRESS_FILE = "address"
 SECRETS_FILE = "secrets.json"
 # A token given in the config: long and random enough to be a secret.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24,128}")
+# How long the coordinator waits for each region when it lists replication targets: a region
+# that has not answered by then is shown as unreachable (issue 12).
+TARGETS_TIMEOUT_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
@@ -51,6 +54,8 @@ class CoordinatorConfig:
     retry_budget_seconds: float = 60.0
     # How often clean-ups left by failed jobs (a replica to remove, a hold to release) are retried.
     cleanup_interval_seconds: float = 2.0
+    # How long ListReplicationTargets waits for each region before showing it unreachable.
+    targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,9 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
     coordinator = raw.get("coordinator", {})
     retry_budget = _positive_seconds(coordinator, "retry_budget_seconds", 60.0)
     cleanup_interval = _positive_seconds(coordinator, "cleanup_interval_seconds", 2.0)
+    targets_timeout = _positive_seconds(
+        coordinator, "targets_timeout_seconds", TARGETS_TIMEOUT_SECONDS
+    )
     return ClusterConfig(
         path=path,
         data_dir=data_dir,
@@ -218,6 +226,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
             data_dir=data_dir / "coordinator",
             retry_budget_seconds=retry_budget,
             cleanup_interval_seconds=cleanup_interval,
+            targets_timeout_seconds=targets_timeout,
         ),
     )
 
