@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from csbs.files import write_atomic
+from csbs.paging import PAGE_BYTES
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
@@ -56,6 +57,8 @@ class CoordinatorConfig:
     cleanup_interval_seconds: float = 2.0
     # How long ListReplicationTargets waits for each region before showing it unreachable.
     targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS
+    # The most bytes of runs a ListPolicyRuns page holds (at most PAGE_BYTES; lower in tests).
+    runs_page_bytes: int = PAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,13 @@ def _positive_seconds(table: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"coordinator.{key}: a positive number of seconds")
     return float(value)
+
+
+def _page_bytes(table: dict[str, Any], key: str) -> int:
+    value = table.get(key, PAGE_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PAGE_BYTES:
+        raise ConfigError(f"coordinator.{key}: a number of bytes from 1 to {PAGE_BYTES}")
+    return value
 
 
 def _tokens(table: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -227,6 +237,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
             retry_budget_seconds=retry_budget,
             cleanup_interval_seconds=cleanup_interval,
             targets_timeout_seconds=targets_timeout,
+            runs_page_bytes=_page_bytes(coordinator, "runs_page_bytes"),
         ),
     )
 
