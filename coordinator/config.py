@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csbs.clients import NodeEndpoint
-from csbs.config import ClusterConfig
+from csbs.config import TARGETS_TIMEOUT_SECONDS, ClusterConfig
 from csbs.credentials import ClusterSecrets
+from csbs.paging import PAGE_BYTES
 from csbs.tls import ProcessTls
 
 
@@ -22,6 +23,8 @@ class CoordinatorConfig:
     cleanup_interval_seconds: float = 2.0
     simulated_clock: bool = False
     job_workers: int = 4  # replication jobs copied at once; the others wait (WAITING)
+    targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS  # per region, listing targets
+    runs_page_bytes: int = PAGE_BYTES  # the most bytes of runs one ListPolicyRuns page holds
 
     @property
     def ca_pem(self) -> bytes | None:
@@ -40,4 +43,6 @@ class CoordinatorConfig:
             retry_budget_seconds=cluster.coordinator.retry_budget_seconds,
             cleanup_interval_seconds=cluster.coordinator.cleanup_interval_seconds,
             simulated_clock=cluster.simulated_clock,
+            targets_timeout_seconds=cluster.coordinator.targets_timeout_seconds,
+            runs_page_bytes=cluster.coordinator.runs_page_bytes,
         )

@@ -31,6 +31,8 @@ def target_to_proto(target: models.ReplicationTarget) -> pb.ReplicationTarget:
             )
             for p in target.projects
         ],
+        unreachable=target.unreachable,
+        unreachable_reason=target.unreachable_reason,
     )
 
 
@@ -196,3 +198,9 @@ def run_to_proto(run: policy_models.PolicyRun) -> pb.PolicyRun:
         job_ids=list(run.job_ids),
         reason=run.reason,
     )
+
+
+def run_size_in_list(run: policy_models.PolicyRun) -> int:
+    """The bytes a run adds to a ListPolicyRunsResponse: its encoding with its field's tag and
+    length."""
+    return pb.ListPolicyRunsResponse(runs=[run_to_proto(run)]).ByteSize()

@@ -70,11 +70,17 @@ class ReplicationJob:
 
 @dataclass(frozen=True)
 class ReplicationTarget:
-    """A region this region can replicate to now (R5), with the caller's projects there (P3)."""
+    """A region this region can replicate to now (R5), with the caller's projects there (P3);
+    or one that did not answer in time, listed with why (no projects: it cannot be picked)."""
 
     region_id: str
     display_name: str
     projects: tuple[ProjectSummary, ...]
+    unreachable_reason: str = ""  # empty: the region answered
+
+    @property
+    def unreachable(self) -> bool:
+        return bool(self.unreachable_reason)
 
 
 @dataclass(frozen=True)

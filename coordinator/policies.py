@@ -15,6 +15,7 @@ import json
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -48,7 +49,7 @@ from csbs.errors import (
     NotFound,
 )
 from csbs.names import validate_request_id
-from csbs.paging import PageTokens, page_size
+from csbs.paging import PAGE_BYTES, PageTokens, page_size
 
 
 class PolicyService:
@@ -58,8 +59,10 @@ class PolicyService:
         clock: ClusterClock,
         nodes: RegionNodes,
         replication: ReplicationService,
+        runs_page_bytes: int = PAGE_BYTES,
     ) -> None:
         self._policies = PolicyStore(store)
+        self._runs_page_bytes = runs_page_bytes
         self._runner = PolicyRunner(self._policies, store, clock, nodes, replication)
         self._clock = clock
         self._nodes = nodes
@@ -207,12 +210,24 @@ class PolicyService:
         return self._load(policy_id)
 
     # -- runs: records ----------------------------------------------------------------------------
-    def list_runs(self, account_id: str, policy_id: str, size: int, token: str) -> Page[PolicyRun]:
+    def list_runs(
+        self,
+        account_id: str,
+        policy_id: str,
+        size: int,
+        token: str,
+        weigh: Callable[[PolicyRun], int],
+    ) -> Page[PolicyRun]:
+        """A page of the policy's runs, oldest first: at most `size` runs and, as `weigh` says
+        what a run adds to the answer, at most the page byte budget (a run's record grows with
+        the backups its policy holds; issue 12), but always at least one run."""
         self.get(account_id, policy_id)  # NOT_FOUND for a policy not of this account
         limit = page_size(size)
         scope = f"runs/{policy_id}"
         after = self._tokens.open(scope, token)
-        items, last = self._policies.runs_page(policy_id, after, limit)
+        items, last = self._policies.runs_page(
+            policy_id, after, limit, weigh, self._runs_page_bytes
+        )
         return Page(items, "" if last is None else self._tokens.issue(scope, last))
 
     # -- runs: doing ------------------------------------------------------------------------------

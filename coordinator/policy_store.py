@@ -14,7 +14,7 @@ writes that depend on it are atomic; the others open their own."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from coordinator.errors import ServerInAnotherPolicy
@@ -34,6 +34,7 @@ from coordinator.store import Store
 # The column holding the next due time of each kind of run (names from here, never input).
 _NEXT_AT = {KIND_BACKUP: "next_backup_at", KIND_REPLICATION: "next_replication_at"}
 _POLICY_COLUMNS = "body, next_backup_at, next_replication_at"
+RUNS_BATCH = 64  # runs read from the database at once while a page is filled
 
 
 def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
@@ -256,16 +257,37 @@ class PolicyStore:
         return [run_from_body(r["body"]) for r in rows]
 
     def runs_page(
-        self, policy_id: str, after: int, limit: int
+        self,
+        policy_id: str,
+        after: int,
+        limit: int,
+        weigh: Callable[[PolicyRun], int],
+        budget: int,
     ) -> tuple[list[PolicyRun], int | None]:
-        """A page of a policy's runs in the order they were recorded, and the seq to continue
-        after (None: last page)."""
-        with self._db.read() as conn:
-            rows = _rows(
-                conn,
-                "SELECT body, seq FROM policy_runs WHERE policy_id = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (policy_id, after, limit + 1),
-            )
-        items = [run_from_body(r["body"]) for r in rows[:limit]]
-        return items, (rows[limit - 1]["seq"] if len(rows) > limit else None)
+        """A page of a policy's runs in the order they were recorded: at most `limit` runs,
+        and no more than `budget` bytes of them as `weigh` counts a run (at least one run,
+        whatever it weighs); and the seq of the last run in it to continue after (None: the
+        last page). Rows are read a few at a time, so that no more than a page is held and
+        the database is not held while runs are weighed."""
+        items: list[PolicyRun] = []
+        used = 0
+        last_seq = after
+        batch = min(RUNS_BATCH, limit + 1)
+        while True:
+            with self._db.read() as conn:
+                rows = _rows(
+                    conn,
+                    "SELECT body, seq FROM policy_runs WHERE policy_id = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (policy_id, last_seq, batch),
+                )
+            for row in rows:
+                run = run_from_body(row["body"])
+                weight = weigh(run)
+                if items and (len(items) == limit or used + weight > budget):
+                    return items, last_seq  # another run follows: the page ends before it
+                items.append(run)
+                used += weight
+                last_seq = row["seq"]
+            if len(rows) < batch:
+                return items, None

@@ -1,8 +1,8 @@
 """Cross-region replication (M1), as users ask for it: which regions a region can replicate to
-(R5), the checks made before a replication is accepted (coordinator/replication_rules.py; R3
-atomically with the job's insertion), and the jobs' reads. The copying itself is
-coordinator/job_runner.py; what an ended job still owes the nodes, coordinator/job_cleanups.py.
-Plain Python: nodes are reached only through csbs.clients."""
+(R5; the regions are asked by coordinator/targets.py), the checks made before a replication is
+accepted (coordinator/replication_rules.py; R3 atomically with the job's insertion), and the
+jobs' reads. The copying itself is coordinator/job_runner.py; what an ended job still owes the
+nodes, coordinator/job_cleanups.py. Plain Python: nodes are reached only through csbs.clients."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from coordinator.config import CoordinatorConfig
 from coordinator.job_cleanups import JobCleanups, node_client
@@ -34,6 +33,7 @@ from coordinator.replication_rules import (
     same_request,
 )
 from coordinator.store import Store
+from coordinator.targets import TargetFinder
 from csbs.clients import RegionNodeClient, RegionNodes, is_transient
 from csbs.clock import Clock
 from csbs.errors import (
@@ -75,7 +75,7 @@ class ReplicationService:
         self._runner = JobRunner(
             config, clock, nodes, store, self.notifier, self._stop, self._cleanups
         )
-        self._calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ask")
+        self._targets = TargetFinder(nodes, config.targets_timeout_seconds)
         for job_id in self._store.active_job_ids():
             log.info("resuming replication job %s", job_id)
             self._runner.submit(job_id)
@@ -86,7 +86,7 @@ class ReplicationService:
         """Stops copying (unfinished jobs resume on the next start)."""
         self._stop.set()
         self._runner.close()
-        self._calls.shutdown(wait=True, cancel_futures=True)
+        self._targets.close()
         self._cleaner.join()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -99,26 +99,9 @@ class ReplicationService:
     # -- targets (R5) ----------------------------------------------------------------------------
     def list_targets(self, account_id: str, source_region_id: str) -> list[ReplicationTarget]:
         """Every other region that accepts replication now, as it says itself at this call
-        (R5), with the caller's projects there (P3). A region that does not answer is left
-        out: it cannot take a replica now."""
-        if source_region_id not in self._nodes:
-            raise RegionNotFound(source_region_id)
-        others = [r for r in self._nodes.region_ids if r != source_region_id]
-        answers = list(self._calls.map(self._target_or_none, others, [account_id] * len(others)))
-        return [t for t in answers if t is not None]
-
-    def _target_or_none(self, region_id: str, account: str) -> ReplicationTarget | None:
-        try:
-            info = self._region_info(region_id, account)
-        except CsbsError as exc:
-            log.info("region %s left out of the replication targets: %s", region_id, exc)
-            return None
-        if not info.accepts_replication:
-            return None
-        projects = tuple(p for p in info.projects if p.account_id == account)
-        if not projects:
-            return None
-        return ReplicationTarget(info.region_id or region_id, info.display_name, projects)
+        (R5), with the caller's projects there (P3); one that does not answer within a short
+        deadline is listed as unreachable (coordinator/targets.py)."""
+        return self._targets.list(account_id, source_region_id)
 
     # -- M1: replicate one backup ----------------------------------------------------------------
     def replicate(self, request: ReplicateRequest) -> ReplicationJob:

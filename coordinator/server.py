@@ -57,7 +57,7 @@ def build_server(
     store = Store(config.data_dir / "coordinator.db")
     clock = ClusterClock(config.simulated_clock, store, nodes)
     replication = ReplicationService(config, clock, nodes, store)
-    policies = PolicyService(store, clock, nodes, replication)
+    policies = PolicyService(store, clock, nodes, replication, config.runs_page_bytes)
     domain = Coordinator(store, nodes, clock, replication, policies)
     server = new_server(interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES)])
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(

@@ -164,7 +164,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: pb.ListPolicyRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListPolicyRunsResponse:
         page = self._policies.list_runs(
-            _account(context), request.policy_id, request.page_size, request.page_token
+            _account(context),
+            request.policy_id,
+            request.page_size,
+            request.page_token,
+            convert.run_size_in_list,
         )
         return pb.ListPolicyRunsResponse(
             runs=[convert.run_to_proto(r) for r in page.items],

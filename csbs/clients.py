@@ -78,6 +78,11 @@ class NodeError(CsbsError):
     def transient(self) -> bool:
         return self.failure.transient
 
+    @property
+    def timed_out(self) -> bool:
+        """The node did not answer within the call's deadline."""
+        return bool(self.code == grpc.StatusCode.DEADLINE_EXCEEDED)
+
 
 class NodeNotFound(NotFound):
     """A node answered NOT_FOUND: its own message, naming the region."""
@@ -165,8 +170,8 @@ class RegionNodeClient:
         return self._core.unary(method, request, timeout=timeout or self._unary_timeout, retry=True)
 
     # -- user API --------------------------------------------------------------------------------
-    def region_info(self) -> RegionSummary:
-        info = self._idempotent(self._user.GetRegionInfo, pb.GetRegionInfoRequest())
+    def region_info(self, timeout: float | None = None) -> RegionSummary:
+        info = self._idempotent(self._user.GetRegionInfo, pb.GetRegionInfoRequest(), timeout)
         return region_from_proto(info)
 
     def get_backup(self, project_id: str, backup_id: str) -> BackupSummary:

@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from csbs.files import write_atomic
+from csbs.paging import PAGE_BYTES
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
 SECRETS_FILE = "secrets.json"
 # A token given in the config: long and random enough to be a secret.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24,128}")
+# How long the coordinator waits for each region when it lists replication targets: a region
+# that has not answered by then is shown as unreachable (issue 12).
+TARGETS_TIMEOUT_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
@@ -51,6 +55,10 @@ class CoordinatorConfig:
     retry_budget_seconds: float = 60.0
     # How often clean-ups left by failed jobs (a replica to remove, a hold to release) are retried.
     cleanup_interval_seconds: float = 2.0
+    # How long ListReplicationTargets waits for each region before showing it unreachable.
+    targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS
+    # The most bytes of runs a ListPolicyRuns page holds (at most PAGE_BYTES; lower in tests).
+    runs_page_bytes: int = PAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,13 @@ def _positive_seconds(table: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"coordinator.{key}: a positive number of seconds")
     return float(value)
+
+
+def _page_bytes(table: dict[str, Any], key: str) -> int:
+    value = table.get(key, PAGE_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PAGE_BYTES:
+        raise ConfigError(f"coordinator.{key}: a number of bytes from 1 to {PAGE_BYTES}")
+    return value
 
 
 def _tokens(table: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -204,6 +219,9 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
     coordinator = raw.get("coordinator", {})
     retry_budget = _positive_seconds(coordinator, "retry_budget_seconds", 60.0)
     cleanup_interval = _positive_seconds(coordinator, "cleanup_interval_seconds", 2.0)
+    targets_timeout = _positive_seconds(
+        coordinator, "targets_timeout_seconds", TARGETS_TIMEOUT_SECONDS
+    )
     return ClusterConfig(
         path=path,
         data_dir=data_dir,
@@ -218,6 +236,8 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
             data_dir=data_dir / "coordinator",
             retry_budget_seconds=retry_budget,
             cleanup_interval_seconds=cleanup_interval,
+            targets_timeout_seconds=targets_timeout,
+            runs_page_bytes=_page_bytes(coordinator, "runs_page_bytes"),
         ),
     )
 

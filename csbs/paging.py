@@ -11,6 +11,9 @@ from csbs.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# The most bytes of records a page of a list whose records grow (a policy's runs) holds: half
+# gRPC's 8 MiB message cap, so that a page stops by size well before the cap (issue 12).
+PAGE_BYTES = 4 << 20
 
 
 def page_size(requested: int) -> int:

@@ -108,7 +108,8 @@ def _hidden_options(options: Options, config: Path | None) -> list[str]:
 
 
 def _choose_target(targets: list[cpb.ReplicationTarget]) -> tuple[str, str]:
-    """A target region, and a non-main project of it where there is one (P3)."""
+    """A target region that answered, and a non-main project of it where there is one (P3)."""
+    targets = [t for t in targets if not t.unreachable]
     for target in targets:
         for project in target.projects:
             if not project.main:

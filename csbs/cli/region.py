@@ -9,6 +9,7 @@ import typer
 from csbs.cli.commands import command
 from csbs.cli.context import Session
 from csbs.v1 import common_pb2
+from csbs.v1 import coordinator_pb2 as cpb
 
 app = typer.Typer(help="Regions: what each says about itself, and replication targets.")
 
@@ -43,14 +44,25 @@ def list_regions(session: Session) -> None:
 @command(app, "targets")
 def targets(session: Session) -> None:
     """The regions this region can replicate to now (only those that accept replication: R5),
-    with your projects there."""
+    with your projects there; a region that did not answer in time is shown as unreachable."""
     found = session.coordinator().list_targets(session.region_id)
 
     def human() -> None:
         session.out.table(
-            ("REGION", "NAME", "PROJECTS"),
-            ((t.region_id, t.display_name, projects_text(t.projects)) for t in found),
+            ("REGION", "NAME", "STATUS", "PROJECTS"),
+            (
+                (t.region_id, t.display_name, target_status(t), projects_text(t.projects))
+                for t in found
+            ),
             empty=f"no region accepts replication from {session.region_id} now",
         )
+        if any(t.unreachable for t in found):
+            session.out.hint("An unreachable region cannot be replicated to until it answers.")
 
     session.out.show_list(found, human)
+
+
+def target_status(target: cpb.ReplicationTarget) -> str:
+    if target.unreachable:
+        return f"unreachable: {target.unreachable_reason}"
+    return "reachable"
