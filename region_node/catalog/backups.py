@@ -390,15 +390,32 @@ def onto_server(
     ]
 
 
-def stored_chunks_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> list[Row]:
-    """(chunk_index, hash, pack_id, offset, length) of every chunk of a backup's disk that the
-    store holds, in order."""
+def stored_chunks_of_disk(
+    conn: sqlite3.Connection,
+    backup_id: str,
+    disk_index: int,
+    after: int = -1,
+    limit: int = -1,
+) -> list[Row]:
+    """(chunk_index, hash, pack_id, offset, length) of the chunks of a backup's disk that the
+    store holds, in order, after chunk `after`, at most `limit` (issue 12: a page at a time)."""
     return conn.execute(
         "SELECT m.chunk_index, m.hash, c.pack_id, c.offset, c.length "
         "FROM manifest m JOIN chunks c ON c.hash = m.hash "
-        "WHERE m.backup_id = ? AND m.disk_index = ? ORDER BY m.chunk_index",
-        (backup_id, disk_index),
+        "WHERE m.backup_id = ? AND m.disk_index = ? AND m.chunk_index > ? "
+        "ORDER BY m.chunk_index LIMIT ?",
+        (backup_id, disk_index, after, limit),
     ).fetchall()
+
+
+def stored_chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) AS n FROM manifest m JOIN chunks c ON c.hash = m.hash "
+            "WHERE m.backup_id = ? AND m.disk_index = ?",
+            (backup_id, disk_index),
+        ).fetchone()["n"]
+    )
 
 
 def chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:

@@ -153,6 +153,38 @@ def mark_written(
     )
 
 
+def mark_filled(
+    conn: sqlite3.Connection, disk_id: str, backup_id: str, disk_index: int, epoch: int
+) -> None:
+    """Before a disk is written from a backup's disk: every chunk the disk ever had written
+    (zeroed or rewritten now) and every chunk of the backup's disk change in `epoch`, so that
+    the next backup reads them again. In SQL, whatever the number of chunks."""
+    conn.execute("UPDATE written_chunks SET epoch = ? WHERE disk_id = ?", (epoch, disk_id))
+    conn.execute(
+        "INSERT INTO written_chunks(disk_id, chunk_index, epoch) "
+        "SELECT ?, chunk_index, ? FROM manifest WHERE backup_id = ? AND disk_index = ? "
+        "ON CONFLICT(disk_id, chunk_index) DO UPDATE SET epoch = excluded.epoch",
+        (disk_id, epoch, backup_id, disk_index),
+    )
+
+
+def written_not_in(
+    conn: sqlite3.Connection, disk_id: str, backup_id: str, disk_index: int, after: int, limit: int
+) -> list[int]:
+    """Chunks the disk had written that the backup's disk does not hold (a restore zeroes them;
+    a chunk never written is a hole already), after chunk `after`, at most `limit`, in order."""
+    return [
+        r["chunk_index"]
+        for r in conn.execute(
+            "SELECT w.chunk_index FROM written_chunks w WHERE w.disk_id = ? "
+            "AND w.chunk_index > ? AND NOT EXISTS (SELECT 1 FROM manifest m "
+            "WHERE m.backup_id = ? AND m.disk_index = ? AND m.chunk_index = w.chunk_index) "
+            "ORDER BY w.chunk_index LIMIT ?",
+            (disk_id, after, backup_id, disk_index, limit),
+        )
+    ]
+
+
 def written_since(conn: sqlite3.Connection, disk_id: str, epoch: int) -> list[int]:
     """The chunks of a disk written in an epoch after `epoch` (0: every chunk ever written)."""
     return [
