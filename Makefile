@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/csbs/v1/*.proto)
 GEN_STAMP := csbs/v1/.generated
 CONFIG ?= config/cluster.toml
 
-.PHONY: install proto lint test cluster bench demo clean soak soak-cluster
+.PHONY: install proto lint test cluster bench bench-scale demo clean soak soak-cluster
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -43,6 +43,11 @@ cluster: install
 bench: install
 	$(PY) bench/backup.py
 	$(PY) bench/replicate.py
+	$(PY) bench/scale.py $(SCALE_ARGS)
+
+# What each cost grows with (issue 12), about 10 minutes; SCALE_ARGS=--quick: about a minute.
+bench-scale: install
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 # The whole story (README quickstart) against a fresh cluster of $(CONFIG)'s regions, on ephemeral
 # ports with its data in a temp dir, started for the demo and stopped after it.

@@ -167,6 +167,39 @@ class Results:
     storage_io: dict[str, dict[str, int]] = field(default_factory=dict)  # replication → bytes
 
 
+def timed_command(
+    name: str,
+    commands: Sequence[Sequence[str]],
+    data_bytes: int,
+    env: dict[str, str] | None = None,
+) -> tuple[Step, list[str]]:
+    """Runs the commands one after another, then `sync`, timed together from a start with no
+    dirty pages; returns the step (MB/s over `data_bytes`) and each command's standard output."""
+    os.sync()
+    cpu = children_cpu()
+    start = time.perf_counter()
+    outputs = []
+    for command in commands:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(
+                f"{name}: {' '.join(command)} exited with {done.returncode}:\n"
+                f"{tail(done.stdout + done.stderr)}"
+            )
+        outputs.append(done.stdout)
+    copied = time.perf_counter()
+    subprocess.run(["sync"], check=True)
+    end = time.perf_counter()
+    step = Step(
+        name,
+        end - start,
+        data_bytes,
+        cpu_s={"tool": children_cpu() - cpu},
+        note=f"copy {copied - start:.2f} s + sync {end - copied:.2f} s",
+    )
+    return step, outputs
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path, tools: dict[str, str | None]):
         self.size = args.size_mib * MIB
@@ -221,31 +254,7 @@ class Bench:
     def timed_command(
         self, name: str, commands: Sequence[Sequence[str]], env: dict[str, str] | None = None
     ) -> tuple[Step, list[str]]:
-        """Runs the commands one after another, then `sync`, timed together from a start with
-        no dirty pages; returns the step and each command's standard output."""
-        os.sync()
-        cpu = children_cpu()
-        start = time.perf_counter()
-        outputs = []
-        for command in commands:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise BenchError(
-                    f"{name}: {' '.join(command)} exited with {done.returncode}:\n"
-                    f"{tail(done.stdout + done.stderr)}"
-                )
-            outputs.append(done.stdout)
-        copied = time.perf_counter()
-        subprocess.run(["sync"], check=True)
-        end = time.perf_counter()
-        step = Step(
-            name,
-            end - start,
-            self.size,
-            cpu_s={"tool": children_cpu() - cpu},
-            note=f"copy {copied - start:.2f} s + sync {end - copied:.2f} s",
-        )
-        return step, outputs
+        return timed_command(name, commands, self.size, env)
 
     # -- the source data ----------------------------------------------------------------------
 
