@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from region_node.catalog import Row
 
@@ -24,15 +24,45 @@ def add(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, int, int]]) -
     )
 
 
-def remove(conn: sqlite3.Connection, digest: bytes) -> None:
-    conn.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
+BATCH = 500  # hashes per IN (...) query
 
 
-def named_by_a_manifest(conn: sqlite3.Connection, digest: bytes) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM manifest WHERE hash = ? LIMIT 1", (digest,)).fetchone()
-        is not None
-    )
+def batches(digests: Iterable[bytes]) -> Iterable[list[bytes]]:
+    batch: list[bytes] = []
+    for d in digests:
+        batch.append(d)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def locations(conn: sqlite3.Connection, digests: Sequence[bytes]) -> list[Row]:
+    """(hash, pack_id, offset, length) of those of `digests` (at most BATCH) indexed."""
+    marks = ", ".join("?" * len(digests))
+    return conn.execute(
+        f"SELECT hash, pack_id, offset, length FROM chunks WHERE hash IN ({marks})", digests
+    ).fetchall()
+
+
+def remove_all(conn: sqlite3.Connection, digests: Sequence[bytes]) -> None:
+    """Unindexes `digests` (at most BATCH) in one statement."""
+    marks = ", ".join("?" * len(digests))
+    conn.execute(f"DELETE FROM chunks WHERE hash IN ({marks})", digests)
+
+
+def named_by_manifests(conn: sqlite3.Connection, digests: Sequence[bytes]) -> set[bytes]:
+    """Those of `digests` (at most BATCH) that some manifest names: a seek each."""
+    marks = ", ".join("?" * len(digests))
+    return {
+        r["hash"]
+        for r in conn.execute(
+            "SELECT DISTINCT hash FROM manifest INDEXED BY manifest_by_hash "
+            f"WHERE hash IN ({marks})",
+            digests,
+        )
+    }
 
 
 def named_by_no_manifest(conn: sqlite3.Connection) -> list[bytes]:

@@ -351,39 +351,35 @@ class ChunkStore:
             # Looked up one by one, never copied: pins and pending records can be many.
             loose = [d for d in set(digests) if d not in self._pending and d not in self._pins]
         out = []
-        for d in loose:
-            if index_of_chunks.named_by_a_manifest(conn, d):
-                continue
-            out.append(d)
+        for batch in index_of_chunks.batches(loose):
+            named = index_of_chunks.named_by_manifests(conn, batch)
+            out += [d for d in batch if d not in named]
         return out
 
     def unindex(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[ChunkLocation]:
         """Inside the caller's transaction: removes chunks from the index and returns where they
         were, for `release()` once the transaction has committed."""
         locations = []
-        for d in digests:
-            row = index_of_chunks.location(conn, d)
-            if row:
-                locations.append(ChunkLocation(row["pack_id"], row["offset"], row["length"]))
-                index_of_chunks.remove(conn, d)
+        for batch in index_of_chunks.batches(digests):
+            rows = index_of_chunks.locations(conn, batch)
+            locations += [ChunkLocation(r["pack_id"], r["offset"], r["length"]) for r in rows]
+            index_of_chunks.remove_all(conn, [r["hash"] for r in rows])
         return locations
 
     def release(self, locations: Iterable[ChunkLocation]) -> None:
         """Gives back the space of unindexed chunks; deletes packs that hold nothing any more."""
         packs: set[int] = set()
-        for loc in locations:
-            packs.add(loc.pack_id)
-            with self._pack_fd(loc.pack_id) as fd:
-                # The record header goes too (by whole blocks: the rest reads as zeros). A pack
+        for pack_id, start, end in _records_end_to_end(locations):
+            packs.add(pack_id)
+            with self._pack_fd(pack_id) as fd:
+                # The record headers go too (by whole blocks: the rest reads as zeros). A pack
                 # already deleted by a concurrent release has nothing left to free.
-                punched = fd is None or punch_hole(
-                    fd, loc.offset - RECORD_HEADER.size, loc.length + RECORD_HEADER.size
-                )
+                punched = fd is None or punch_hole(fd, start, end - start)
             if not punched:
                 log.warning(
                     "pack %d: the filesystem cannot punch holes; space stays in use "
                     "until the pack is empty",
-                    loc.pack_id,
+                    pack_id,
                 )
         for pack_id in packs:
             self._delete_pack_if_empty(pack_id)
@@ -456,3 +452,20 @@ class ChunkStore:
                 os.close(fd)
             self._read_fds.clear()
             self._closing_fds.clear()
+
+
+def _records_end_to_end(locations: Iterable[ChunkLocation]) -> Iterator[tuple[int, int, int]]:
+    """(pack_id, start, end) of the records of `locations` (header included), records that lie
+    end to end in a pack joined into one range: a backup's chunks were written one after the
+    other, so deleting it punches a few holes, not one per chunk (issue 12)."""
+    run: list[int] | None = None
+    for loc in sorted(locations, key=lambda loc: (loc.pack_id, loc.offset)):
+        start, end = loc.offset - RECORD_HEADER.size, loc.offset + loc.length
+        if run is not None and run[0] == loc.pack_id and run[2] == start:
+            run[2] = end
+            continue
+        if run is not None:
+            yield run[0], run[1], run[2]
+        run = [loc.pack_id, start, end]
+    if run is not None:
+        yield run[0], run[1], run[2]
