@@ -12,7 +12,7 @@ import pytest
 
 from region_node.models import BackupStatus, NewBackup, NewServer
 from region_node.node import RegionNode
-from region_node.storage import chunk_store
+from region_node.storage import chunk_store, fileio
 from tests.node_helpers import MIB, allocated_bytes, seeded_bytes
 
 CHUNKS = 24
@@ -45,13 +45,13 @@ def test_deleting_a_backup_punches_one_hole_per_run_of_records_and_frees_them_al
     before = allocated_bytes(chunks_dir)
 
     punched: list[tuple[int, int]] = []
-    original = chunk_store.punch_hole
+    original = fileio.punch_hole
 
     def counted(fd: int, offset: int, length: int) -> bool:
         punched.append((offset, length))
         return original(fd, offset, length)
 
-    monkeypatch.setattr(chunk_store, "punch_hole", counted)
+    monkeypatch.setattr("region_node.storage.chunk_store.punch_hole", counted)
     freed = node.backups.delete("", first)
 
     assert freed == CHUNKS * MIB
