@@ -1,6 +1,6 @@
 """Chunks in and out for replication: a backup's manifest in parts, its chunks read (verified,
 read ahead, dropped from the page cache once sent), and a replica's chunks written (verified
-against their hash, pinned, committed every COMMIT_EVERY chunks so that a cut stream keeps what
+against their hash, pinned, committed every COMMIT_EVERY_BYTES so that a cut stream keeps what
 arrived whole)."""
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from region_node.parts import NodeParts
 from region_node.storage.chunk_store import HASH_BYTES, chunk_hash
 
 MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunks request
-COMMIT_EVERY = 32  # chunks received for a replica between two commits
+# Bytes received for a replica between two commits (a sync and a transaction each): by bytes,
+# not chunks, so that small chunks cost what their bytes cost (issue 12: 32 MiB is 32 chunks of
+# 1 MiB, 512 of 64 KiB).
+COMMIT_EVERY_BYTES = 32 << 20
 PREFETCH_CHUNKS = 16
 
 
@@ -95,6 +98,7 @@ class ChunkTransfer:
         # query (issue 12: never the whole manifest in memory); one that is not fails the call
         # and what it wrote is abandoned.
         arrived: list[tuple[bytes, int]] = []
+        arrived_bytes = 0
         try:
             for digest, data in chunks:
                 check_hash(digest)
@@ -107,7 +111,9 @@ class ChunkTransfer:
                     written_bytes += stored
                 else:
                     present += 1
-                if len(arrived) >= COMMIT_EVERY:
+                arrived_bytes += len(data)
+                if arrived_bytes >= COMMIT_EVERY_BYTES:
+                    arrived_bytes = 0
                     # Taken out first: a commit that fails has unpinned its batch, and the one
                     # below must not unpin it again (another writer's pin would go).
                     batch, arrived = arrived, []
