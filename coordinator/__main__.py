@@ -8,6 +8,7 @@ import sys
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import build_server
+from csbs import memory
 from csbs.config import ConfigError, load_cluster_config, write_address_file
 from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
     parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
+    memory.limit_arenas()  # before any thread allocates
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from csbs import memory
 from csbs.clock import Clock, SimulatedClock, WallClock
 from csbs.config import ConfigError, load_cluster_config, write_address_file
 from csbs.credentials import describe_issued, process_security
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", required=True, help="the region this node serves")
     parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
+    memory.limit_arenas()  # before any thread allocates
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
