@@ -61,7 +61,15 @@ from scale_support import (
 
 from csbs.cluster import ProcessFailed
 
-FIGURES = ("replication", "small_chunks", "sparse_restore", "catalog", "incremental", "unary")
+FIGURES = (
+    "replication",
+    "small_chunks",
+    "sparse_restore",
+    "catalog",
+    "incremental",
+    "unary",
+    "concurrent_writes",
+)
 
 
 class Scale(ReplicationFigures, OneRegionFigures):
@@ -75,6 +83,7 @@ class Scale(ReplicationFigures, OneRegionFigures):
             "catalog": self.catalog,
             "incremental": self.incremental,
             "unary": self.unary,
+            "concurrent_writes": self.concurrent_writes,
         }
         for name in FIGURES:
             if name in only:
@@ -216,6 +225,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         "incremental_data_mib": (int, "MiB of data on each disk of the incremental figure"),
         "unary_seconds": (float, "seconds the unary clients call"),
         "unary_clients": (int, "unary client processes"),
+        "writer_mib": (int, "MiB each concurrent WriteDisk stream writes"),
     }
     for name, (kind, text) in flags.items():
         default_full, default_quick = getattr(FULL, name), getattr(QUICK, name)
@@ -232,6 +242,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         f"{','.join(map(str, FULL.catalog))}, --quick {','.join(map(str, QUICK.catalog))})",
     )
     parser.add_argument(
+        "--writers",
+        default=None,
+        help="concurrent WriteDisk streams at each measurement, comma-separated (default "
+        f"{','.join(map(str, FULL.writers))}, --quick {','.join(map(str, QUICK.writers))})",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(FIGURES),
         help=f"the figures to measure, comma-separated, of {','.join(FIGURES)} (default all)",
@@ -245,10 +261,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    given = {f.name: getattr(args, f.name) for f in fields(Sizes) if f.name != "catalog"}
+    lists = ("catalog", "writers")
+    given = {f.name: getattr(args, f.name) for f in fields(Sizes) if f.name not in lists}
     sizes = replace(sizes, **{k: v for k, v in given.items() if v is not None})
     if args.catalog is not None:
         sizes = replace(sizes, catalog=tuple(int(x) for x in args.catalog.split(",")))
+    if args.writers is not None:
+        sizes = replace(sizes, writers=tuple(int(x) for x in args.writers.split(",")))
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     if unknown := set(only) - set(FIGURES):
         parser.error(f"--only: no figure {', '.join(sorted(unknown))}")

@@ -2,7 +2,8 @@
 node: `sparse_restore_ratio` (a restore onto its own size of disk and onto a sparse 8 TiB one),
 `catalog_growth_ratio` (GetBackup, ListBackups and CreateBackup as the catalog grows),
 `incremental_growth_ratio` (a backup of one changed chunk on a small and on a large disk after a
-history of them) and `unary_calls_per_s` (from client processes of their own).
+history of them), `unary_calls_per_s` (from client processes of their own) and
+`concurrent_writes` (the node's peak and idle memory under 4, 8 and 16 WriteDisk streams).
 """
 
 from __future__ import annotations
@@ -342,3 +343,62 @@ class OneRegionFigures(ScaleBench):
                 if client.is_alive():
                     client.kill()
         return latencies
+
+    # -- 7: concurrent writers ----------------------------------------------------------------
+
+    def concurrent_writes(self) -> None:
+        """Each level on a fresh node (its VmHWM only grows): that many WriteDisk streams of
+        `writer_mib` each at once, the node's peak, and its resident memory after IDLE_S."""
+        size = self.sizes.writer_mib * MIB
+        levels = []
+        for writers in self.sizes.writers:
+            with self.cluster(f"writes_{writers}", ONE_REGION, LARGE_CHUNK) as cluster:
+                node = self.node(cluster)
+                servers = [node.create_server(size, "bench-writer") for _ in range(writers)]
+                datas = [self.data() for _ in servers]
+                start = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=writers) as pool:
+                    for done in [
+                        pool.submit(node.write, d.write_requests(sid, 0, 0, size), size)
+                        for sid, d in zip(servers, datas, strict=True)
+                    ]:
+                        done.result()
+                seconds = time.perf_counter() - start
+                process = cluster.node(REGION)
+                peak = self.record_peaks(f"concurrent_writes_{writers}", {"node": process})
+                time.sleep(IDLE_S)
+                idle = round(resident_mb(process.pid), 1)
+                node.check(servers[-1], datas[-1], [0, size - MIB], "a concurrent write")
+            progress(
+                f"concurrent_writes: {writers} x {size_text(size)} in {seconds:.1f} s, peak "
+                f"{peak['node']} MB, {idle} MB after {IDLE_S:g} s idle"
+            )
+            levels.append(
+                {
+                    "writers": writers,
+                    "seconds": round(seconds, 2),
+                    "mb_s": round(writers * size / MB / seconds, 1),
+                    "peak_rss_mb": peak["node"],
+                    "idle_rss_mb": idle,
+                }
+            )
+        worst = max(level["peak_rss_mb"] for level in levels)
+        self.figures["concurrent_writes"] = {
+            "value": worst,
+            "goal": "<= 150 MB",
+            "meets_goal": worst <= 150,
+            "writer_bytes": size,
+            "levels": levels,
+        }
+
+
+IDLE_S = 10.0  # seconds the node idles before its resident memory is read
+
+
+def resident_mb(pid: int) -> float:
+    """VmRSS of a process now, in MB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / MB
+    raise BenchError(f"process {pid} has no VmRSS")

@@ -78,6 +78,8 @@ class Sizes:
     incremental_data_mib: int  # data on each disk of the incremental figure (the small disk)
     unary_seconds: float
     unary_clients: int
+    writers: tuple[int, ...] = (4, 8, 16)  # concurrent WriteDisk streams at each measurement
+    writer_mib: int = 512  # bytes each of them writes
 
 
 FULL = Sizes(
@@ -107,6 +109,8 @@ QUICK = Sizes(
     incremental_data_mib=64,
     unary_seconds=2.0,
     unary_clients=4,
+    writers=(4, 16),
+    writer_mib=64,
 )
 
 
