@@ -70,6 +70,10 @@ FORBIDDEN = ("INTERNAL", "UNKNOWN")
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "NO_CHANNEL")
 INTERNAL: tuple[str, ...] = ("GetBackupManifest", "ReadChunks", "WriteChunks", "CreateReplica")
 INTERNAL += ("FindMissingChunks", "CompleteReplica", "RemoveReplica")
+# Codes the soak's calls should not earn but that do not fail it by themselves (a refusal in
+# words): the first few are kept in the report with their details.
+ODD = ("INVALID_ARGUMENT", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED")
+MAX_ODD_ANSWERS = 20
 STREAMS = ("ReadDisk", "GetBackupManifest", "ReadChunks")
 TABLES: tuple[str, ...] = (
     "servers",
@@ -142,6 +146,10 @@ class _Soak:
             self.count("OK")
             return answer
         self.count(code)
+        if code in ODD:
+            with self.lock:
+                if len(self.report.odd_answers) < MAX_ODD_ANSWERS:
+                    self.report.odd_answers.append(f"{method}: {code}: {details}")
         if code in FORBIDDEN:
             raise Failure(f"{method} answered {code}: {details}")
         raise Refused(code, details)

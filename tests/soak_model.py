@@ -32,6 +32,9 @@ class SoakReport:
     seconds: float
     ops: dict[str, int] = field(default_factory=dict)  # calls, by method
     codes: dict[str, int] = field(default_factory=dict)  # answers, by status code
+    # The first answers with a code the soak's own calls should never earn (they send valid
+    # input): "method: CODE: details", so that a run's figures say where they came from.
+    odd_answers: list[str] = field(default_factory=list)
     kills: int = 0
     fills: int = 0
     writes_acknowledged: int = 0
