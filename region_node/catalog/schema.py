@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -168,5 +168,13 @@ MIGRATIONS: dict[int, str] = {
     -- batches at each commit, never by loading the whole manifest).
     DROP INDEX manifest_by_hash;
     CREATE INDEX manifest_by_hash ON manifest(hash, backup_id);
+    """,
+    5: """
+    -- Issue 12: a backup's base (the newest whole backup of a disk) is a seek from the newest
+    -- epoch down, not a scan of every backup's disks (CreateBackup took 1.5 ms with 10 backups
+    -- in the region, 4.7 ms with 10,000). And the chunks written since an epoch are found in
+    -- time with what changed, not with what the disk ever had written.
+    CREATE INDEX backup_disks_by_disk ON backup_disks(disk_id, epoch);
+    CREATE INDEX written_chunks_by_epoch ON written_chunks(disk_id, epoch);
     """,
 }

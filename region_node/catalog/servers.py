@@ -190,8 +190,8 @@ def written_since(conn: sqlite3.Connection, disk_id: str, epoch: int) -> list[in
     return [
         r["chunk_index"]
         for r in conn.execute(
-            "SELECT chunk_index FROM written_chunks WHERE disk_id = ? AND epoch > ? "
-            "ORDER BY chunk_index",
+            "SELECT chunk_index FROM written_chunks INDEXED BY written_chunks_by_epoch "
+            "WHERE disk_id = ? AND epoch > ? ORDER BY chunk_index",
             (disk_id, epoch),
         )
     ]
