@@ -38,7 +38,7 @@ from csbs.node_views import (
     header_to_proto,
     region_from_proto,
 )
-from csbs.relay import StallGuard, chunk_data_length
+from csbs.relay import StallGuard, batch_data_lengths
 from csbs.rpc import open_channel
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
@@ -396,7 +396,8 @@ class RegionNodeClient:
                     guard.touch()
                     wire_bytes += len(raw)
                     try:
-                        on_chunk(chunk_data_length(raw))
+                        for length in batch_data_lengths(raw):
+                            on_chunk(length)
                     except Exception:  # progress reporting must never cut the stream
                         log.exception("progress callback failed")
                     yield raw

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def chunk_data_length(raw: bytes) -> int:
+def chunk_data_length(raw: bytes | memoryview) -> int:
     """The length of the `data` field of a serialized Chunk, read from its few header bytes
     (so that progress counts chunk bytes as the manifest does, without parsing the message)."""
     i, n = 0, len(raw)
@@ -24,7 +24,24 @@ def chunk_data_length(raw: bytes) -> int:
     return 0
 
 
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
+def batch_data_lengths(raw: bytes) -> list[int]:
+    """The data length of each Chunk of a serialized ChunkBatch (field 1, repeated), read from
+    their headers without parsing the message."""
+    view = memoryview(raw)
+    lengths = []
+    i, n = 0, len(view)
+    while i < n:
+        key, i = _varint(view, i)
+        if key & 7 != 2:  # only length-delimited fields in a ChunkBatch
+            break
+        length, i = _varint(view, i)
+        if key >> 3 == 1:
+            lengths.append(chunk_data_length(view[i : i + length]))
+        i += length
+    return lengths
+
+
+def _varint(raw: bytes | memoryview, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = raw[i]

@@ -252,6 +252,7 @@ class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
 
 
 REPLICA_ID_METADATA = "x-csbs-replica-id"
+CHUNK_BATCH_BYTES = 1 << 20  # chunk data one ReadChunks message carries at most (or one chunk)
 
 
 class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer):
@@ -270,20 +271,28 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     @rpc_method
     def ReadChunks(
         self, request: pb.ReadChunksRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Chunk]:
+    ) -> Iterator[pb.ChunkBatch]:
+        batch = pb.ChunkBatch()
+        size = 0
         for digest, data in self._node.replicas.read_chunks(list(request.hashes)):
-            yield pb.Chunk(hash=digest, data=data)
+            if batch.chunks and size + len(data) > CHUNK_BATCH_BYTES:
+                yield batch
+                batch, size = pb.ChunkBatch(), 0
+            batch.chunks.append(pb.Chunk(hash=digest, data=data))
+            size += len(data)
+        if batch.chunks:
+            yield batch
 
     @rpc_method
     def WriteChunks(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.ChunkBatch], context: grpc.ServicerContext
     ) -> pb.WriteChunksResponse:
         metadata = dict(context.invocation_metadata())
         replica_id = str(metadata.get(REPLICA_ID_METADATA, ""))
         if not replica_id:
             raise InvalidArgument(f"metadata {REPLICA_ID_METADATA!r} must name the replica")
         written, written_bytes, present = self._node.replicas.write_chunks(
-            replica_id, ((c.hash, c.data) for c in request_iterator)
+            replica_id, ((c.hash, c.data) for batch in request_iterator for c in batch.chunks)
         )
         return pb.WriteChunksResponse(
             chunks_written=written, bytes_written=written_bytes, chunks_present=present

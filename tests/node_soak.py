@@ -472,7 +472,7 @@ class _Soak:
         if not set(found.missing) <= set(hashes):
             raise Failure(f"replica {rid}: FindMissingChunks names chunks not in its manifest")
         send = hashes if rng.random() < 0.85 else hashes[: len(hashes) // 2]
-        chunks: list[pb.Chunk] = []
+        chunks: list[pb.ChunkBatch] = []
         for start in range(0, len(send), 4096):
             try:
                 chunks += self.rpc("ReadChunks", pb.ReadChunksRequest(hashes=send[start:][:4096]))

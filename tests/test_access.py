@@ -261,7 +261,7 @@ def test_a_user_cannot_forge_replication_state_on_a_node(
     )
     calls: dict[str, Callable[[list[tuple[str, str]]], object]] = {
         "WriteChunks": lambda md: internal.WriteChunks(
-            iter([pb.Chunk(hash=b"\0" * 32, data=b"x")]),
+            iter([pb.ChunkBatch(chunks=[pb.Chunk(hash=b"\0" * 32, data=b"x")])]),
             timeout=DEADLINE,
             metadata=[*md, ("x-csbs-replica-id", source.backup_id)],
         ),

@@ -153,8 +153,8 @@ def test_pages_of_missing_chunks_cover_the_manifest_once_and_bad_pages_are_refus
         lambda: internal.WriteChunks(
             iter(
                 [
-                    pb.Chunk(hash=entries[0].hash, data=datas[0]),
-                    pb.Chunk(hash=_entry(0, stranger).hash, data=stranger),
+                    pb.ChunkBatch(chunks=[pb.Chunk(hash=entries[0].hash, data=datas[0])]),
+                    pb.ChunkBatch(chunks=[pb.Chunk(hash=_entry(0, stranger).hash, data=stranger)]),
                 ]
             ),
             timeout=30,
