@@ -213,3 +213,24 @@ def test_a_manifest_out_of_order_or_with_an_entry_twice_is_refused_and_makes_no_
         assert "in order of disk_index, then chunk_index" in message
         removed = internal.RemoveReplica(pb.RemoveReplicaRequest(job_id=job_id), timeout=30)
         assert not removed.removed  # nothing was made for that job
+
+
+def test_read_chunks_sends_small_chunks_several_a_message_in_order(small_chunks: Cluster) -> None:
+    """Issue 12: 40 chunks of 64 KiB come in messages of at most 1 MiB of data (16 chunks),
+    in the order asked, each whole."""
+    stub = node(small_chunks.channel(SOURCE))
+    server = make_server(stub, [4])
+    data = seeded_bytes(77, 40 * CHUNK)
+    write(stub, server.server_id, 0, 0, data)
+    source = backup(stub, server.server_id)
+    internal = RegionNodeInternalStub(small_chunks.channel(SOURCE))
+    parts = internal.GetBackupManifest(
+        pb.GetBackupManifestRequest(backup_id=source.backup_id), timeout=30
+    )
+    hashes = [e.hash for part in parts for e in part.entries]
+    assert len(hashes) == 40
+    batches = list(internal.ReadChunks(pb.ReadChunksRequest(hashes=hashes), timeout=30))
+    assert [len(b.chunks) for b in batches] == [16, 16, 8]
+    got = [c for b in batches for c in b.chunks]
+    assert [c.hash for c in got] == hashes
+    assert b"".join(c.data for c in got) == data
