@@ -408,20 +408,12 @@ def stored_chunks_of_disk(
     ).fetchall()
 
 
-def stored_chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
+def chunks_of_disk_lacking(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
+    """How many chunks a backup's disk names that the chunk index does not hold (one pass)."""
     return int(
         conn.execute(
-            "SELECT COUNT(*) AS n FROM manifest m JOIN chunks c ON c.hash = m.hash "
-            "WHERE m.backup_id = ? AND m.disk_index = ?",
-            (backup_id, disk_index),
-        ).fetchone()["n"]
-    )
-
-
-def chunk_count_of_disk(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:
-    return int(
-        conn.execute(
-            "SELECT COUNT(*) AS n FROM manifest WHERE backup_id = ? AND disk_index = ?",
+            "SELECT COUNT(*) AS n FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
+            "WHERE m.backup_id = ? AND m.disk_index = ? AND c.hash IS NULL",
             (backup_id, disk_index),
         ).fetchone()["n"]
     )

@@ -94,14 +94,11 @@ class FillEngine:
         1 GiB restores as fast as a 1 GiB disk)."""
         parts = self._parts
         with parts.catalog.read() as conn:
-            expected = backup_rows.chunk_count_of_disk(conn, backup_id, disk_index)
-            stored = backup_rows.stored_chunk_count_of_disk(conn, backup_id, disk_index)
-            lacking = (
-                backup_rows.first_chunk_lacking(conn, backup_id) if stored != expected else b""
-            )
-        if stored != expected:
+            missing = backup_rows.chunks_of_disk_lacking(conn, backup_id, disk_index)
+            lacking = backup_rows.first_chunk_lacking(conn, backup_id) if missing else b""
+        if missing:
             raise ChunkCorrupted(
-                f"backup {backup_id}: {expected - stored} chunks of disk {disk_index} "
+                f"backup {backup_id}: {missing} chunks of disk {disk_index} "
                 "are missing from the store",
                 lacking,
             )
