@@ -7,7 +7,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -15,6 +15,9 @@ from csbs.rpc import replaced, rewrite_calls
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeStub
+
+if TYPE_CHECKING:
+    from region_node.node import RegionNode
 
 MIB = 1 << 20
 WAIT_SECONDS = 120.0
@@ -246,3 +249,14 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not {what} after {timeout:.0f}s")
         time.sleep(interval)
+
+
+def settled_backup(node: RegionNode, backup_id: str, timeout: float = 60.0) -> Any:
+    """A backup of a node's domain (in this process) once it is no longer being taken."""
+    from region_node.models import BackupStatus
+
+    deadline = time.monotonic() + timeout
+    while node.backups.get("", backup_id).status == BackupStatus.CREATING:
+        assert time.monotonic() < deadline, "the backup never ended"
+        time.sleep(0.01)
+    return node.backups.get("", backup_id)

@@ -81,7 +81,9 @@ TABLES: tuple[str, ...] = (
     "written_chunks",
     "backups",
     "backup_disks",
-    "manifest",
+    "manifest_pages",
+    "page_entries",
+    "backup_pages",
 )
 TABLES += ("chunks", "images", "holds", "replica_arrivals", "replication_records")
 CREATING, AVAILABLE = pb.BACKUP_STATUS_CREATING, pb.BACKUP_STATUS_AVAILABLE

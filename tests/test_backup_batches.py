@@ -15,20 +15,12 @@ import pytest
 from region_node.engine import backup as backup_engine
 from region_node.models import BackupStatus, NewBackup, NewImage, NewServer, ServerStatus
 from region_node.node import RegionNode
-from tests.node_helpers import MIB, seeded_bytes
+from tests.node_helpers import MIB, seeded_bytes, settled_backup
 
 pytestmark = pytest.mark.timeout(120)
 
 BATCH = 4
 CHUNKS = 40  # 1 MiB chunks: ten batches
-
-
-def _until_settled(node: RegionNode, backup_id: str) -> Any:
-    deadline = time.monotonic() + 60
-    while node.backups.get("", backup_id).status == BackupStatus.CREATING:
-        assert time.monotonic() < deadline, "the backup never ended"
-        time.sleep(0.01)
-    return node.backups.get("", backup_id)
 
 
 def _server_with_data(node: RegionNode, seed: int) -> tuple[str, bytes]:
@@ -65,7 +57,7 @@ def test_a_backup_commits_in_batches_and_holds_at_most_a_few_batches_of_pins(
         return stored
 
     monkeypatch.setattr(store, "put", watched_put)
-    done = _until_settled(node, node.backups.create(NewBackup("", server_id)).backup_id)
+    done = settled_backup(node, node.backups.create(NewBackup("", server_id)).backup_id)
     assert done.status == BackupStatus.AVAILABLE, done.error_reason
 
     # Every reader may hold one batch being committed and one chunk of the next.
@@ -111,7 +103,7 @@ def test_a_backup_whose_batch_cannot_commit_ends_in_error_and_keeps_nothing(
         original_index(conn, digests)
 
     monkeypatch.setattr(store, "index", failing_index)
-    done = _until_settled(node, node.backups.create(NewBackup("", server_id)).backup_id)
+    done = settled_backup(node, node.backups.create(NewBackup("", server_id)).backup_id)
     assert done.status == BackupStatus.ERROR
     assert "ran out of storage space" in done.error_reason
     assert (

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from csbs.errors import BackupNotFound
-from region_node.catalog import Row
+from region_node.catalog import Row, manifests
 from region_node.models import (
     Backup,
     BackupStatus,
@@ -180,46 +180,8 @@ def base_of(conn: sqlite3.Connection, disk_id: str, backup_id: str) -> Row | Non
     return found
 
 
-def share_manifest(
-    conn: sqlite3.Connection, backup_id: str, disk_index: int, base: Row, todo: list[int]
-) -> None:
-    """The manifest rows of a disk the new backup shares with its base: every chunk not in
-    `todo` (those it reads itself). Committed with the backup's start, so they keep their
-    chunks alive from then on."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS todo(i INTEGER PRIMARY KEY)")
-    conn.execute("DELETE FROM todo")
-    conn.executemany("INSERT INTO todo(i) VALUES (?)", [(i,) for i in todo])
-    conn.execute(
-        "INSERT INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
-        "SELECT ?, ?, chunk_index, hash, length FROM manifest "
-        "WHERE backup_id = ? AND disk_index = ? AND chunk_index NOT IN (SELECT i FROM todo)",
-        (backup_id, disk_index, base["backup_id"], base["disk_index"]),
-    )
-
-
 def set_bytes_to_read(conn: sqlite3.Connection, backup_id: str, total: int) -> None:
     conn.execute("UPDATE backups SET bytes_to_read = ? WHERE backup_id = ?", (total, backup_id))
-
-
-def add_manifest(
-    conn: sqlite3.Connection, backup_id: str, entries: Iterable[ManifestEntry]
-) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO manifest(backup_id, disk_index, chunk_index, hash, length) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(backup_id, e.disk_index, e.chunk_index, e.hash, e.length) for e in entries],
-    )
-
-
-def chunks_lacking(conn: sqlite3.Connection, backup_id: str) -> int:
-    """How many chunks a backup's manifest names that the chunk index does not hold."""
-    return int(
-        conn.execute(
-            "SELECT COUNT(*) AS n FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash "
-            "WHERE m.backup_id = ? AND c.hash IS NULL",
-            (backup_id,),
-        ).fetchone()["n"]
-    )
 
 
 def first_chunk_lacking(conn: sqlite3.Connection, backup_id: str) -> bytes:
@@ -233,12 +195,23 @@ def first_chunk_lacking(conn: sqlite3.Connection, backup_id: str) -> bytes:
 
 def mark_available(
     conn: sqlite3.Connection, backup_id: str, bytes_read: int, bytes_stored: int, now: float
-) -> None:
-    conn.execute(
+) -> bool:
+    """A backup being taken becomes AVAILABLE; False if it is no longer being taken (a chunk
+    it names was found damaged meanwhile, see engine.damage)."""
+    cursor = conn.execute(
         "UPDATE backups SET status = ?, bytes_read = ?, bytes_stored = ?, updated_at = ?, "
-        "completed_at = ? WHERE backup_id = ?",
-        (BackupStatus.AVAILABLE, bytes_read, bytes_stored, now, now, backup_id),
+        "completed_at = ? WHERE backup_id = ? AND status = ?",
+        (
+            BackupStatus.AVAILABLE,
+            bytes_read,
+            bytes_stored,
+            now,
+            now,
+            backup_id,
+            BackupStatus.CREATING,
+        ),
     )
+    return cursor.rowcount == 1
 
 
 def status_of(conn: sqlite3.Connection, backup_id: str) -> BackupStatus | None:
@@ -276,28 +249,20 @@ def mark_error(
 
 
 def drop_manifest(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    """Removes a backup's manifest. Returns the hashes it named (to free what nothing keeps)."""
-    hashes = manifest_hashes(conn, backup_id)
-    conn.execute("DELETE FROM manifest WHERE backup_id = ?", (backup_id,))
-    return hashes
+    """Removes a backup's manifest. Returns the hashes of the pages it alone listed (what may
+    be free now; see catalog.manifests)."""
+    return manifests.drop(conn, backup_id)
 
 
 def delete(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    """Removes a backup or replica with everything that names it. Returns its manifest's
-    hashes."""
+    """Removes a backup or replica with everything that names it. Returns the hashes of the
+    manifest pages it alone listed."""
     hashes = drop_manifest(conn, backup_id)
     for table in ("backup_disks", "replication_records", "backups"):
         conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
     conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (backup_id,))
     conn.execute("DELETE FROM requests WHERE kind = 'backup' AND resource_id = ?", (backup_id,))
     return hashes
-
-
-def manifest_hashes(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    return [
-        r["hash"]
-        for r in conn.execute("SELECT hash FROM manifest WHERE backup_id = ?", (backup_id,))
-    ]
 
 
 def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
@@ -311,36 +276,12 @@ def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
     ]
 
 
-def manifest_page(
-    conn: sqlite3.Connection, backup_id: str, after: tuple[int, int] | None, limit: int
-) -> list[ManifestEntry]:
-    """At most `limit` entries of a backup's manifest after position `after` (disk_index,
-    chunk_index), in order: a seek in the primary key, whatever the manifest's size."""
-    first = after if after is not None else (-1, -1)
-    return [
-        ManifestEntry(r["disk_index"], r["chunk_index"], r["hash"], r["length"])
-        for r in conn.execute(
-            "SELECT disk_index, chunk_index, hash, length FROM manifest WHERE backup_id = ? "
-            "AND (disk_index, chunk_index) > (?, ?) ORDER BY disk_index, chunk_index LIMIT ?",
-            (backup_id, *first, limit),
-        )
-    ]
-
-
 def manifest_bytes(conn: sqlite3.Connection, backup_id: str) -> int:
     return int(
         conn.execute(
             "SELECT COALESCE(SUM(length), 0) AS n FROM manifest WHERE backup_id = ?", (backup_id,)
         ).fetchone()["n"]
     )
-
-
-def naming_chunk(conn: sqlite3.Connection, digest: bytes) -> list[str]:
-    """Every backup whose manifest names the chunk."""
-    return [
-        r["backup_id"]
-        for r in conn.execute("SELECT DISTINCT backup_id FROM manifest WHERE hash = ?", (digest,))
-    ]
 
 
 def image_of(conn: sqlite3.Connection, backup_id: str) -> str | None:
@@ -388,24 +329,6 @@ def onto_server(
         for position, i in enumerate(backup_disks)
         if position in server_disks
     ]
-
-
-def stored_chunks_of_disk(
-    conn: sqlite3.Connection,
-    backup_id: str,
-    disk_index: int,
-    after: int = -1,
-    limit: int = -1,
-) -> list[Row]:
-    """(chunk_index, hash, pack_id, offset, length) of the chunks of a backup's disk that the
-    store holds, in order, after chunk `after`, at most `limit` (issue 12: a page at a time)."""
-    return conn.execute(
-        "SELECT m.chunk_index, m.hash, c.pack_id, c.offset, c.length "
-        "FROM manifest m JOIN chunks c ON c.hash = m.hash "
-        "WHERE m.backup_id = ? AND m.disk_index = ? AND m.chunk_index > ? "
-        "ORDER BY m.chunk_index LIMIT ?",
-        (backup_id, disk_index, after, limit),
-    ).fetchall()
 
 
 def chunks_of_disk_lacking(conn: sqlite3.Connection, backup_id: str, disk_index: int) -> int:

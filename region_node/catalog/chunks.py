@@ -53,12 +53,12 @@ def remove_all(conn: sqlite3.Connection, digests: Sequence[bytes]) -> None:
 
 
 def named_by_manifests(conn: sqlite3.Connection, digests: Sequence[bytes]) -> set[bytes]:
-    """Those of `digests` (at most BATCH) that some manifest names: a seek each."""
+    """Those of `digests` (at most BATCH) that some manifest page names: a seek each."""
     marks = ", ".join("?" * len(digests))
     return {
         r["hash"]
         for r in conn.execute(
-            "SELECT DISTINCT hash FROM manifest INDEXED BY manifest_by_hash "
+            "SELECT DISTINCT hash FROM page_entries INDEXED BY page_entries_by_hash "
             f"WHERE hash IN ({marks})",
             digests,
         )
@@ -71,7 +71,7 @@ def named_by_no_manifest(conn: sqlite3.Connection) -> list[bytes]:
         r["hash"]
         for r in conn.execute(
             "SELECT hash FROM chunks WHERE NOT EXISTS "
-            "(SELECT 1 FROM manifest WHERE manifest.hash = chunks.hash)"
+            "(SELECT 1 FROM page_entries e WHERE e.hash = chunks.hash)"
         )
     ]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from region_node.catalog.backups import WHOLE, add_manifest, insert_disks
+from region_node.catalog import manifests
+from region_node.catalog.backups import WHOLE, insert_disks
 from region_node.models import BackupStatus, ManifestEntry, ReplicaSpec
 
 
@@ -57,8 +58,7 @@ def insert(
         ),
     )
     insert_disks(conn, replica_id, spec.disks, 0)
-    for batch in batches:
-        add_manifest(conn, replica_id, batch)
+    manifests.add_replica_pages(conn, replica_id, (e for batch in batches for e in batch))
 
 
 def add_arrivals(conn: sqlite3.Connection, replica_id: str, digests: Iterable[bytes]) -> None:
@@ -71,14 +71,16 @@ def add_arrivals(conn: sqlite3.Connection, replica_id: str, digests: Iterable[by
 def lengths_named(
     conn: sqlite3.Connection, replica_id: str, digests: Sequence[bytes]
 ) -> dict[bytes, int]:
-    """hash -> length of those of `digests` the replica's manifest names (one seek each in
-    manifest_by_hash, whatever the manifest's size or the region's history)."""
+    """hash -> length of those of `digests` the replica's manifest names (per hash, a seek for
+    each page naming it, then one for the replica among the backups listing that page: not in
+    time with the manifest's size)."""
     marks = ", ".join("?" * len(digests))
     return {
         r["hash"]: r["length"]
         for r in conn.execute(
-            "SELECT DISTINCT hash, length FROM manifest INDEXED BY manifest_by_hash "
-            f"WHERE hash IN ({marks}) AND backup_id = ?",
+            "SELECT DISTINCT e.hash, e.length FROM page_entries e INDEXED BY page_entries_by_hash "
+            "CROSS JOIN backup_pages bp INDEXED BY backup_pages_by_page "
+            f"ON bp.page_id = e.page_id WHERE e.hash IN ({marks}) AND bp.backup_id = ?",
             (*digests, replica_id),
         )
     }
@@ -87,18 +89,19 @@ def lengths_named(
 def _held(projects: Sequence[str]) -> str:
     """SQL of whether the account of `projects` already holds manifest entry m's chunk here:
     stored and either arrived for one of the account's replicas or named by one of its whole
-    backups (issue 6). Per entry: a seek in `chunks`, then in replica_arrivals and in manifest
-    by hash (manifest_by_hash), whose rows are checked against the account's backups (a list
-    made once per query; `+` keeps SQLite from seeking once per backup of the account instead,
-    which costs more the more backups the account has)."""
+    backups (issue 6). Per entry: a seek in `chunks`, then in replica_arrivals and in the
+    pages naming the hash (page_entries_by_hash), whose listing backups are checked against the
+    account's backups (a list made once per query; `+` keeps SQLite from seeking once per
+    backup of the account instead, which costs more the more backups the account has)."""
     marks = ", ".join("?" * len(projects))
     return (
         "CASE WHEN c.hash IS NULL THEN 0 "
         "WHEN EXISTS (SELECT 1 FROM replica_arrivals a "
         "JOIN backups r ON r.backup_id = a.replica_id "
         f"WHERE a.hash = m.hash AND r.project_id IN ({marks})) THEN 1 "
-        "WHEN EXISTS (SELECT 1 FROM manifest o INDEXED BY manifest_by_hash "
-        "WHERE o.hash = m.hash AND +o.backup_id IN (SELECT backup_id FROM backups "
+        "WHEN EXISTS (SELECT 1 FROM page_entries o INDEXED BY page_entries_by_hash "
+        "CROSS JOIN backup_pages ob INDEXED BY backup_pages_by_page ON ob.page_id = o.page_id "
+        "WHERE o.hash = m.hash AND +ob.backup_id IN (SELECT backup_id FROM backups "
         f"WHERE project_id IN ({marks}) AND status IN (?, ?))) THEN 1 "
         "ELSE 0 END"
     )
@@ -115,12 +118,16 @@ def held_by_account(
     order, at most `limit`: (disk_index, chunk_index, hash, length, whether the account of
     `projects` already holds the chunk here; see _held)."""
     first = after if after is not None else (-1, -1)
+    disk, chunk = first
+    page = manifests.PAGE
     rows = conn.execute(
-        f"SELECT m.disk_index, m.chunk_index, m.hash, m.length, {_held(projects)} AS held "
-        "FROM manifest m LEFT JOIN chunks c ON c.hash = m.hash WHERE m.backup_id = ? "
-        "AND (m.disk_index, m.chunk_index) > (?, ?) "
-        "ORDER BY m.disk_index, m.chunk_index LIMIT ?",
-        (*projects, *projects, *WHOLE, replica_id, *first, limit),
+        f"SELECT bp.disk_index, bp.page_no * {page} + m.slot AS chunk_index, m.hash, m.length, "
+        f"{_held(projects)} AS held FROM backup_pages bp "
+        "CROSS JOIN page_entries m ON m.page_id = bp.page_id "
+        "LEFT JOIN chunks c ON c.hash = m.hash WHERE bp.backup_id = ? "
+        f"AND (bp.disk_index, bp.page_no) >= (?, ?) AND (bp.disk_index, bp.page_no * {page} "
+        "+ m.slot) > (?, ?) ORDER BY bp.disk_index, bp.page_no, m.slot LIMIT ?",
+        (*projects, *projects, *WHOLE, replica_id, disk, (chunk + 1) // page, disk, chunk, limit),
     ).fetchall()
     return [
         (r["disk_index"], r["chunk_index"], r["hash"], r["length"], bool(r["held"])) for r in rows

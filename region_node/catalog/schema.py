@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -176,5 +176,56 @@ MIGRATIONS: dict[int, str] = {
     -- time with what changed, not with what the disk ever had written.
     CREATE INDEX backup_disks_by_disk ON backup_disks(disk_id, epoch);
     CREATE INDEX written_chunks_by_epoch ON written_chunks(disk_id, epoch);
+    """,
+    6: """
+    -- Issue 12: manifests in pages of 1,024 chunk positions (page_no = chunk_index / 1024,
+    -- slot = chunk_index % 1024) that backups share. A backup's disk is its list of pages
+    -- (backup_pages). An incremental backup lists its base's pages for the positions nothing
+    -- was written to, and makes new pages only where chunks changed: its rows, its cost and the
+    -- cost of deleting it grow with what changed, not with the disk. A page is never changed
+    -- once its backup is whole. A replica's pages are content-addressed (digest of the entries)
+    -- so that the replicas of one disk share their unchanged pages too. A page lives while a
+    -- backup lists it and its entries keep their chunks alive.
+    CREATE TABLE manifest_pages (
+        page_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest BLOB
+    );
+    CREATE UNIQUE INDEX manifest_pages_by_digest ON manifest_pages(digest)
+        WHERE digest IS NOT NULL;
+    CREATE TABLE page_entries (
+        page_id INTEGER NOT NULL,
+        slot INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (page_id, slot)
+    ) WITHOUT ROWID;
+    CREATE INDEX page_entries_by_hash ON page_entries(hash, page_id);
+    CREATE TABLE backup_pages (
+        backup_id TEXT NOT NULL,
+        disk_index INTEGER NOT NULL,
+        page_no INTEGER NOT NULL,
+        page_id INTEGER NOT NULL,
+        PRIMARY KEY (backup_id, disk_index, page_no)
+    ) WITHOUT ROWID;
+    CREATE INDEX backup_pages_by_page ON backup_pages(page_id, backup_id);
+    -- The manifests of earlier versions, a page each per backup (shared from now on only by
+    -- the backups taken after this migration).
+    INSERT INTO backup_pages(backup_id, disk_index, page_no, page_id)
+        SELECT backup_id, disk_index, page_no,
+            ROW_NUMBER() OVER (ORDER BY backup_id, disk_index, page_no)
+        FROM (SELECT DISTINCT backup_id, disk_index, chunk_index / 1024 AS page_no
+              FROM manifest);
+    INSERT INTO manifest_pages(page_id) SELECT page_id FROM backup_pages;
+    INSERT INTO page_entries(page_id, slot, hash, length)
+        SELECT bp.page_id, m.chunk_index % 1024, m.hash, m.length
+        FROM manifest m JOIN backup_pages bp ON bp.backup_id = m.backup_id
+            AND bp.disk_index = m.disk_index AND bp.page_no = m.chunk_index / 1024;
+    DROP TABLE manifest;
+    -- Every non-zero chunk of every disk of every backup, as before: for the questions asked
+    -- of a whole backup or disk (those asked in order or by position use the pages directly).
+    CREATE VIEW manifest AS
+        SELECT bp.backup_id AS backup_id, bp.disk_index AS disk_index,
+            bp.page_no * 1024 + e.slot AS chunk_index, e.hash AS hash, e.length AS length
+        FROM backup_pages bp JOIN page_entries e ON e.page_id = bp.page_id;
     """,
 }

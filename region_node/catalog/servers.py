@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from csbs.errors import ServerNotFound
 from region_node.catalog import Row
+from region_node.catalog.manifests import PAGE
 from region_node.models import Disk, Server, ServerStatus, ServerType
 
 SERVER_COLUMNS = (
@@ -177,10 +178,11 @@ def written_not_in(
         r["chunk_index"]
         for r in conn.execute(
             "SELECT w.chunk_index FROM written_chunks w WHERE w.disk_id = ? "
-            "AND w.chunk_index > ? AND NOT EXISTS (SELECT 1 FROM manifest m "
-            "WHERE m.backup_id = ? AND m.disk_index = ? AND m.chunk_index = w.chunk_index) "
-            "ORDER BY w.chunk_index LIMIT ?",
-            (disk_id, after, backup_id, disk_index, limit),
+            "AND w.chunk_index > ? AND NOT EXISTS (SELECT 1 FROM backup_pages bp "
+            "CROSS JOIN page_entries e ON e.page_id = bp.page_id "
+            "WHERE bp.backup_id = ? AND bp.disk_index = ? AND bp.page_no = w.chunk_index / ? "
+            "AND e.slot = w.chunk_index % ?) ORDER BY w.chunk_index LIMIT ?",
+            (disk_id, after, backup_id, disk_index, PAGE, PAGE, limit),
         )
     ]
 

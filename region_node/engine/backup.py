@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from csbs.errors import ChunkCorrupted, FailedPrecondition
-from region_node.catalog import Row, requests
+from region_node.catalog import Row, manifests, requests
 from region_node.catalog import backups as backup_rows
 from region_node.catalog import servers as server_rows
 from region_node.models import Disk, ManifestEntry, NewBackup, ServerStatus
@@ -163,8 +163,7 @@ class BackupEngine:
             server_rows.set_epoch(conn, disk.disk_id, state.epoch + 1)
             base = backup_rows.base_of(conn, disk.disk_id, backup_id)
             todo = server_rows.written_since(conn, disk.disk_id, base["epoch"] if base else 0)
-            if base is not None:
-                backup_rows.share_manifest(conn, backup_id, disk.disk_index, base, todo)
+            manifests.begin_disk(conn, backup_id, disk.disk_index, base, todo)
             to_read += sum(parts.chunk_length(disk.size_bytes, i) for i in todo)
             plans.append(DiskPlan(disk.disk_index, state, todo))
         backup_rows.set_bytes_to_read(conn, backup_id, to_read)
@@ -257,12 +256,19 @@ class BackupEngine:
             with parts.catalog.transaction() as conn:
                 if backup_rows.status_of(conn, backup_id) is None:
                     raise FailedPrecondition(f"backup {backup_id} was removed")
-                backup_rows.add_manifest(
+                manifests.add_entries(
                     conn,
                     backup_id,
                     (ManifestEntry(d, c, e.hash, e.length) for (d, c), e in batch.items()),
                 )
                 parts.store.index(conn, digests)
+                # A chunk the store had already (not stored anew) can have been found damaged
+                # and unindexed between put and now: the backup would name what is not there.
+                lacking = parts.store.not_indexed(conn, digests)
+                if lacking:
+                    raise ChunkCorrupted(
+                        f"chunk {lacking[0].hex()} of the backup was found damaged while it ran"
+                    )
             parts.store.forget_pending(digests)
         except BaseException:
             self._give_back(batch)
@@ -276,18 +282,18 @@ class BackupEngine:
         store.abandon(e.hash for e in batch.values() if e.stored)
 
     def _commit(self, backup_id: str, captures: Captures, progress: Progress) -> None:
-        """Commits the last batch, then AVAILABLE in the transaction that checks every chunk
-        the backup names is stored: a backup is available only if it holds them all."""
+        """Commits the last batch, then AVAILABLE. Every chunk the backup names is stored: each
+        batch checked what it named as it committed, and a chunk found damaged since (one it
+        read or one of the pages it shares with its base) made the backup ERROR at once
+        (engine.damage), which AVAILABLE never overwrites. In time with what changed."""
         parts = self._parts
         self._commit_batch(backup_id, captures.take())
         with parts.catalog.transaction() as conn:
-            lacking = backup_rows.chunks_lacking(conn, backup_id)
-            if lacking:
-                raise ChunkCorrupted(
-                    f"{lacking} chunks of the backup are not in the store (the chunks it shared "
-                    "were lost while it ran)"
-                )
-            backup_rows.mark_available(conn, backup_id, progress.done, captures.stored, parts.now())
+            if not backup_rows.mark_available(
+                conn, backup_id, progress.done, captures.stored, parts.now()
+            ):
+                found = backup_rows.row(conn, None, backup_id)["error_reason"]
+                raise ChunkCorrupted(found or f"backup {backup_id} is no longer being taken")
 
     def _fail(self, backup_id: str, reason: str) -> None:
         parts = self._parts

@@ -12,6 +12,7 @@ import threading
 
 from csbs.errors import ChunkCorrupted
 from region_node.catalog import backups as backup_rows
+from region_node.catalog import manifests
 from region_node.catalog import servers as server_rows
 from region_node.engine.damage import chunk_damaged
 from region_node.models import ServerStatus
@@ -120,7 +121,7 @@ class FillEngine:
                                 r["hash"],
                                 ChunkLocation(r["pack_id"], r["offset"], r["length"]),
                             )
-                            for r in backup_rows.stored_chunks_of_disk(
+                            for r in manifests.stored_of_disk(
                                 conn, backup_id, disk_index, after, FILL_PAGE
                             )
                         ]

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 
 from csbs.errors import ChunkCorrupted, FailedPrecondition, InvalidArgument, NotFound
 from region_node.catalog import backups as backup_rows
+from region_node.catalog import manifests
 from region_node.catalog import replicas as replica_rows
 from region_node.engine.damage import chunk_damaged
 from region_node.models import BackupStatus, ManifestEntry
@@ -41,7 +42,7 @@ class ChunkTransfer:
         while True:
             with self._parts.catalog.read() as conn:
                 backup_rows.row(conn, None, backup_id)
-                part = backup_rows.manifest_page(conn, backup_id, after, MANIFEST_PART)
+                part = manifests.entries_after(conn, backup_id, after, MANIFEST_PART)
             if not part:
                 return
             yield part

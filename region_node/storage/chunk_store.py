@@ -253,6 +253,14 @@ class ChunkStore:
             ]
         index_of_chunks.add(conn, rows)
 
+    def not_indexed(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[bytes]:
+        """Inside the caller's transaction: those of `digests` the index does not hold."""
+        out: list[bytes] = []
+        for batch in index_of_chunks.batches(set(digests)):
+            held = {r["hash"] for r in index_of_chunks.locations(conn, batch)}
+            out += [d for d in batch if d not in held]
+        return out
+
     def forget_pending(self, digests: Iterable[bytes]) -> None:
         """After the transaction that indexed them has committed."""
         with self._lock:
