@@ -10,8 +10,9 @@ memory (VmHWM) it reports is its own:
    a sparse disk of 8 TiB (and one of 1 TiB in between);
 4. `catalog_growth_ratio`: p50 of GetBackup, ListBackups (a first page of 10) and CreateBackup
    with 10, 1,000 and 10,000 backups in a region;
-5. `incremental_growth_ratio`: a backup of one changed chunk on a 64 MiB and on a 64 GiB sparse
-   disk holding the same 64 MiB, after 100 earlier such backups;
+5. `incremental_growth_ratio`: a backup of one changed chunk on a 64 MiB and on a 64 GiB disk,
+   every chunk of each holding data (64 and 65,536 chunks), after 100 earlier such backups;
+   with the time to delete a backup on each and the catalog's growth per backup;
 6. `unary_calls_per_s`: GetRegionInfo and GetBackup from 4 client processes, with p50 and p99.
 
 Run by `make bench` and alone by `make bench-scale` (`make bench-scale SCALE_ARGS=--quick`: small
@@ -188,6 +189,17 @@ def print_report(summary: dict[str, Any]) -> None:
                 + f"); {goal(inc)}",
             )
         )
+        rows.append(
+            (
+                "  delete a backup",
+                ", ".join(
+                    f"{size_text(run['disk_bytes'])} disk {run['delete_p50_s']:.3f} s"
+                    for run in runs.values()
+                )
+                + f" ({inc['delete_growth_ratio']:.2f} x); catalog "
+                f"{inc['catalog_bytes_per_round'] / 1e3:.0f} kB per round of two backups",
+            )
+        )
     if (unary := summary.get("unary_calls_per_s")) is not None:
         for call, figure in unary["by_call"].items():
             rows.append(
@@ -222,7 +234,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         "samples": (int, "calls timed per call and catalog size"),
         "history": (int, "incremental backups before the timed ones"),
         "incremental_disk_gib": (int, "GiB of the large disk of the incremental figure"),
-        "incremental_data_mib": (int, "MiB of data on each disk of the incremental figure"),
+        "incremental_small_mib": (int, "MiB of the small disk of the incremental figure"),
         "unary_seconds": (float, "seconds the unary clients call"),
         "unary_clients": (int, "unary client processes"),
         "writer_mib": (int, "MiB each concurrent WriteDisk stream writes"),
@@ -276,8 +288,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         parser.error("--chunks must be a multiple of 16 (whole MiB), at least 64")
     if not 1 <= sizes.sparse_disk_gib <= 8192 or sizes.sparse_disk_gib * 1024 < sizes.restore_mib:
         parser.error("--sparse-disk-gib: 1 to 8192, and at least --restore-mib")
-    if sizes.incremental_disk_gib * 1024 < sizes.incremental_data_mib:
-        parser.error("--incremental-disk-gib must hold --incremental-data-mib")
+    if sizes.incremental_disk_gib * 1024 < sizes.incremental_small_mib:
+        parser.error("--incremental-disk-gib must be at least --incremental-small-mib")
     if min(sizes.catalog) < 1 or sizes.samples < 1 or sizes.history < LATE_SAMPLES:
         parser.error(f"--catalog sizes and --samples at least 1, --history at least {LATE_SAMPLES}")
     if min(sizes.small_chunk_mib, sizes.peer_mib, sizes.restore_mib) < 4:

@@ -13,10 +13,11 @@ import os
 import statistics
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 # bench/backup.py, next to this file: its error and progress line.
@@ -50,6 +51,20 @@ from tests.harness import ACCOUNT_TOKENS, DEFAULT_ACCOUNT, ProcessHandle
 LIST_PAGE = 10  # ListBackups' page: the smallest catalog, so every level answers a full page
 LATE_SAMPLES = 5  # incremental backups timed after the history (and at its start)
 CATALOG_WRITERS = 4  # servers backed up side by side to fill the catalog
+MARK_BYTES = 4096  # written at the start of every chunk of the incremental figure's disks
+CHANGE_STRIDE = 1031  # chunks between two rounds' changes: each lands on another page (1,024)
+
+
+def _marks(server_id: str, chunks: int) -> Iterator[pb.WriteDiskRequest]:
+    mark = b"\x5a" * MARK_BYTES
+    for i in range(chunks):
+        yield pb.WriteDiskRequest(server_id=server_id, disk_index=0, offset=i * MIB, data=mark)
+
+
+def _file_bytes(database: Path) -> int:
+    """A SQLite database's bytes on disk, with its write-ahead log."""
+    wal = database.with_name(database.name + "-wal")
+    return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,54 +248,77 @@ class OneRegionFigures(ScaleBench):
     # -- 5: incremental backups -------------------------------------------------------------
 
     def incremental(self) -> None:
+        """Both disks are whole: every 1 MiB chunk of each holds data (a 4 KiB mark at its
+        start, the same everywhere, so the store holds it once while every backup's manifest
+        names every chunk: 64 entries on the small disk, 65,536 on the large one). Then rounds
+        of one changed chunk and a backup of each disk, side by side; then the first backups
+        deleted (each shares most of its manifest with the later ones)."""
         sizes = self.sizes
-        data_bytes = sizes.incremental_data_mib * MIB
-        units = data_bytes // MIB  # the MiB of data each disk holds
-        disks = {"small": data_bytes, "large": sizes.incremental_disk_gib * GIB}
+        disks = {
+            "small": sizes.incremental_small_mib * MIB,
+            "large": sizes.incremental_disk_gib * GIB,
+        }
         runs: dict[str, dict[str, Any]] = {}
         with self.cluster("incremental", ONE_REGION, LARGE_CHUNK) as cluster:
             node = self.node(cluster)
             servers: dict[str, str] = {}
-            where: dict[str, list[int]] = {}  # disk → offset of each MiB of data
+            backups: dict[str, list[str]] = {name: [] for name in disks}
             for name, disk_bytes in disks.items():
-                data = self.data()
                 server_id = servers[name] = node.create_server(disk_bytes, f"bench-{name}")
-                stride = disk_bytes // units  # the data spread evenly over the disk
-                where[name] = [i * stride for i in range(units)]
-                for i, offset in enumerate(where[name]):
-                    node.write(data.write_requests(server_id, offset, i * MIB, MIB), MIB)
+                chunks = disk_bytes // MIB
+                node.write(_marks(server_id, chunks), chunks * MARK_BYTES)
                 os.sync()
-                _, seconds = timed(node.backup, server_id)
-                runs[name] = {"disk_bytes": disk_bytes, "full_backup_s": round(seconds, 3)}
+                backup, seconds = timed(node.backup, server_id)
+                backups[name].append(backup.backup_id)
+                runs[name] = {
+                    "disk_bytes": disk_bytes,
+                    "chunks_named": chunks,
+                    "full_backup_s": round(seconds, 3),
+                }
+            catalog = cluster.config.region(REGION).data_dir / "catalog.db"
+            catalog_before = _file_bytes(catalog)
             # A data set of changes per disk: a chunk one disk's backup stored would otherwise
             # make the other's the cheaper for finding it stored already.
             changes = {name: self.data() for name in disks}
             times: dict[str, list[float]] = {name: [] for name in disks}
-            for round_ in range(sizes.history + LATE_SAMPLES):
+            rounds = sizes.history + LATE_SAMPLES
+            for round_ in range(rounds):
                 for name, server_id in servers.items():  # side by side: the same conditions
-                    offset = where[name][round_ % units]
-                    changed = changes[name].write_requests(server_id, offset, round_ * MIB, MIB)
+                    chunk = (round_ * CHANGE_STRIDE) % (disks[name] // MIB)  # a new page each
+                    changed = changes[name].write_requests(
+                        server_id, chunk * MIB, round_ * MIB, MIB
+                    )
                     node.write(changed, MIB)
                     backup, seconds = timed(node.backup, server_id)
                     if backup.bytes_read != MIB:
                         raise BenchError(f"an incremental backup read {backup.bytes_read} bytes")
                     times[name].append(seconds)
+                    backups[name].append(backup.backup_id)
                 if round_ % 25 == 24:
                     progress(f"incremental: {round_ + 1} backups of each disk")
+            catalog_per_round = (_file_bytes(catalog) - catalog_before) / rounds
+            deletes = {
+                name: [node.delete_backup(b) for b in backups[name][:LATE_SAMPLES]]
+                for name in disks
+            }
             peaks = self.record_peaks("incremental", {"node": cluster.node(REGION)})
         for name, run in runs.items():
             first = statistics.median(times[name][:LATE_SAMPLES])
             late = statistics.median(times[name][sizes.history :])
             run.update(first_p50_s=round(first, 4), after_history_p50_s=round(late, 4))
             run["history_growth"] = ratio(late, first)
+            run["delete_p50_s"] = round(statistics.median(deletes[name]), 4)
         value = ratio(runs["large"]["after_history_p50_s"], runs["small"]["after_history_p50_s"])
         self.figures["incremental_growth_ratio"] = {
             "value": value,
             "goal": "<= 2",
             "meets_goal": value <= 2,
-            "data_bytes": data_bytes,
             "history": sizes.history,
             "timed_backups": LATE_SAMPLES,
+            "delete_growth_ratio": ratio(
+                runs["large"]["delete_p50_s"], runs["small"]["delete_p50_s"]
+            ),
+            "catalog_bytes_per_round": round(catalog_per_round),
             "runs": runs,
             "peak_rss_mb": peaks,
         }

@@ -75,7 +75,7 @@ class Sizes:
     samples: int  # calls timed per call and catalog size
     history: int  # incremental backups taken before the timed ones
     incremental_disk_gib: int  # the large disk of the incremental figure
-    incremental_data_mib: int  # data on each disk of the incremental figure (the small disk)
+    incremental_small_mib: int  # the small disk of the incremental figure
     unary_seconds: float
     unary_clients: int
     writers: tuple[int, ...] = (4, 8, 16)  # concurrent WriteDisk streams at each measurement
@@ -92,7 +92,7 @@ FULL = Sizes(
     samples=100,
     history=100,
     incremental_disk_gib=64,
-    incremental_data_mib=64,
+    incremental_small_mib=64,
     unary_seconds=5.0,
     unary_clients=4,
 )
@@ -106,7 +106,7 @@ QUICK = Sizes(
     samples=30,
     history=20,
     incremental_disk_gib=8,
-    incremental_data_mib=64,
+    incremental_small_mib=64,
     unary_seconds=2.0,
     unary_clients=4,
     writers=(4, 16),
