@@ -56,10 +56,10 @@ class ChunkTransfer:
         store = self._parts.store
         if len(hashes) > MANIFEST_PART:
             raise InvalidArgument(f"hashes: {len(hashes)} given, at most {MANIFEST_PART}")
-        locations = []
         for digest in hashes:
             check_hash(digest)
-            loc = store.locate(digest)
+        locations = []
+        for digest, loc in zip(hashes, store.locate_all(hashes), strict=True):
             if loc is None:
                 raise NotFound("chunk", digest.hex())
             locations.append(loc)

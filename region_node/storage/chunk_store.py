@@ -29,7 +29,7 @@ import sqlite3
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +276,16 @@ class ChunkStore:
         with self._catalog.read() as conn:
             row = index_of_chunks.location(conn, digest)
         return ChunkLocation(row["pack_id"], row["offset"], row["length"]) if row else None
+
+    def locate_all(self, digests: Sequence[bytes]) -> list[ChunkLocation | None]:
+        """Where each of `digests` is (None: not stored), looked up BATCH at a query."""
+        with self._lock:
+            found = {d: loc for d in digests if (loc := self._pending.get(d)) is not None}
+        with self._catalog.read() as conn:
+            for batch in index_of_chunks.batches(d for d in set(digests) if d not in found):
+                for r in index_of_chunks.locations(conn, batch):
+                    found[r["hash"]] = ChunkLocation(r["pack_id"], r["offset"], r["length"])
+        return [found.get(d) for d in digests]
 
     @contextlib.contextmanager
     def _pack_fd(self, pack_id: int) -> Iterator[int | None]:
