@@ -4,7 +4,7 @@ their manifests (every non-zero chunk of every disk), replication records and ho
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from csbs.errors import BackupNotFound
@@ -248,21 +248,23 @@ def mark_error(
     )
 
 
-def drop_manifest(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    """Removes a backup's manifest. Returns the hashes of the pages it alone listed (what may
-    be free now; see catalog.manifests)."""
-    return manifests.drop(conn, backup_id)
+def drop_manifest(
+    conn: sqlite3.Connection, backup_id: str, on_freed: Callable[[list[bytes]], None]
+) -> None:
+    """Removes a backup's manifest; `on_freed` gets the hashes of each page it alone listed
+    (what may be free now; see catalog.manifests)."""
+    manifests.drop(conn, backup_id, on_freed)
 
 
-def delete(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    """Removes a backup or replica with everything that names it. Returns the hashes of the
-    manifest pages it alone listed."""
-    hashes = drop_manifest(conn, backup_id)
+def delete(
+    conn: sqlite3.Connection, backup_id: str, on_freed: Callable[[list[bytes]], None]
+) -> None:
+    """Removes a backup or replica with everything that names it; `on_freed` as above."""
+    drop_manifest(conn, backup_id, on_freed)
     for table in ("backup_disks", "replication_records", "backups"):
         conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
     conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (backup_id,))
     conn.execute("DELETE FROM requests WHERE kind = 'backup' AND resource_id = ?", (backup_id,))
-    return hashes
 
 
 def manifest(conn: sqlite3.Connection, backup_id: str) -> list[ManifestEntry]:
@@ -352,7 +354,8 @@ def fail_interrupted(conn: sqlite3.Connection, reason: str, now: float) -> list[
         )
     ]
     for backup_id in interrupted:
-        drop_manifest(conn, backup_id)
+        # What only they named is freed by the chunk store's sweep that follows at start.
+        drop_manifest(conn, backup_id, lambda hashes: None)
     mark_error(conn, interrupted, reason, now)
     return interrupted
 

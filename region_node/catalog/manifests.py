@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from region_node.catalog import Row
 from region_node.models import ManifestEntry
@@ -153,28 +153,28 @@ def _by_page(
 
 
 # -- deleting --------------------------------------------------------------------------------
-def drop(conn: sqlite3.Connection, backup_id: str) -> list[bytes]:
-    """Removes a backup's page list, and the pages no other backup lists. Returns the hashes
-    those pages named (what may be free now): none for a page still listed elsewhere."""
-    page_ids = {
+def drop(conn: sqlite3.Connection, backup_id: str, on_freed: Callable[[list[bytes]], None]) -> None:
+    """Removes a backup's page list, and the pages no other backup lists, one at a time: after
+    each, `on_freed` gets the hashes it named (what may be free now). A page still listed
+    elsewhere frees nothing. Memory: one page's hashes, whatever the backup's size."""
+    page_ids = [
         r["page_id"]
         for r in conn.execute("SELECT page_id FROM backup_pages WHERE backup_id = ?", (backup_id,))
-    }
+    ]
     conn.execute("DELETE FROM backup_pages WHERE backup_id = ?", (backup_id,))
-    hashes: list[bytes] = []
-    for page_id in sorted(page_ids):
+    for page_id in sorted(set(page_ids)):
         if conn.execute(
             "SELECT 1 FROM backup_pages INDEXED BY backup_pages_by_page WHERE page_id = ? LIMIT 1",
             (page_id,),
         ).fetchone():
             continue
-        hashes += [
+        hashes = [
             r["hash"]
             for r in conn.execute("SELECT hash FROM page_entries WHERE page_id = ?", (page_id,))
         ]
         conn.execute("DELETE FROM page_entries WHERE page_id = ?", (page_id,))
         conn.execute("DELETE FROM manifest_pages WHERE page_id = ?", (page_id,))
-    return hashes
+        on_freed(hashes)
 
 
 # -- reading in order ------------------------------------------------------------------------

@@ -298,7 +298,7 @@ class BackupEngine:
     def _fail(self, backup_id: str, reason: str) -> None:
         parts = self._parts
         with parts.catalog.transaction() as conn:
-            hashes = backup_rows.drop_manifest(conn, backup_id)
+            freeing = parts.store.freeing(conn)
+            backup_rows.drop_manifest(conn, backup_id, freeing.check)
             backup_rows.mark_error(conn, [backup_id], reason, parts.now())
-            freed = parts.store.unindex(conn, parts.store.unreferenced(conn, hashes))
-        parts.store.release(freed)
+        parts.store.release_freed(freeing)

@@ -172,11 +172,11 @@ class BackupService:
                     "deleted once the replication ends"
                 )
             replica_deletions.record(conn, backup_id, parts.now())
-            hashes = backup_rows.delete(conn, backup_id)
-            freed = parts.store.unindex(conn, parts.store.unreferenced(conn, hashes))
-        parts.store.release(freed)
+            freeing = parts.store.freeing(conn)
+            backup_rows.delete(conn, backup_id, freeing.check)
+        parts.store.release_freed(freeing)
         parts.notifier.changed(backup_id)
-        return sum(loc.length for loc in freed)
+        return freeing.bytes
 
     @needs_space("the restore")
     def restore(self, project_id: str, backup_id: str) -> Server:

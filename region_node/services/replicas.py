@@ -259,9 +259,9 @@ class ReplicaService:
             image = backup_rows.image_of(conn, replica_id)
             if image:
                 raise FailedPrecondition(f"replica {replica_id} has image {image}")
-            hashes = backup_rows.delete(conn, replica_id)
-            freed = parts.store.unindex(conn, parts.store.unreferenced(conn, hashes))
-        parts.store.release(freed)
+            freeing = parts.store.freeing(conn)
+            backup_rows.delete(conn, replica_id, freeing.check)
+        parts.store.release_freed(freeing)
         parts.notifier.changed(replica_id)
         return True
 
