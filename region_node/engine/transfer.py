@@ -22,6 +22,32 @@ MANIFEST_PART = 4096  # entries in one manifest message, hashes in one ReadChunk
 # 1 MiB, 512 of 64 KiB).
 COMMIT_EVERY_BYTES = 32 << 20
 PREFETCH_CHUNKS = 16
+# Chunks arriving for a replica are stored a group at a time (one index lookup for the group):
+# at most this many bytes, so a group of small chunks is a ChunkBatch's worth and 1 MiB chunks
+# go one by one (nothing read ahead of what is stored).
+GROUP_BYTES = 1 << 20
+
+
+def _groups(
+    chunks: Iterable[tuple[bytes, bytes]], most_bytes: int
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """`chunks` in groups of at most `most_bytes` (at least one chunk each). If `chunks` fails
+    (a cut stream), the chunks that arrived whole before it are still given, then the error."""
+    group: list[tuple[bytes, bytes]] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            if group and size + len(chunk[1]) > most_bytes:
+                yield group
+                group, size = [], 0
+            group.append(chunk)
+            size += len(chunk[1])
+    except BaseException:
+        if group:
+            yield group
+        raise
+    if group:
+        yield group
 
 
 def check_hash(digest: bytes) -> None:
@@ -101,18 +127,19 @@ class ChunkTransfer:
         arrived: list[tuple[bytes, int]] = []
         arrived_bytes = 0
         try:
-            for digest, data in chunks:
-                check_hash(digest)
-                if len(data) > parts.chunk_size or chunk_hash(data) != digest:
-                    raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
-                stored = parts.store.put(digest, data)
-                arrived.append((digest, len(data)))
-                if stored:
-                    written += 1
-                    written_bytes += stored
-                else:
-                    present += 1
-                arrived_bytes += len(data)
+            for group in _groups(chunks, GROUP_BYTES):
+                # The chunks before a bad one are stored, as when they came one by one.
+                good, bad = self._verified(group)
+                for (digest, data), stored in zip(good, parts.store.put_all(good), strict=True):
+                    arrived.append((digest, len(data)))
+                    if stored:
+                        written += 1
+                        written_bytes += stored
+                    else:
+                        present += 1
+                    arrived_bytes += len(data)
+                if bad is not None:
+                    raise bad
                 if arrived_bytes >= COMMIT_EVERY_BYTES:
                     arrived_bytes = 0
                     # Taken out first: a commit that fails has unpinned its batch, and the one
@@ -123,6 +150,20 @@ class ChunkTransfer:
             # Even when the stream is cut: what arrived whole is kept, indexed and recorded.
             self._commit(replica_id, arrived)
         return written, written_bytes, present
+
+    def _verified(
+        self, group: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], InvalidArgument | None]:
+        """The chunks of `group` before the first that does not match its hash, and the error
+        that one makes (None if all match)."""
+        for i, (digest, data) in enumerate(group):
+            try:
+                check_hash(digest)
+                if len(data) > self._parts.chunk_size or chunk_hash(data) != digest:
+                    raise InvalidArgument(f"chunk {digest.hex()} does not match its hash")
+            except InvalidArgument as exc:
+                return group[:i], exc
+        return group, None
 
     def _commit(self, replica_id: str, chunks: list[tuple[bytes, int]]) -> None:
         """Checks that the replica's manifest names every chunk that arrived (hash, length),
