@@ -13,7 +13,10 @@ memory (VmHWM) it reports is its own:
 5. `incremental_growth_ratio`: a backup of one changed chunk on a 64 MiB and on a 64 GiB disk,
    every chunk of each holding data (64 and 65,536 chunks), after 100 earlier such backups;
    with the time to delete a backup on each and the catalog's growth per backup;
-6. `unary_calls_per_s`: GetRegionInfo and GetBackup from 4 client processes, with p50 and p99.
+6. `unary_calls_per_s`: GetRegionInfo and GetBackup from 4 client processes, with p50 and p99;
+7. `concurrent_writes`: the node's peak memory under 4, 8 and 16 WriteDisk streams;
+8. `find_missing_history_ratio`: FindMissingChunks over a replica of 65,536 chunks when its
+   account holds one backup of that data, and 200.
 
 Run by `make bench` and alone by `make bench-scale` (`make bench-scale SCALE_ARGS=--quick`: small
 sizes, about a minute). The last line printed is one JSON object; each figure has its `goal`
@@ -22,8 +25,9 @@ fails only when something breaks (a job or a backup fails, bytes read back diffe
 bytes. Data is unique per 64 KiB (an 8-byte number, then a fixed random block): nothing
 dedups, nothing compresses, and no gigabytes of random numbers are made.
 
-The figures are in bench/scale_replication.py (1 and 2) and bench/scale_one_region.py (3 to 6),
-what they share in bench/scale_support.py; this script runs them and reports.
+The figures are in bench/scale_replication.py (1 and 2), bench/scale_one_region.py (3 to 7) and
+bench/scale_find_missing.py (8), what they share in bench/scale_support.py; this script runs them
+and reports.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ import grpc
 # The scale figures and what they share, next to this file, and bench/backup.py's error,
 # progress line and summary.
 from backup import BenchError, print_summary, progress
+from scale_find_missing import FindMissingFigure
 from scale_one_region import LATE_SAMPLES, OneRegionFigures
-from scale_replication import ReplicationFigures
 from scale_support import (
     FULL,
     LARGE_CHUNK,
@@ -70,10 +74,11 @@ FIGURES = (
     "incremental",
     "unary",
     "concurrent_writes",
+    "find_missing",
 )
 
 
-class Scale(ReplicationFigures, OneRegionFigures):
+class Scale(FindMissingFigure, OneRegionFigures):
     """A run of the scale benchmark: the figures asked for, in order, then their summary."""
 
     def run(self, only: Sequence[str]) -> dict[str, Any]:
@@ -85,6 +90,7 @@ class Scale(ReplicationFigures, OneRegionFigures):
             "incremental": self.incremental,
             "unary": self.unary,
             "concurrent_writes": self.concurrent_writes,
+            "find_missing": self.find_missing,
         }
         for name in FIGURES:
             if name in only:
@@ -210,6 +216,14 @@ def print_report(summary: dict[str, Any]) -> None:
                 )
             )
         rows.append(("unary_calls_per_s", goal(unary)))
+    if (found := summary.get("find_missing_history_ratio")) is not None:
+        walks = ", ".join(f"{n} held {s:.3f} s" for n, s in found["seconds"].items())
+        rows.append(
+            (
+                "find_missing_history_ratio",
+                f"{found['value']:.2f} ({found['chunks']} chunks: {walks}); {goal(found)}",
+            )
+        )
     rss = summary["peak_rss_mb"]
     rows.append(("largest peak RSS of any process", f"{rss['max']:.0f} MB; {goal(rss)}"))
     print_summary(rows, summary)
@@ -235,6 +249,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         "history": (int, "incremental backups before the timed ones"),
         "incremental_disk_gib": (int, "GiB of the large disk of the incremental figure"),
         "incremental_small_mib": (int, "MiB of the small disk of the incremental figure"),
+        "find_missing_chunks": (int, "64 KiB chunks of the find_missing figure's replica"),
+        "find_missing_history": (int, "backups of that data held at its second look"),
         "unary_seconds": (float, "seconds the unary clients call"),
         "unary_clients": (int, "unary client processes"),
         "writer_mib": (int, "MiB each concurrent WriteDisk stream writes"),

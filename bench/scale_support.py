@@ -76,6 +76,8 @@ class Sizes:
     history: int  # incremental backups taken before the timed ones
     incremental_disk_gib: int  # the large disk of the incremental figure
     incremental_small_mib: int  # the small disk of the incremental figure
+    find_missing_chunks: int  # 64 KiB chunks of the replica of the find_missing figure
+    find_missing_history: int  # backups of that data its account holds, at the second look
     unary_seconds: float
     unary_clients: int
     writers: tuple[int, ...] = (4, 8, 16)  # concurrent WriteDisk streams at each measurement
@@ -93,6 +95,8 @@ FULL = Sizes(
     history=100,
     incremental_disk_gib=64,
     incremental_small_mib=64,
+    find_missing_chunks=65_536,
+    find_missing_history=200,
     unary_seconds=5.0,
     unary_clients=4,
 )
@@ -107,6 +111,8 @@ QUICK = Sizes(
     history=20,
     incremental_disk_gib=8,
     incremental_small_mib=64,
+    find_missing_chunks=4096,
+    find_missing_history=20,
     unary_seconds=2.0,
     unary_clients=4,
     writers=(4, 16),
