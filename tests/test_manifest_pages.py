@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from csbs.database import Database
+from csbs.errors import FailedPrecondition
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
 from region_node.catalog import Catalog
+from region_node.catalog.backups import fail_interrupted
 from region_node.catalog.manifests import PAGE
 from region_node.catalog.schema import MIGRATIONS
 from region_node.engine.damage import chunk_damaged
@@ -265,6 +267,10 @@ def test_a_chunk_of_a_shared_page_found_damaged_while_a_backup_runs_fails_that_b
     assert reading.wait(30)
     shared = chunk_hash(seeded_bytes(42, mib))
     chunk_damaged(node.parts, shared, "found by the test")
+    assert node.backups.get("", second).status == BackupStatus.ERROR
+    # ERROR, but its reads still hold chunks: a deletion now would leave them behind.
+    with pytest.raises(FailedPrecondition, match="still stopping"):
+        node.backups.delete("", second)
     go_on.set()
 
     done = settled_backup(node, second)
@@ -283,3 +289,37 @@ def test_a_chunk_of_a_shared_page_found_damaged_while_a_backup_runs_fails_that_b
     # have ended (the first backup's stay: it is ERROR but still listed).
     wait_until(lambda: pages_of_second() == 0, 30, "the failed backup's pages dropped")
     assert shared.hex() in node.backups.get("", second).error_reason
+    wait_until(lambda: second not in node.parts.progress, 30, "the backup's engine ended")
+    node.backups.delete("", second)
+
+
+def test_at_start_a_backup_made_error_while_being_taken_loses_its_manifest(
+    node_service: RegionNode,
+) -> None:
+    """If the node stops after a damaged chunk made a running backup ERROR but before its engine
+    dropped its manifest, the next start drops it (a backup that completed keeps its own)."""
+    node = node_service
+    mib = node.parts.chunk_size
+    server = node.servers.create(NewServer("", name="s", server_type=1, disk_sizes=(4 * mib,)))
+    node.servers.write_disk("", server.server_id, 0, [(0, seeded_bytes(51, 2 * mib))])
+    done = node.backups.create(NewBackup("", server.server_id)).backup_id
+    assert settled_backup(node, done).status == BackupStatus.AVAILABLE
+    node.servers.write_disk("", server.server_id, 0, [(2 * mib, seeded_bytes(52, mib))])
+    stopped = node.backups.create(NewBackup("", server.server_id)).backup_id
+    assert settled_backup(node, stopped).status == BackupStatus.AVAILABLE
+    with node.parts.catalog.transaction() as conn:  # as a crash would leave them
+        conn.execute(
+            "UPDATE backups SET status = ?, completed_at = NULL WHERE backup_id = ?",
+            (BackupStatus.ERROR, stopped),
+        )
+        conn.execute(
+            "UPDATE backups SET status = ? WHERE backup_id = ?", (BackupStatus.ERROR, done)
+        )
+        fail_interrupted(conn, "stopped", node.parts.now())
+        pages = {
+            b: conn.execute(
+                "SELECT COUNT(*) FROM backup_pages WHERE backup_id = ?", (b,)
+            ).fetchone()[0]
+            for b in (done, stopped)
+        }
+    assert pages == {done: 1, stopped: 0}

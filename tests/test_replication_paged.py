@@ -234,3 +234,24 @@ def test_read_chunks_sends_small_chunks_several_a_message_in_order(small_chunks:
     got = [c for b in batches for c in b.chunks]
     assert [c.hash for c in got] == hashes
     assert b"".join(c.data for c in got) == data
+
+
+def test_a_writer_that_stops_taking_groups_of_arriving_chunks_ends_them_cleanly() -> None:
+    """engine.transfer._groups gives what arrived before a cut stream, but a consumer that stops
+    (a bad chunk, a full disk) closes it without a second group or an error of its own."""
+    from region_node.engine.transfer import _groups
+
+    def cut() -> Iterator[tuple[bytes, bytes]]:
+        yield b"a", b"x" * 10
+        yield b"b", b"y" * 10
+        raise ConnectionError("the stream was cut")
+
+    groups = _groups(cut(), 15)
+    assert [d for d, _ in next(groups)] == [b"a"]
+    groups.close()  # no "generator ignored GeneratorExit"
+
+    seen = []
+    with pytest.raises(ConnectionError):
+        for group in _groups(cut(), 15):
+            seen.append([d for d, _ in group])
+    assert seen == [[b"a"], [b"b"]]  # what arrived whole before the cut is still given

@@ -346,14 +346,25 @@ def chunks_of_disk_lacking(conn: sqlite3.Connection, backup_id: str, disk_index:
 
 # -- start-up -------------------------------------------------------------------------------
 def fail_interrupted(conn: sqlite3.Connection, reason: str, now: float) -> list[str]:
-    """Backups being taken when the node stopped become ERROR (their manifest goes)."""
+    """Backups being taken when the node stopped become ERROR, and their manifest goes; so does
+    the manifest of a backup a damaged chunk made ERROR while it was being taken (never
+    completed, not a replica), if the node stopped before its engine dropped it."""
     interrupted = [
         r["backup_id"]
         for r in conn.execute(
             "SELECT backup_id FROM backups WHERE status = ?", (BackupStatus.CREATING,)
         )
     ]
-    for backup_id in interrupted:
+    failed_while_taken = [
+        r["backup_id"]
+        for r in conn.execute(
+            "SELECT b.backup_id FROM backups b WHERE b.status = ? AND b.completed_at IS NULL "
+            "AND b.origin_replicated = 0 "
+            "AND EXISTS (SELECT 1 FROM backup_pages p WHERE p.backup_id = b.backup_id)",
+            (BackupStatus.ERROR,),
+        )
+    ]
+    for backup_id in interrupted + failed_while_taken:
         # What only they named is freed by the chunk store's sweep that follows at start.
         drop_manifest(conn, backup_id, lambda hashes: None)
     mark_error(conn, interrupted, reason, now)

@@ -85,7 +85,8 @@ def begin_disk(
 
 
 def add_entries(conn: sqlite3.Connection, backup_id: str, entries: Iterable[ManifestEntry]) -> None:
-    """Entries a backup being taken read, into its own pages (made when it began)."""
+    """Entries a backup being taken read, into its own pages (made when it began): never into a
+    page another backup lists or a replica's (the count check below would fail loudly)."""
     rows = [
         (e.chunk_index % PAGE, e.hash, e.length, backup_id, e.disk_index, e.chunk_index // PAGE)
         for e in entries
@@ -94,13 +95,17 @@ def add_entries(conn: sqlite3.Connection, backup_id: str, entries: Iterable[Mani
     conn.executemany(
         "INSERT OR REPLACE INTO page_entries(page_id, slot, hash, length) "
         "SELECT page_id, ?, ?, ? FROM backup_pages "
-        "WHERE backup_id = ? AND disk_index = ? AND page_no = ?",
+        "WHERE backup_id = ? AND disk_index = ? AND page_no = ? AND NOT EXISTS (SELECT 1 FROM "
+        "backup_pages o INDEXED BY backup_pages_by_page WHERE o.page_id = backup_pages.page_id "
+        "AND o.backup_id != backup_pages.backup_id) AND EXISTS (SELECT 1 FROM manifest_pages p "
+        "WHERE p.page_id = backup_pages.page_id AND p.digest IS NULL)",
         rows,
     )
     written = conn.total_changes - before
     if written != len(rows):  # a read chunk whose page was never made: never lose it silently
         raise RuntimeError(
-            f"backup {backup_id}: {len(rows) - written} of {len(rows)} entries have no page"
+            f"backup {backup_id}: {len(rows) - written} of {len(rows)} entries have no page "
+            "of their own"
         )
 
 

@@ -5,7 +5,7 @@ arrived whole)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from csbs.errors import ChunkCorrupted, FailedPrecondition, InvalidArgument, NotFound
 from region_node.catalog import backups as backup_rows
@@ -30,7 +30,7 @@ GROUP_BYTES = 1 << 20
 
 def _groups(
     chunks: Iterable[tuple[bytes, bytes]], most_bytes: int
-) -> Iterator[list[tuple[bytes, bytes]]]:
+) -> Generator[list[tuple[bytes, bytes]], None, None]:
     """`chunks` in groups of at most `most_bytes` (at least one chunk each). If `chunks` fails
     (a cut stream), the chunks that arrived whole before it are still given, then the error."""
     group: list[tuple[bytes, bytes]] = []
@@ -42,7 +42,7 @@ def _groups(
                 group, size = [], 0
             group.append(chunk)
             size += len(chunk[1])
-    except BaseException:
+    except Exception:  # not GeneratorExit: a consumer that stops is not a cut stream
         if group:
             yield group
         raise

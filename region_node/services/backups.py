@@ -156,6 +156,13 @@ class BackupService:
         project_id = self._region.resolve_project(project_id)
         with parts.catalog.transaction() as conn:
             status = BackupStatus(backup_rows.row(conn, project_id, backup_id)["status"])
+            if backup_id in parts.progress:
+                # Made ERROR by a damaged chunk while being taken, and still ending: its reads
+                # still hold chunks (pinned), which a deletion now would leave behind.
+                raise FailedPrecondition(
+                    f"backup {backup_id} failed while being taken and is still stopping; it can "
+                    "be deleted in a moment"
+                )
             if status in backup_rows.WORKING:
                 raise FailedPrecondition(
                     f"backup {backup_id} is {status.name.lower()}; it can be deleted once that ends"

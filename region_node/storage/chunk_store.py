@@ -517,7 +517,7 @@ class Freeing:
     def __init__(self, store: ChunkStore, conn: sqlite3.Connection) -> None:
         self._store = store
         self._conn = conn
-        self.ranges: list[tuple[int, int, int]] = []
+        self._ranges: list[tuple[int, int, int]] = []
         self.bytes = 0  # chunk bytes freed
 
     def check(self, digests: Iterable[bytes]) -> None:
@@ -526,7 +526,12 @@ class Freeing:
         store, conn = self._store, self._conn
         locations = store.unindex(conn, store.unreferenced(conn, digests))
         self.bytes += sum(loc.length for loc in locations)
-        self.ranges = list(_ranges_joined([*self.ranges, *_records_end_to_end(locations)]))
+        self._ranges += _records_end_to_end(locations)  # joined within the batch
+
+    @property
+    def ranges(self) -> list[tuple[int, int, int]]:
+        """Every range freed, joined across batches (once, when the space is given back)."""
+        return list(_ranges_joined(self._ranges))
 
 
 def _ranges_joined(ranges: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
