@@ -14,6 +14,7 @@ import pytest
 
 from csbs.clock import WallClock
 from csbs.config import ProjectConfig
+from csbs.errors import FailedPrecondition
 from region_node.config import NodeConfig
 from region_node.models import (
     Backup,
@@ -252,3 +253,25 @@ def test_a_completed_replica_reads_back_its_content(service: RegionNode) -> None
         data for _, data in service.servers.read_disk("a1", server.server_id, 0, 0, 0)
     )
     assert restored == content
+
+
+def test_a_replica_removed_while_its_chunks_arrive_is_said_removed(service: RegionNode) -> None:
+    """RemoveReplica racing WriteChunks (the node soak saw it): the writer learns that the
+    replica was removed (FAILED_PRECONDITION), not that its chunks are strangers to it, and what
+    it wrote is given back."""
+    content = _content()
+    source = _backup_of(service, "b1", content)
+    replica_id, entries = _replica(service, "a1", source, "job-removed")
+    service.backups.delete("b1", source.backup_id)  # so that the replica's chunks come anew
+    stored = service.stored_bytes()
+    by_hash = _chunks(content, entries)
+
+    def removed_midway() -> Iterator[tuple[bytes, bytes]]:
+        chunks = list(by_hash.items())
+        yield chunks[0]
+        assert service.replicas.remove(replica_id, "job-removed")
+        yield from chunks[1:]
+
+    with pytest.raises(FailedPrecondition, match="was removed"):
+        service.replicas.write_chunks(replica_id, removed_midway())
+    assert service.stored_bytes() == stored  # nothing of it is left behind

@@ -178,6 +178,13 @@ class ChunkTransfer:
         try:
             with self._parts.catalog.read() as conn:
                 named = replica_rows.lengths_named(conn, replica_id, sorted(set(arrived)))
+                # A replica removed since the call began names nothing: say so, not that the
+                # chunks are strangers to it (the node soak saw RemoveReplica race WriteChunks).
+                if (
+                    len(named) < len(set(arrived))
+                    and backup_rows.status_of(conn, replica_id) is None
+                ):
+                    raise FailedPrecondition(f"replica {replica_id} was removed")
             for digest, length in chunks:
                 if digest not in named:
                     raise InvalidArgument(f"chunk {digest.hex()} is not in replica {replica_id}")
