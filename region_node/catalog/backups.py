@@ -248,19 +248,12 @@ def mark_error(
     )
 
 
-def drop_manifest(
-    conn: sqlite3.Connection, backup_id: str, on_freed: Callable[[list[bytes]], None]
-) -> None:
-    """Removes a backup's manifest; `on_freed` gets the hashes of each page it alone listed
-    (what may be free now; see catalog.manifests)."""
-    manifests.drop(conn, backup_id, on_freed)
-
-
 def delete(
     conn: sqlite3.Connection, backup_id: str, on_freed: Callable[[list[bytes]], None]
 ) -> None:
-    """Removes a backup or replica with everything that names it; `on_freed` as above."""
-    drop_manifest(conn, backup_id, on_freed)
+    """Removes a backup or replica with everything that names it; `on_freed` gets the hashes
+    of each manifest page it alone listed (what may be free now; see catalog.manifests)."""
+    manifests.drop(conn, backup_id, on_freed)
     for table in ("backup_disks", "replication_records", "backups"):
         conn.execute(f"DELETE FROM {table} WHERE backup_id = ?", (backup_id,))
     conn.execute("DELETE FROM replica_arrivals WHERE replica_id = ?", (backup_id,))
@@ -366,7 +359,7 @@ def fail_interrupted(conn: sqlite3.Connection, reason: str, now: float) -> list[
     ]
     for backup_id in interrupted + failed_while_taken:
         # What only they named is freed by the chunk store's sweep that follows at start.
-        drop_manifest(conn, backup_id, lambda hashes: None)
+        manifests.drop(conn, backup_id, lambda hashes: None)
     mark_error(conn, interrupted, reason, now)
     return interrupted
 

@@ -30,12 +30,11 @@ def _new_page(conn: sqlite3.Connection, digest: bytes | None = None) -> int:
     return cursor.lastrowid
 
 
-def _list(
-    conn: sqlite3.Connection, backup_id: str, disk_index: int, page_no: int, page_id: int
-) -> None:
-    conn.execute(
+def _list(conn: sqlite3.Connection, rows: Iterable[tuple[str, int, int, int]]) -> None:
+    """(backup_id, disk_index, page_no, page_id): pages a backup lists."""
+    conn.executemany(
         "INSERT INTO backup_pages(backup_id, disk_index, page_no, page_id) VALUES (?, ?, ?, ?)",
-        (backup_id, disk_index, page_no, page_id),
+        rows,
     )
 
 
@@ -63,17 +62,17 @@ def begin_disk(
                 (base["backup_id"], base["disk_index"]),
             )
         }
-    conn.executemany(
-        "INSERT INTO backup_pages(backup_id, disk_index, page_no, page_id) VALUES (?, ?, ?, ?)",
-        [
+    _list(
+        conn,
+        (
             (backup_id, disk_index, page_no, page_id)
             for page_no, page_id in base_pages.items()
             if page_no not in changed
-        ],
+        ),
     )
     for page_no, slots in changed.items():
         page_id = _new_page(conn)
-        _list(conn, backup_id, disk_index, page_no, page_id)
+        _list(conn, [(backup_id, disk_index, page_no, page_id)])
         if page_no in base_pages:
             marks = ", ".join("?" * len(slots))
             conn.execute(
@@ -129,10 +128,10 @@ def add_replica_pages(
             "SELECT page_id FROM manifest_pages WHERE digest = ?", (digest,)
         ).fetchone()
         if found is not None:
-            _list(conn, replica_id, disk_index, page_no, found["page_id"])
+            _list(conn, [(replica_id, disk_index, page_no, found["page_id"])])
             continue
         page_id = _new_page(conn, digest)
-        _list(conn, replica_id, disk_index, page_no, page_id)
+        _list(conn, [(replica_id, disk_index, page_no, page_id)])
         conn.executemany(
             "INSERT INTO page_entries(page_id, slot, hash, length) VALUES (?, ?, ?, ?)",
             [(page_id, e.chunk_index % PAGE, e.hash, e.length) for e in page],

@@ -299,6 +299,6 @@ class BackupEngine:
         parts = self._parts
         with parts.catalog.transaction() as conn:
             freeing = parts.store.freeing(conn)
-            backup_rows.drop_manifest(conn, backup_id, freeing.check)
+            manifests.drop(conn, backup_id, freeing.check)
             backup_rows.mark_error(conn, [backup_id], reason, parts.now())
         parts.store.release_freed(freeing)

@@ -279,11 +279,9 @@ class ChunkStore:
 
     def not_indexed(self, conn: sqlite3.Connection, digests: Iterable[bytes]) -> list[bytes]:
         """Inside the caller's transaction: those of `digests` the index does not hold."""
-        out: list[bytes] = []
-        for batch in index_of_chunks.batches(set(digests)):
-            held = {r["hash"] for r in index_of_chunks.locations(conn, batch)}
-            out += [d for d in batch if d not in held]
-        return out
+        wanted = set(digests)
+        held = _indexed(conn, wanted)
+        return [d for d in wanted if d not in held]
 
     def forget_pending(self, digests: Iterable[bytes]) -> None:
         """After the transaction that indexed them has committed."""
@@ -306,9 +304,7 @@ class ChunkStore:
         with self._lock:
             found = {d: loc for d in digests if (loc := self._pending.get(d)) is not None}
         with self._catalog.read() as conn:
-            for batch in index_of_chunks.batches(d for d in set(digests) if d not in found):
-                for r in index_of_chunks.locations(conn, batch):
-                    found[r["hash"]] = ChunkLocation(r["pack_id"], r["offset"], r["length"])
+            found |= _indexed(conn, {d for d in digests if d not in found})
         return [found.get(d) for d in digests]
 
     @contextlib.contextmanager
@@ -505,6 +501,15 @@ class ChunkStore:
                 os.close(fd)
             self._read_fds.clear()
             self._closing_fds.clear()
+
+
+def _indexed(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, ChunkLocation]:
+    """Where the index says each of `digests` it holds is, looked up BATCH at a query."""
+    return {
+        r["hash"]: ChunkLocation(r["pack_id"], r["offset"], r["length"])
+        for batch in index_of_chunks.batches(digests)
+        for r in index_of_chunks.locations(conn, batch)
+    }
 
 
 class Freeing:
