@@ -8,6 +8,7 @@ from pathlib import Path
 from csbs.clients import NodeEndpoint
 from csbs.config import TARGETS_TIMEOUT_SECONDS, ClusterConfig
 from csbs.credentials import ClusterSecrets
+from csbs.faults import COORDINATOR_PROCESS, FaultSpec
 from csbs.paging import PAGE_BYTES
 from csbs.tls import ProcessTls
 
@@ -25,6 +26,7 @@ class CoordinatorConfig:
     job_workers: int = 4  # replication jobs copied at once; the others wait (WAITING)
     targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS  # per region, listing targets
     runs_page_bytes: int = PAGE_BYTES  # the most bytes of runs one ListPolicyRuns page holds
+    fault_rules: tuple[FaultSpec, ...] = ()  # the config's fault rules for the coordinator
 
     @property
     def ca_pem(self) -> bytes | None:
@@ -45,4 +47,5 @@ class CoordinatorConfig:
             simulated_clock=cluster.simulated_clock,
             targets_timeout_seconds=cluster.coordinator.targets_timeout_seconds,
             runs_page_bytes=cluster.coordinator.runs_page_bytes,
+            fault_rules=cluster.faults.rules_for(COORDINATOR_PROCESS),
         )

@@ -16,12 +16,23 @@ from coordinator.store import Store
 from csbs.auth import AuthInterceptor
 from csbs.clients import STALL_TIMEOUT, RegionNodes
 from csbs.credentials import Role
+from csbs.fault_servicer import add_fault_injection
+from csbs.faults import (
+    COORDINATOR_PROCESS,
+    FAULT_INJECTION_SERVICE,
+    FaultInterceptor,
+    FaultRules,
+    methods_of,
+)
 from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 REQUIRED_ROLES = {
-    coordinator_pb2.DESCRIPTOR.services_by_name[name].full_name: role
-    for name, role in (("Coordinator", Role.USER), ("CoordinatorAdmin", Role.OPERATOR))
+    **{
+        coordinator_pb2.DESCRIPTOR.services_by_name[name].full_name: role
+        for name, role in (("Coordinator", Role.USER), ("CoordinatorAdmin", Role.OPERATOR))
+    },
+    FAULT_INJECTION_SERVICE: Role.OPERATOR,
 }
 SERVICE_NAMES = list(REQUIRED_ROLES)
 
@@ -48,6 +59,9 @@ def build_server(
 ) -> tuple[grpc.Server, str, Coordinator, health.HealthServicer]:
     """The server, bound (not started), with the address it got and its domain (which has
     resumed its unfinished jobs)."""
+    faults = FaultRules(
+        COORDINATOR_PROCESS, methods_of(coordinator_pb2.DESCRIPTOR), config.fault_rules
+    )
     # A stream that stalls is cut well within the retry budget, so that it can be tried again.
     stall = max(min(STALL_TIMEOUT, config.retry_budget_seconds / 2), 5.0)
     nodes = RegionNodes(
@@ -59,13 +73,17 @@ def build_server(
     replication = ReplicationService(config, clock, nodes, store)
     policies = PolicyService(store, clock, nodes, replication, config.runs_page_bytes)
     domain = Coordinator(store, nodes, clock, replication, policies)
-    server = new_server(interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES)])
+    # Fault rules act after the credential is checked (issue 13).
+    server = new_server(
+        interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES), FaultInterceptor(faults)]
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorServicer(replication, policies, clock), server
     )
     coordinator_pb2_grpc.add_CoordinatorAdminServicer_to_server(
         CoordinatorAdminServicer(policies, clock), server
     )
+    add_fault_injection(server, faults)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     address = bind(server, config.listen, config.tls)
     return server, address, domain, health_servicer

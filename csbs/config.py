@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csbs.errors import InvalidArgument
+from csbs.faults import COORDINATOR_PROCESS, FaultSpec, checked, methods_of
 from csbs.files import write_atomic
 from csbs.paging import PAGE_BYTES
+from csbs.v1 import coordinator_pb2, region_node_pb2
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
@@ -71,6 +74,26 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class ProcessFaultRule:
+    """A fault rule of the config's [faults] section, for the process that holds it."""
+
+    process: str  # "coordinator" or a region's ID
+    spec: FaultSpec  # checked
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """[faults]: the fault rules each process holds from its start, and the regions that start
+    out (issue 13)."""
+
+    rules: tuple[ProcessFaultRule, ...] = ()
+    outages: tuple[str, ...] = ()
+
+    def rules_for(self, process: str) -> tuple[FaultSpec, ...]:
+        return tuple(rule.spec for rule in self.rules if rule.process == process)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     data_dir: Path
@@ -83,6 +106,7 @@ class ClusterConfig:
     operator_tokens: tuple[str, ...] = ()
     # TLS on every channel (a local CA and per-process certificates in tls_dir); off by default.
     tls: bool = False
+    faults: FaultsConfig = FaultsConfig()
 
     @property
     def secrets_path(self) -> Path:
@@ -147,6 +171,78 @@ def _boolean(table: dict[str, Any], key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key}: true or false")
     return value
+
+
+# The keys of a [[faults.rules]] table, and the TOML types each takes.
+_RULE_KEYS: dict[str, tuple[type, ...]] = {
+    "process": (str,),
+    "method": (str,),
+    "code": (str,),
+    "message": (str,),
+    "count": (int,),
+    "probability": (int, float),
+    "seed": (int,),
+    "delay_ms": (int,),
+}
+
+
+def _fault_rule(table: object, where: str, region_ids: list[str]) -> ProcessFaultRule:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: a table ([[faults.rules]])")
+    for key, value in table.items():
+        kinds = _RULE_KEYS.get(key)
+        if kinds is None:
+            raise ConfigError(f"{where}.{key}: unknown key (a rule takes {', '.join(_RULE_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            expected = "a number" if key == "probability" else kinds[0].__name__
+            raise ConfigError(f"{where}.{key}: expected {expected}")
+    process = _require(table, "process", where, str)
+    if process != COORDINATOR_PROCESS and process not in region_ids:
+        raise ConfigError(
+            f"{where}.process: {COORDINATOR_PROCESS!r} or a region of the cluster "
+            f"({', '.join(region_ids)}), got {process!r}"
+        )
+    spec = FaultSpec(
+        method=table.get("method", ""),
+        code=table.get("code", ""),
+        message=table.get("message", ""),
+        count=table.get("count", 0),
+        probability=float(table.get("probability", 1.0)),
+        seed=table.get("seed", 0),
+        delay_ms=table.get("delay_ms", 0),
+    )
+    served = coordinator_pb2 if process == COORDINATOR_PROCESS else region_node_pb2
+    try:
+        return ProcessFaultRule(process, checked(spec, methods_of(served.DESCRIPTOR)))
+    except InvalidArgument as exc:
+        # The message starts with the field it names: faults.rules[0].probability: ...
+        raise ConfigError(f"{where}.{exc.message}") from None
+
+
+def _faults(raw: dict[str, Any], region_ids: list[str]) -> FaultsConfig:
+    table = raw.get("faults", {})
+    if not isinstance(table, dict):
+        raise ConfigError("faults: a table")
+    for key in table:
+        if key not in ("rules", "outages"):
+            raise ConfigError(f"faults.{key}: unknown key (faults takes rules and outages)")
+    outages = table.get("outages", [])
+    if not isinstance(outages, list) or not all(isinstance(o, str) for o in outages):
+        raise ConfigError("faults.outages: a list of region IDs")
+    for region_id in outages:
+        if region_id not in region_ids:
+            raise ConfigError(
+                f"faults.outages: no region {region_id!r} in the cluster ({', '.join(region_ids)})"
+            )
+    rules = table.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError("faults.rules: a list of tables ([[faults.rules]])")
+    return FaultsConfig(
+        rules=tuple(
+            _fault_rule(rule, f"faults.rules[{i}]", region_ids) for i, rule in enumerate(rules)
+        ),
+        outages=tuple(dict.fromkeys(outages)),
+    )
 
 
 def load_cluster_config(path: Path | str) -> ClusterConfig:
@@ -231,6 +327,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
         regions=tuple(regions),
         operator_tokens=operator_tokens,
         tls=_boolean(cluster, "tls", "cluster"),
+        faults=_faults(raw, [r.region_id for r in regions]),
         coordinator=CoordinatorConfig(
             listen=str(coordinator.get("listen", "127.0.0.1:0")),
             data_dir=data_dir / "coordinator",

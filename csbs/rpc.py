@@ -77,6 +77,35 @@ def rpc_method(method: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler, behavior: Callable[[Behavior, Any, grpc.ServicerContext], Any]
+) -> grpc.RpcMethodHandler:
+    """`handler`, of any kind, with `behavior(inner, request, context)` called in place of its
+    own behaviour `inner` (`request`: the request, or the request iterator of a client stream),
+    for a server interceptor that acts when a call starts."""
+    if handler.request_streaming and handler.response_streaming:
+        inner, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        inner, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        inner, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        inner, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+        return behavior(inner, request, context)
+
+    made: grpc.RpcMethodHandler = make(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return made
+
+
 def new_server(max_workers: int = 64, interceptors: Iterable[Any] = ()) -> grpc.Server:
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csbs.config import ClusterConfig, ProjectConfig, RegionConfig
+from csbs.faults import FaultSpec
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class NodeConfig:
     data_dir: Path
     chunk_size: int
     workers: int = 3  # threads that read, hash and write chunks in parallel
+    fault_rules: tuple[FaultSpec, ...] = ()  # the config's fault rules for this node (issue 13)
+    starts_out: bool = False  # the config lists this region in [faults] outages
 
     @classmethod
     def from_cluster(cls, cluster: ClusterConfig, region: RegionConfig) -> NodeConfig:
@@ -29,4 +32,6 @@ class NodeConfig:
             projects=region.projects,
             data_dir=region.data_dir,
             chunk_size=cluster.chunk_size,
+            fault_rules=cluster.faults.rules_for(region.region_id),
+            starts_out=region.region_id in cluster.faults.outages,
         )

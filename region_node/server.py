@@ -8,6 +8,8 @@ from grpc_health.v1 import health
 from csbs.auth import AuthInterceptor
 from csbs.clock import Clock
 from csbs.credentials import ClusterSecrets, Role
+from csbs.fault_servicer import add_fault_injection
+from csbs.faults import FAULT_INJECTION_SERVICE, FaultInterceptor, FaultRules, methods_of
 from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
@@ -21,12 +23,15 @@ from region_node.servicer import (
 
 # What each service's calls need: users, the coordinator alone, the operator.
 REQUIRED_ROLES = {
-    region_node_pb2.DESCRIPTOR.services_by_name[name].full_name: role
-    for name, role in (
-        ("RegionNode", Role.USER),
-        ("RegionNodeInternal", Role.CLUSTER),
-        ("RegionNodeAdmin", Role.OPERATOR),
-    )
+    **{
+        region_node_pb2.DESCRIPTOR.services_by_name[name].full_name: role
+        for name, role in (
+            ("RegionNode", Role.USER),
+            ("RegionNodeInternal", Role.CLUSTER),
+            ("RegionNodeAdmin", Role.OPERATOR),
+        )
+    },
+    FAULT_INJECTION_SERVICE: Role.OPERATOR,
 }
 SERVICE_NAMES = list(REQUIRED_ROLES)
 
@@ -35,9 +40,16 @@ def build_server(
     config: NodeConfig, clock: Clock, secrets: ClusterSecrets, tls: ProcessTls | None = None
 ) -> tuple[grpc.Server, str, RegionNode, health.HealthServicer]:
     """The server, bound (not started), with the address it got and the node it serves."""
+    faults = FaultRules(
+        config.region_id, methods_of(region_node_pb2.DESCRIPTOR), config.fault_rules
+    )
     node = RegionNode(config, clock).start()
+    # Fault rules act after the credential is checked (issue 13).
     server = new_server(
-        interceptors=[AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True)]
+        interceptors=[
+            AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True),
+            FaultInterceptor(faults),
+        ]
     )
     region_node_pb2_grpc.add_RegionNodeServicer_to_server(RegionNodeServicer(node), server)
     region_node_pb2_grpc.add_RegionNodeInternalServicer_to_server(
@@ -46,6 +58,7 @@ def build_server(
     region_node_pb2_grpc.add_RegionNodeAdminServicer_to_server(
         RegionNodeAdminServicer(node), server
     )
+    add_fault_injection(server, faults)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     address = bind(server, config.listen, tls)
     return server, address, node, health_servicer

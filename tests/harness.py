@@ -42,7 +42,11 @@ ACCOUNT_TOKENS = {
 OPERATOR_TOKEN = "csbsop_test_operator_credential_00"
 # Services whose calls need another credential than an account's token.
 INTERNAL_SERVICE = "/csbs.v1.RegionNodeInternal/"
-ADMIN_SERVICES = ("/csbs.v1.RegionNodeAdmin/", "/csbs.v1.CoordinatorAdmin/")
+ADMIN_SERVICES = (
+    "/csbs.v1.RegionNodeAdmin/",
+    "/csbs.v1.CoordinatorAdmin/",
+    "/csbs.v1.FaultInjection/",
+)
 
 
 def _projects(region_id: str, name: str, *extra: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,6 +129,7 @@ def write_cluster_config(
     simulated_clock: bool = False,
     coordinator: dict[str, Any] | None = None,
     tls: bool = False,
+    faults: dict[str, Any] | None = None,
 ) -> Path:
     """Writes `<tmp_dir>/cluster.toml` with data under `<tmp_dir>/data` and every process on
     127.0.0.1:0, and returns its path. `regions` take the config file's keys (id, name,
@@ -133,7 +138,8 @@ def write_cluster_config(
     takes keys of the `[coordinator]` table (retry_budget_seconds, cleanup_interval_seconds);
     its `listen` too is always port 0. Both accounts (and the operator) get the tokens in
     ACCOUNT_TOKENS (OPERATOR_TOKEN); a region's projects name their account. `tls` runs every
-    channel with TLS."""
+    channel with TLS. `faults` takes the `[faults]` section's keys: `outages` (region IDs) and
+    `rules` (dicts of a `[[faults.rules]]` table's keys)."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "[cluster]",
@@ -158,6 +164,13 @@ def write_cluster_config(
         lines += ["", "[[regions]]"]
         for key, value in {**_with_every_account(region), "listen": ANY_PORT}.items():
             lines.append(f"{key} = {_toml_value(value)}")
+    if faults:
+        lines += ["", "[faults]"]
+        if "outages" in faults:
+            lines.append(f"outages = {_toml_value(faults['outages'])}")
+        for rule in faults.get("rules", []):
+            lines += ["", "[[faults.rules]]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in rule.items()]
     path = tmp_dir / "cluster.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
