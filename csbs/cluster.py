@@ -36,7 +36,9 @@ from csbs.tls import TlsError, ca_path, read_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("config/cluster.toml")
-REGION_NODE_SERVICE = "csbs.v1.RegionNode"
+# A node is ready once its admin service serves: a region that starts out (a region outage,
+# issue 13) serves only that, and its other services say NOT_SERVING until brought back.
+REGION_NODE_READY_SERVICE = "csbs.v1.RegionNodeAdmin"
 COORDINATOR_SERVICE = "csbs.v1.Coordinator"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -319,7 +321,7 @@ def region_node_process(
         log_path=region.data_dir / "node.log",
         data_dir=region.data_dir,
         listen=region.listen,
-        health_service=REGION_NODE_SERVICE,
+        health_service=REGION_NODE_READY_SERVICE,
         tls_ca=ca_path(config.tls_dir) if tls else None,
     )
 

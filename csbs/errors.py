@@ -79,6 +79,19 @@ class Unavailable(CsbsError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class RegionOut(Unavailable):
+    """A region outage (issue 13): the operator put the region out; it answers users and the
+    coordinator again once brought back."""
+
+    def __init__(self, region_id: str, reason: str) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(
+            f"region {region_id} is out{because} (a region outage: it answers again once the "
+            "operator brings it back)"
+        )
+        self.region_id = region_id
+
+
 class ChunkCorrupted(CsbsError):
     """A stored chunk does not match its hash, or is missing: never hand out wrong bytes.
     `digest` names the chunk when one is known, so that the backups holding it are marked."""

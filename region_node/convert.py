@@ -26,6 +26,15 @@ def region_info_to_proto(info: models.RegionInfo) -> common_pb2.RegionInfo:
     )
 
 
+def region_outage_to_proto(outage: models.RegionOutage) -> pb.RegionOutage:
+    return pb.RegionOutage(
+        region_id=outage.region_id,
+        out=outage.out,
+        reason=outage.reason,
+        since=timestamp(outage.since),
+    )
+
+
 def disk_to_proto(disk: models.Disk) -> pb.Disk:
     return pb.Disk(
         disk_index=disk.disk_index,

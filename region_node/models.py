@@ -63,6 +63,17 @@ class RegionInfo:
 
 
 @dataclass(frozen=True)
+class RegionOutage:
+    """Whether the region is out (issue 13), why, and since when it is out or back (None: it
+    never was out)."""
+
+    region_id: str
+    out: bool
+    reason: str
+    since: datetime | None
+
+
+@dataclass(frozen=True)
 class Disk:
     disk_index: int
     disk_id: str

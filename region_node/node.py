@@ -15,7 +15,9 @@ Locks, in the order they are taken (a lock is only ever taken while holding thos
 4. The chunk store lock (`ChunkStore._lock`): pending records, pins, packs. Taken inside a
    catalog transaction (to see pins and pending records when deciding what to free), never the
    other way round.
-5. Leaves, under which nothing is taken: the disks registry (`NodeParts._disks_lock`), the
+5. The region outage's lock (`OutageService._lock`), taken only to change the outage: the
+   catalog is taken under it for its one setting.
+6. Leaves, under which nothing is taken: the disks registry (`NodeParts._disks_lock`), the
    notifier, a progress counter, the reserved room, a disk's descriptor lock.
 
 What keeps a chunk alive: see region_node.storage.chunk_store (a manifest row, a writer's pin,
@@ -53,6 +55,7 @@ from region_node.models import ServerStatus
 from region_node.parts import NodeParts
 from region_node.services.backups import BackupService
 from region_node.services.images import ImageService
+from region_node.services.outage import OutageService
 from region_node.services.region import RegionService
 from region_node.services.replicas import ReplicaService
 from region_node.services.servers import ServerService
@@ -84,6 +87,7 @@ class RegionNode:
             clock.set(datetime.fromisoformat(catalog.setting("clock_now", clock.now().isoformat())))
         self.parts = parts = NodeParts(config, clock, catalog)
         self.region = RegionService(parts)
+        self.outage = OutageService(parts, config.starts_out)
         self.fill = FillEngine(parts)
         self.servers = ServerService(parts, self.region, DiskIO(parts), self.fill)
         self.backup_engine = BackupEngine(parts)

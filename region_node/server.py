@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
 from csbs.auth import AuthInterceptor
 from csbs.clock import Clock
@@ -14,7 +14,9 @@ from csbs.rpc import add_health_and_reflection, bind, new_server
 from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
+from region_node.models import RegionOutage
 from region_node.node import RegionNode
+from region_node.outage_gate import OutageGate
 from region_node.servicer import (
     RegionNodeAdminServicer,
     RegionNodeInternalServicer,
@@ -34,6 +36,11 @@ REQUIRED_ROLES = {
     FAULT_INJECTION_SERVICE: Role.OPERATOR,
 }
 SERVICE_NAMES = list(REQUIRED_ROLES)
+# What a region outage takes down (issue 13); the admin service stays up to bring it back.
+OUTAGE_SERVICES = [
+    region_node_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("RegionNode", "RegionNodeInternal")
+]
 
 
 def build_server(
@@ -44,10 +51,11 @@ def build_server(
         config.region_id, methods_of(region_node_pb2.DESCRIPTOR), config.fault_rules
     )
     node = RegionNode(config, clock).start()
-    # Fault rules act after the credential is checked (issue 13).
+    # An outage and fault rules act after the credential is checked (issue 13).
     server = new_server(
         interceptors=[
             AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True),
+            OutageGate(node.outage, OUTAGE_SERVICES),
             FaultInterceptor(faults),
         ]
     )
@@ -60,5 +68,17 @@ def build_server(
     )
     add_fault_injection(server, faults)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
+
+    def show_health(outage: RegionOutage) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if outage.out
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for name in (*OUTAGE_SERVICES, ""):
+            health_servicer.set(name, status)
+
+    node.outage.on_change(show_health)
+    show_health(node.outage.state)
     address = bind(server, config.listen, tls)
     return server, address, node, health_servicer

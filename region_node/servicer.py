@@ -264,6 +264,19 @@ class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
         info = self._node.region.set_replication_capability(request.accepts_replication)
         return convert.region_info_to_proto(info)
 
+    @rpc_method
+    def SetRegionOutage(
+        self, request: pb.SetRegionOutageRequest, context: grpc.ServicerContext
+    ) -> pb.RegionOutage:
+        outage = self._node.outage.set(request.out, request.reason)
+        return convert.region_outage_to_proto(outage)
+
+    @rpc_method
+    def GetRegionOutage(
+        self, request: pb.GetRegionOutageRequest, context: grpc.ServicerContext
+    ) -> pb.RegionOutage:
+        return convert.region_outage_to_proto(self._node.outage.state)
+
 
 REPLICA_ID_METADATA = "x-csbs-replica-id"
 CHUNK_BATCH_BYTES = 1 << 20  # chunk data one ReadChunks message carries at most (or one chunk)

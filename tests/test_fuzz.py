@@ -1111,6 +1111,7 @@ class Fuzzer:
     def settle(self) -> Snapshot:
         """Waits until nothing runs in the background, remakes what the seeded state lost, and
         answers the settled state."""
+        self._bring_regions_back()
         for _ in range(3):
             deadline = time.monotonic() + SETTLE_TIMEOUT
             snap = self.snapshot()
@@ -1168,6 +1169,14 @@ class Fuzzer:
         for i in range(4):
             data = _random_bytes(CHUNK, 1000 + i)
             self.seed.chunks.append((chunk_hash(data), data))
+
+    def _bring_regions_back(self) -> None:
+        """Ends any region outage a fuzzed SetRegionOutage started (issue 13), first: jobs
+        into an out region wait for it, so the cluster would not settle."""
+        for region in REGIONS:
+            admin = self._admin(region)
+            if admin.GetRegionOutage(pb.GetRegionOutageRequest(), timeout=DEADLINE).out:
+                admin.SetRegionOutage(pb.SetRegionOutageRequest(), timeout=DEADLINE)
 
     def _repair(self, snap: Snapshot) -> bool:
         """Remakes each part of the seeded state that is gone (or stuck in error); True if it

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from csbs.cli.errors import Unreachable
-from csbs.cluster import COORDINATOR_SERVICE, REGION_NODE_SERVICE, check_health
+from csbs.cluster import COORDINATOR_SERVICE, REGION_NODE_READY_SERVICE, check_health
 from csbs.config import ADDRESS_FILE, ClusterConfig, load_cluster_config
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
@@ -95,7 +95,7 @@ def _serving(config: ClusterConfig, data_dir: Path, service: str) -> bool:
 
 
 def _wait_ready(config: ClusterConfig, process: subprocess.Popen[bytes], log: Path) -> None:
-    waiting = [(r.data_dir, REGION_NODE_SERVICE) for r in config.regions]
+    waiting = [(r.data_dir, REGION_NODE_READY_SERVICE) for r in config.regions]
     waiting.append((config.coordinator.data_dir, COORDINATOR_SERVICE))
     deadline = time.monotonic() + READY_TIMEOUT
     while waiting:
