@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated
 
 import typer
 
 from csbs.cli.commands import command
 from csbs.cli.context import Session
+from csbs.cli.errors import UsageError
+from csbs.cli.operator_client import OutageClient
+from csbs.cli.output import Printer, when
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import region_node_pb2 as pb
 
-app = typer.Typer(help="Regions: what each says about itself, and replication targets.")
+app = typer.Typer(
+    help="Regions: what each says about itself, replication targets, and outages (operator)."
+)
 
 
 def projects_text(projects: Iterable[common_pb2.Project]) -> str:
@@ -66,3 +73,47 @@ def target_status(target: cpb.ReplicationTarget) -> str:
     if target.unreachable:
         return f"unreachable: {target.unreachable_reason}"
     return "reachable"
+
+
+@command(app, "outage")
+def outage(
+    session: Session,
+    region_id: Annotated[str, typer.Argument(metavar="REGION", help="The region's ID")],
+    out: Annotated[
+        bool,
+        typer.Option(
+            "--out", help="Take the region down for users and the coordinator (an outage)"
+        ),
+    ] = False,
+    back: Annotated[
+        bool, typer.Option("--back", help="Bring the region back into service")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="With --out: why, shown in every refused call")] = "",
+) -> None:
+    """Show a region's outage, or (an operator call) take the region out or bring it back.
+    While out, its calls answer UNAVAILABLE naming the region and the reason, and its health
+    says NOT_SERVING; replication jobs into or out of it retry, and resume once it is back.
+    The outage lasts across restarts of the region's node until it is brought back."""
+    if out and back:
+        raise UsageError("give --out or --back, not both")
+    if reason and not out:
+        raise UsageError("--reason goes with --out")
+    outages = OutageClient(session.region(region_id).endpoint)
+    state = outages.get() if not (out or back) else outages.set(out, reason)
+    session.out.show(state, lambda: print_outage(session.out, state))
+    if state.out and not session.out.json:
+        session.out.hint(f"Bring it back with: csbs region outage {region_id} --back")
+
+
+def print_outage(out: Printer, state: pb.RegionOutage) -> None:
+    out.fields(
+        [
+            ("Region", state.region_id),
+            (
+                "State",
+                "out (UNAVAILABLE to users and the coordinator)" if state.out else "in service",
+            ),
+            ("Reason", state.reason),
+            ("Since", when(state.since)),
+        ]
+    )
