@@ -16,7 +16,7 @@ Locks, in the order they are taken (a lock is only ever taken while holding thos
    catalog transaction (to see pins and pending records when deciding what to free), never the
    other way round.
 5. The region outage's lock (`OutageService._lock`), taken only to change the outage: the
-   catalog is taken under it for its one setting.
+   catalog is taken under it for its one setting, and the health servicer's (a leaf) to show it.
 6. Leaves, under which nothing is taken: the disks registry (`NodeParts._disks_lock`), the
    notifier, a progress counter, the reserved room, a disk's descriptor lock.
 

@@ -30,8 +30,8 @@ Listener = Callable[[RegionOutage], None]
 
 
 class OutageService:
-    """The region's outage state. Its lock is taken before the catalog's (for its setting) and
-    nothing else is taken under it; listeners are called after it is released."""
+    """The region's outage state. Its lock is taken before the catalog's (for its setting);
+    listeners are called under it and may take only leaf locks (the health servicer's)."""
 
     def __init__(self, parts: NodeParts, starts_out: bool) -> None:
         self._parts = parts
@@ -77,13 +77,14 @@ class OutageService:
             if out and current.out and current.since is not None:
                 since = current.since  # out since it went out, whatever the reason says now
             self._state = state = self._save(out, reason, since)
+            # Under the lock, so that what listeners show follows the changes in their order.
+            for listener in self._listeners:
+                listener(state)
         log.warning(
             "region %s %s",
             state.region_id,
             f"is out: {reason or 'no reason'}" if out else "is back",
         )
-        for listener in self._listeners:
-            listener(state)
         return state
 
     def _load(self) -> RegionOutage:
