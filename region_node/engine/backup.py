@@ -25,6 +25,7 @@ from region_node.catalog import backups as backup_rows
 from region_node.catalog import servers as server_rows
 from region_node.models import Disk, ManifestEntry, NewBackup, ServerStatus
 from region_node.parts import NodeParts, Progress
+from region_node.storage.capacity import CapacityReached
 from region_node.storage.chunk_store import chunk_hash
 from region_node.storage.disks import STRIPES, BackupSession, DiskState
 from region_node.storage.fileio import drop_cache, out_of_space
@@ -232,11 +233,13 @@ class BackupEngine:
                 if plan.session is not None:
                     plan.session.wait_for_captures()
         if failure is not None:
-            reason = (
-                f"region {parts.region_id} ran out of storage space while taking this backup"
-                if out_of_space(failure)
-                else f"backup failed: {failure}"
-            )
+            reason = f"backup failed: {failure}"
+            if out_of_space(failure):
+                reason = (
+                    f"region {parts.region_id} ran out of storage space while taking this backup"
+                )
+                if isinstance(failure, CapacityReached):
+                    reason += f" ({failure.why})"
             # Given back before the backup reads as failed: whoever sees ERROR sees it whole.
             self._give_back(captures.take())
             parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")
