@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from csbs.config import ClusterConfig, ProjectConfig, RegionConfig
+from csbs.config import ClusterConfig, ProjectConfig, QuotaConfig, RegionConfig
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,10 @@ class NodeConfig:
     data_dir: Path
     chunk_size: int
     workers: int = 3  # threads that read, hash and write chunks in parallel
+    # Issue 13: the start values of the region's capacity (0: unlimited) and of its projects'
+    # quotas; operator calls change them live (region_node.services.limits: which wins).
+    capacity_bytes: int = 0
+    quotas: tuple[QuotaConfig, ...] = ()
 
     @classmethod
     def from_cluster(cls, cluster: ClusterConfig, region: RegionConfig) -> NodeConfig:
@@ -29,4 +33,6 @@ class NodeConfig:
             projects=region.projects,
             data_dir=region.data_dir,
             chunk_size=cluster.chunk_size,
+            capacity_bytes=region.capacity_bytes,
+            quotas=region.quotas,
         )

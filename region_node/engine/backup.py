@@ -81,9 +81,16 @@ class DiskPlan:
     session: BackupSession | None = None
 
 
+# Inside the transaction that inserts a backup or replica of some size (its disks' sizes) into
+# a project: raises QuotaExceeded if the project's quotas have no room for it
+# (region_node.services.limits).
+Admit = Callable[[sqlite3.Connection, str, int, str], None]
+
+
 class BackupEngine:
-    def __init__(self, parts: NodeParts) -> None:
+    def __init__(self, parts: NodeParts, admit: Admit) -> None:
         self._parts = parts
+        self._admit = admit
 
     def start(self, order: NewBackup, backup_id: str, chosen: list[Disk]) -> str:
         """Starts the backup of `chosen` disks and returns its ID, or the ID of the backup an
@@ -146,6 +153,9 @@ class BackupEngine:
                 f"server {order.server_id} is {status.name.lower()}: only an active server can "
                 "be backed up"
             )
+        # In the transaction that inserts it: two backups racing for a project's last slot
+        # are serialized here, and the second is refused.
+        self._admit(conn, order.project_id, sum(d.size_bytes for d in disks), "the backup")
         backup_rows.insert(
             conn,
             backup_id,
