@@ -1,17 +1,24 @@
-"""`csbs region`: the regions of the cluster, and where a region can replicate to (R5, P3)."""
+"""`csbs region`: the regions of the cluster, where a region can replicate to (R5, P3), and a
+region's storage capacity (an operator's)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated
 
 import typer
 
 from csbs.cli.commands import command
 from csbs.cli.context import Session
+from csbs.cli.output import size
+from csbs.cli.server import parse_bytes
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import quotas_pb2 as qpb
 
-app = typer.Typer(help="Regions: what each says about itself, and replication targets.")
+app = typer.Typer(
+    help="Regions: what each says about itself, replication targets, storage capacity."
+)
 
 
 def projects_text(projects: Iterable[common_pb2.Project]) -> str:
@@ -66,3 +73,50 @@ def target_status(target: cpb.ReplicationTarget) -> str:
     if target.unreachable:
         return f"unreachable: {target.unreachable_reason}"
     return "reachable"
+
+
+@command(app, "capacity")
+def capacity(
+    session: Session,
+    region: Annotated[
+        str | None, typer.Argument(help="The region (default: --region, else the first)")
+    ] = None,
+    set_to: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            metavar="BYTES",
+            help="The new capacity, such as 500GiB or 1073741824; 0 for unlimited",
+        ),
+    ] = None,
+) -> None:
+    """A region's storage capacity and what its backups and replicas use of it (an operator
+    call: --operator-token or CSBS_OPERATOR_TOKEN); with --set, change it. Beyond it, backups
+    and replications into the region fail as on a full disk. A value set here is kept across
+    restarts and wins over the cluster config's until that value is edited."""
+    client = session.region(region or session.region_id)
+    if set_to is None:
+        answer = client.get_capacity()
+    else:
+        answer = client.set_capacity(parse_bytes(set_to, "--set"))
+    session.out.show(answer, lambda: print_capacity(session, answer))
+
+
+def print_capacity(session: Session, capacity: qpb.RegionCapacity) -> None:
+    limit = capacity.capacity_bytes
+    used = f"{size(capacity.used_bytes)} ({capacity.used_bytes} bytes)"
+    if limit:
+        used += f", {capacity.used_bytes * 100 / limit:.0f}%"
+    session.out.fields(
+        [
+            ("Region", capacity.region_id),
+            ("Capacity", f"{size(limit)} ({limit} bytes)" if limit else "unlimited"),
+            ("Used", used),
+            (
+                "Set by",
+                "the operator (kept until the config's capacity_bytes is edited)"
+                if capacity.set_by_operator
+                else "the cluster config",
+            ),
+        ]
+    )
