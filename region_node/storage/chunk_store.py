@@ -177,10 +177,12 @@ class ChunkStore:
         with self._lock:
             if digest in self._pending:
                 return 0
-            self.capacity.take(RECORD_HEADER.size + length)  # refused: nothing was written
             pack = self._active
             if pack is None or pack.tail >= MAX_PACK_BYTES:
                 pack = self._active = self._new_pack()
+            # Counted once nothing else can fail before the record is pending; refused, it
+            # leaves nothing written.
+            self.capacity.take(RECORD_HEADER.size + length)
             record_at = pack.tail
             pack.tail += RECORD_HEADER.size + length
             self._pending[digest] = ChunkLocation(
