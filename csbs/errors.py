@@ -70,11 +70,17 @@ class StorageFull(ResourceExhausted):
     works, to make room."""
 
     def __init__(self, region_id: str, what: str, why: str = "") -> None:
-        because = f" ({why})" if why else ""
-        super().__init__(
-            f"region {region_id} has no storage space left for {what}{because}; delete "
-            "backups, images or servers there to make room, or try again once space is added"
-        )
+        if why:
+            advice = (
+                f": {why}; delete backups or replicas there to make room, or ask the operator "
+                "to raise the region's capacity"
+            )
+        else:
+            advice = (
+                "; delete backups, images or servers there to make room, or try again once "
+                "space is added"
+            )
+        super().__init__(f"region {region_id} has no storage space left for {what}{advice}")
         self.region_id = region_id
 
 

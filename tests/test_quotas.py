@@ -376,15 +376,18 @@ def test_the_configs_quotas_act_at_start_and_an_operators_change_wins_until_the_
     def backups_quota() -> int:
         return _quotas(running, CONFIGURED)["backups"].quota
 
+    def capacity() -> tuple[int, bool]:
+        answer = RegionNodeAdminStub(running.channel(SOURCE)).GetRegionCapacity(
+            qpb.GetRegionCapacityRequest(), timeout=30
+        )
+        return answer.capacity_bytes, answer.set_by_operator
+
     with Cluster(configured(backups=1)) as running:
         running.start()
         stub = _node(running)
         quotas = _quotas(running, CONFIGURED)
         assert (quotas["backups"].quota, quotas["backup_capacity"].quota) == (1, 5)
-        capacity = RegionNodeAdminStub(running.channel(SOURCE)).GetRegionCapacity(
-            qpb.GetRegionCapacityRequest(), timeout=30
-        )
-        assert (capacity.capacity_bytes, capacity.set_by_operator) == (512 * MIB, False)
+        assert capacity() == (512 * MIB, False)
         server = _server(stub, CONFIGURED, 60)
         backup(stub, server.server_id, project_id=CONFIGURED)
         code, details = refusal(lambda: _create(stub, CONFIGURED, server.server_id))
@@ -392,12 +395,18 @@ def test_the_configs_quotas_act_at_start_and_an_operators_change_wins_until_the_
 
         # A live change is kept across a restart...
         _set_quota(running, CONFIGURED, "backups", 3)
+        RegionNodeAdminStub(running.channel(SOURCE)).SetRegionCapacity(
+            qpb.SetRegionCapacityRequest(capacity_bytes=GIB_MIB * MIB), timeout=30
+        )
         running.node(SOURCE).restart()
         assert backups_quota() == 3
-        # ...until the config's value for it is edited: the newer word wins.
+        assert capacity() == (GIB_MIB * MIB, True)
+        # ...until the config's value for it is edited: the newer word wins, for that value
+        # only (the config's capacity is as it was, so the operator's stays).
         configured(backups=2)
         running.node(SOURCE).restart()
         assert backups_quota() == 2
+        assert capacity() == (GIB_MIB * MIB, True)
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def _set(cluster: Cluster, region: str, capacity: int) -> qpb.RegionCapacity:
 def _names_capacity_and_use(details: str, region: str, capacity: int) -> None:
     assert f"region {region} has no storage space left" in details, details
     assert f"its storage capacity is {_text(capacity)}" in details, details
-    assert re.search(r"\(\d+ bytes\) used", details), details
+    assert re.search(r"of which [0-9.]+ [KMG]?i?B \(\d+ bytes\) is used", details), details
 
 
 def _text(n: int) -> str:

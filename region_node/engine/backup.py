@@ -249,7 +249,7 @@ class BackupEngine:
                     f"region {parts.region_id} ran out of storage space while taking this backup"
                 )
                 if isinstance(failure, CapacityReached):
-                    reason += f" ({failure.why})"
+                    reason += f": {failure.why}"
             # Given back before the backup reads as failed: whoever sees ERROR sees it whole.
             self._give_back(captures.take())
             parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")

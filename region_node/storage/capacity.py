@@ -21,7 +21,9 @@ class CapacityReached(OSError):
     a full filesystem everywhere; `why` names the capacity and its use."""
 
     def __init__(self, capacity: int, used: int) -> None:
-        self.why = f"its storage capacity is {bytes_text(capacity)}, {bytes_text(used)} used"
+        self.why = (
+            f"its storage capacity is {bytes_text(capacity)}, of which {bytes_text(used)} is used"
+        )
         super().__init__(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {self.why}")
         self.capacity = capacity
         self.used = used
