@@ -38,6 +38,15 @@ class ProjectConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """A project's quotas as the config starts them (-1: unlimited, as the real API says)."""
+
+    project_id: str
+    backups: int = -1
+    backup_capacity_gb: int = -1
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     region_id: str
     display_name: str
@@ -45,6 +54,10 @@ class RegionConfig:
     accepts_replication: bool
     projects: tuple[ProjectConfig, ...]
     data_dir: Path
+    # Issue 13: the bytes the region's chunk store may hold (0: unlimited), and its projects'
+    # quotas. Start values: an operator call changes them live (region_node: which wins).
+    capacity_bytes: int = 0
+    quotas: tuple[QuotaConfig, ...] = ()
 
     def main_project(self, account_id: str) -> ProjectConfig:
         return next(p for p in self.projects if p.account_id == account_id and p.main)
@@ -245,6 +258,45 @@ def _faults(raw: dict[str, Any], region_ids: list[str]) -> FaultsConfig:
     )
 
 
+def _count(value: object, where: str, least: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{where}: {what}")
+    return value
+
+
+QUOTA_KEYS = ("project", "backups", "backup_capacity_gb")
+
+
+def _quotas(raw: object, where: str, projects: list[ProjectConfig]) -> tuple[QuotaConfig, ...]:
+    """`quotas = [ { project = "...", backups = 10, backup_capacity_gb = 100 }, ... ]`: a
+    project of the region each, at most once; a quota left out is unlimited."""
+    if not isinstance(raw, list) or not all(isinstance(q, dict) for q in raw):
+        raise ConfigError(
+            f'{where}.quotas: a list of tables such as {{ project = "...", backups = 10 }}'
+        )
+    known = {p.project_id for p in projects}
+    out: list[QuotaConfig] = []
+    for k, q in enumerate(raw):
+        qwhere = f"{where}.quotas[{k}]"
+        for key in q:
+            if key not in QUOTA_KEYS:
+                raise ConfigError(f"{qwhere}.{key}: unknown key (known: {', '.join(QUOTA_KEYS)})")
+        project_id = _require(q, "project", qwhere, str)
+        if project_id not in known:
+            raise ConfigError(f"{qwhere}.project: {project_id!r} is not a project of this region")
+        if any(c.project_id == project_id for c in out):
+            raise ConfigError(f"{qwhere}.project: {project_id!r} has quotas twice")
+        limit = "a whole number, -1 (unlimited) or more"
+        out.append(
+            QuotaConfig(
+                project_id,
+                _count(q.get("backups", -1), f"{qwhere}.backups", -1, limit),
+                _count(q.get("backup_capacity_gb", -1), f"{qwhere}.backup_capacity_gb", -1, limit),
+            )
+        )
+    return tuple(out)
+
+
 def load_cluster_config(path: Path | str) -> ClusterConfig:
     path = Path(path).resolve()
     try:
@@ -308,6 +360,13 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
                 accepts_replication=bool(r.get("accepts_replication", False)),
                 projects=tuple(projects),
                 data_dir=data_dir / region_id,
+                capacity_bytes=_count(
+                    r.get("capacity_bytes", 0),
+                    f"{where}.capacity_bytes",
+                    0,
+                    "a whole number of bytes, 0 (unlimited) or more",
+                ),
+                quotas=_quotas(r.get("quotas", []), where, projects),
             )
         )
     if len({r.region_id for r in regions}) != len(regions):

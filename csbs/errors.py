@@ -64,15 +64,48 @@ class ResourceExhausted(CsbsError):
 
 
 class StorageFull(ResourceExhausted):
-    """A region's storage has no room for what a call wanted to write. Nothing acknowledged is
-    lost and nothing half-written is kept; deleting still works, to make room."""
+    """A region's storage has no room for what a call wanted to write: its filesystem is full,
+    or its chunk store is at the capacity the operator gave it (`why` then names the capacity
+    and its use). Nothing acknowledged is lost and nothing half-written is kept; deleting still
+    works, to make room."""
 
-    def __init__(self, region_id: str, what: str) -> None:
-        super().__init__(
-            f"region {region_id} has no storage space left for {what}; delete backups, "
-            "images or servers there to make room, or try again once space is added"
-        )
+    def __init__(self, region_id: str, what: str, why: str = "") -> None:
+        if why:
+            advice = (
+                f": {why}; delete backups or replicas there to make room, or ask the operator "
+                "to raise the region's capacity"
+            )
+        else:
+            advice = (
+                "; delete backups, images or servers there to make room, or try again once "
+                "space is added"
+            )
+        super().__init__(f"region {region_id} has no storage space left for {what}{advice}")
         self.region_id = region_id
+
+
+def bytes_text(n: int) -> str:
+    """Bytes as a message names them: `64 MiB (67108864 bytes)`."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            shown = f"{value:.1f}".removesuffix(".0")
+            return f"{n} bytes" if unit == "B" else f"{shown} {unit} ({n} bytes)"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A backup or replica that would take a project beyond one of its quotas (`backups`,
+    `backup_capacity`): the message names the quota, its limit and its use."""
+
+    def __init__(self, project_id: str, quota_type: str, limit: str, used: str, more: str) -> None:
+        super().__init__(
+            f"quota {quota_type} of project {project_id}: limit {limit}, used {used}{more}; "
+            "delete backups or replicas of the project, or ask the operator for a higher quota"
+        )
+        self.project_id = project_id
+        self.quota_type = quota_type
 
 
 class Unavailable(CsbsError):

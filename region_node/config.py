@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from csbs.config import ClusterConfig, ProjectConfig, RegionConfig
+from csbs.config import ClusterConfig, ProjectConfig, QuotaConfig, RegionConfig
 from csbs.faults import FaultSpec
 
 
@@ -21,6 +21,10 @@ class NodeConfig:
     workers: int = 3  # threads that read, hash and write chunks in parallel
     fault_rules: tuple[FaultSpec, ...] = ()  # the config's fault rules for this node (issue 13)
     starts_out: bool = False  # the config lists this region in [faults] outages
+    # Issue 13: the start values of the region's capacity (0: unlimited) and of its projects'
+    # quotas; operator calls change them live (region_node.services.limits: which wins).
+    capacity_bytes: int = 0
+    quotas: tuple[QuotaConfig, ...] = ()
 
     @classmethod
     def from_cluster(cls, cluster: ClusterConfig, region: RegionConfig) -> NodeConfig:
@@ -34,4 +38,6 @@ class NodeConfig:
             chunk_size=cluster.chunk_size,
             fault_rules=cluster.faults.rules_for(region.region_id),
             starts_out=region.region_id in cluster.faults.outages,
+            capacity_bytes=region.capacity_bytes,
+            quotas=region.quotas,
         )

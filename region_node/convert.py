@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from csbs.errors import InvalidArgument
 from csbs.timestamps import instant, timestamp
-from csbs.v1 import common_pb2
+from csbs.v1 import common_pb2, quotas_pb2
 from csbs.v1 import region_node_pb2 as pb
 from region_node import models
 from region_node.catalog.replica_deletions import DeletedReplica
@@ -226,4 +226,23 @@ def deleted_replica_to_proto(d: DeletedReplica) -> pb.DeletedReplica:
         source_region_id=d.source_region_id,
         source_backup_id=d.source_backup_id,
         deleted_at=timestamp(dt(d.deleted_at)),
+    )
+
+
+def region_capacity_to_proto(capacity: models.RegionCapacity) -> quotas_pb2.RegionCapacity:
+    return quotas_pb2.RegionCapacity(
+        capacity_bytes=capacity.capacity_bytes,
+        used_bytes=capacity.used_bytes,
+        region_id=capacity.region_id,
+        set_by_operator=capacity.set_by_operator,
+    )
+
+
+def quotas_to_proto(quotas: models.Quotas) -> quotas_pb2.Quotas:
+    return quotas_pb2.Quotas(
+        project_id=quotas.project_id,
+        resources=[
+            quotas_pb2.QuotaResource(type=r.type, quota=r.quota, used=r.used, unit=r.unit)
+            for r in quotas.resources
+        ],
     )

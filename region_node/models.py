@@ -248,3 +248,30 @@ class NewImage:
     name: str = ""
     description: str = ""
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class RegionCapacity:
+    """What the region's chunk store may hold (0: unlimited) and holds, in bytes."""
+
+    region_id: str
+    capacity_bytes: int
+    used_bytes: int
+    set_by_operator: bool
+
+
+@dataclass(frozen=True)
+class QuotaResource:
+    """One quota of a project, as the real API names it: `backups` (unit "") or
+    `backup_capacity` (unit "GB"); quota -1 is unlimited."""
+
+    type: str
+    quota: int
+    used: int
+    unit: str
+
+
+@dataclass(frozen=True)
+class Quotas:
+    project_id: str
+    resources: tuple[QuotaResource, ...]

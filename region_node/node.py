@@ -18,7 +18,8 @@ Locks, in the order they are taken (a lock is only ever taken while holding thos
 5. The region outage's lock (`OutageService._lock`), taken only to change the outage: the
    catalog is taken under it for its one setting, and the health servicer's (a leaf) to show it.
 6. Leaves, under which nothing is taken: the disks registry (`NodeParts._disks_lock`), the
-   notifier, a progress counter, the reserved room, a disk's descriptor lock.
+   notifier, a progress counter, the reserved room, a disk's descriptor lock, the chunk
+   store's capacity count.
 
 What keeps a chunk alive: see region_node.storage.chunk_store (a manifest row, a writer's pin,
 a pending record).
@@ -33,7 +34,11 @@ reach the node):
   (its image, resp. its RESTORING backup, still protects the backup it reads).
 - server DELETING: the deletion is finished.
 - replica REPLICATING: left as it is; its job (the coordinator) resumes or removes it.
-Then disk files no server names are removed."""
+Then disk files no server names are removed.
+
+The region's capacity and its projects' quotas are set from the config and the catalog before
+that (region_node.services.limits: which wins); the chunk store counts what it holds from its
+index, and the garbage collected at start is given back from that count."""
 
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ from region_node.models import ServerStatus
 from region_node.parts import NodeParts
 from region_node.services.backups import BackupService
 from region_node.services.images import ImageService
+from region_node.services.limits import LimitService
 from region_node.services.outage import OutageService
 from region_node.services.region import RegionService
 from region_node.services.replicas import ReplicaService
@@ -88,14 +94,17 @@ class RegionNode:
         self.parts = parts = NodeParts(config, clock, catalog)
         self.region = RegionService(parts)
         self.outage = OutageService(parts, config.starts_out)
+        self.limits = LimitService(parts, self.region)
         self.fill = FillEngine(parts)
         self.servers = ServerService(parts, self.region, DiskIO(parts), self.fill)
-        self.backup_engine = BackupEngine(parts)
+        self.backup_engine = BackupEngine(parts, self.limits.admit)
         self.backups = BackupService(
             parts, self.region, self.servers, self.backup_engine, self.fill, Verifier(parts)
         )
         self.images = ImageService(parts, self.region)
-        self.replicas = ReplicaService(parts, self.region, self.backups, ChunkTransfer(parts))
+        self.replicas = ReplicaService(
+            parts, self.region, self.backups, ChunkTransfer(parts), self.limits.admit
+        )
 
     def start(self) -> RegionNode:
         """Brings the catalog back to a consistent state after any stop, clean or not (see the

@@ -22,6 +22,7 @@ from csbs.paging import PageTokens
 from region_node.catalog import Catalog
 from region_node.catalog import servers as server_rows
 from region_node.config import NodeConfig
+from region_node.storage.capacity import CapacityReached
 from region_node.storage.chunk_store import ChunkStore, chunk_hash
 from region_node.storage.disks import DiskState
 from region_node.storage.fileio import out_of_space
@@ -187,10 +188,16 @@ class NodeParts:
             delay = min(delay * 2, 5.0)
 
 
+def space_refusal(region_id: str, what: str, exc: BaseException) -> StorageFull:
+    """StorageFull for a write that found no room: the filesystem's, or the region's capacity
+    (which the message then names, with its use)."""
+    return StorageFull(region_id, what, exc.why if isinstance(exc, CapacityReached) else "")
+
+
 def needs_space(what: str) -> Callable[[F], F]:
-    """A domain call that writes: a full filesystem becomes StorageFull naming the region and
-    `what` did not fit (RESOURCE_EXHAUSTED), never an internal error. For methods of objects
-    with a `_parts` (NodeParts) attribute."""
+    """A domain call that writes: a full filesystem (or a region at its capacity) becomes
+    StorageFull naming the region and `what` did not fit (RESOURCE_EXHAUSTED), never an
+    internal error. For methods of objects with a `_parts` (NodeParts) attribute."""
 
     def decorate(method: F) -> F:
         @functools.wraps(method)
@@ -201,7 +208,7 @@ def needs_space(what: str) -> Callable[[F], F]:
                 return method(self, *args, **kwargs)
             except Exception as exc:
                 if out_of_space(exc):
-                    raise StorageFull(parts.region_id, what) from exc
+                    raise space_refusal(parts.region_id, what, exc) from exc
                 raise
 
         return wrapper  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from csbs.errors import InvalidArgument
 from csbs.memory import StreamSlots
 from csbs.rpc import rpc_method
 from csbs.timestamps import instant, timestamp
-from csbs.v1 import common_pb2, region_node_pb2_grpc
+from csbs.v1 import common_pb2, quotas_pb2, region_node_pb2_grpc
 from csbs.v1 import region_node_pb2 as pb
 from region_node import convert
 from region_node.models import ManifestEntry, NewBackup, NewImage, NewServer
@@ -252,6 +252,13 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self._node.images.delete(self._project(context, request.project_id), request.image_id)
         return pb.DeleteImageResponse()
 
+    @rpc_method
+    def GetQuotas(
+        self, request: quotas_pb2.GetQuotasRequest, context: grpc.ServicerContext
+    ) -> quotas_pb2.Quotas:
+        project_id = self._project(context, request.project_id)
+        return convert.quotas_to_proto(self._node.limits.quotas(project_id))
+
 
 class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
     def __init__(self, node: RegionNode) -> None:
@@ -276,6 +283,26 @@ class RegionNodeAdminServicer(region_node_pb2_grpc.RegionNodeAdminServicer):
         self, request: pb.GetRegionOutageRequest, context: grpc.ServicerContext
     ) -> pb.RegionOutage:
         return convert.region_outage_to_proto(self._node.outage.state)
+
+    @rpc_method
+    def GetRegionCapacity(
+        self, request: quotas_pb2.GetRegionCapacityRequest, context: grpc.ServicerContext
+    ) -> quotas_pb2.RegionCapacity:
+        return convert.region_capacity_to_proto(self._node.limits.capacity())
+
+    @rpc_method
+    def SetRegionCapacity(
+        self, request: quotas_pb2.SetRegionCapacityRequest, context: grpc.ServicerContext
+    ) -> quotas_pb2.RegionCapacity:
+        capacity = self._node.limits.set_capacity(request.capacity_bytes)
+        return convert.region_capacity_to_proto(capacity)
+
+    @rpc_method
+    def SetProjectQuota(
+        self, request: quotas_pb2.SetProjectQuotaRequest, context: grpc.ServicerContext
+    ) -> quotas_pb2.Quotas:
+        quotas = self._node.limits.set_quota(request.project_id, request.type, request.quota)
+        return convert.quotas_to_proto(quotas)
 
 
 REPLICA_ID_METADATA = "x-csbs-replica-id"

@@ -22,9 +22,10 @@ from csbs.cli.errors import START_HINT, CliError, Refused, Unreachable
 from csbs.client_core import ClientCore, Failure, Retries, Watches
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import quotas_pb2 as qpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
-from csbs.v1.region_node_pb2_grpc import RegionNodeStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
 
 UNARY_TIMEOUT = 15.0  # a call that reads or writes a few catalog rows
 HEAVY_TIMEOUT = 120.0  # a call whose work grows with a backup (create, delete, restore)
@@ -194,12 +195,14 @@ class Endpoint:
 
 
 class RegionClient:
-    """The user API (RegionNode) of one region's node."""
+    """The user API (RegionNode) of one region's node, and its operator calls (RegionNodeAdmin:
+    the region's capacity, its projects' quotas)."""
 
     def __init__(self, region_id: str, endpoint: Endpoint) -> None:
         self.region_id = region_id
         self.endpoint = endpoint
         self._stub = RegionNodeStub(endpoint.channel)
+        self._admin = RegionNodeAdminStub(endpoint.channel)
 
     def region_info(self) -> common_pb2.RegionInfo:
         info: common_pb2.RegionInfo = self.endpoint.unary(
@@ -306,6 +309,34 @@ class RegionClient:
         request = pb.DeleteImageRequest(project_id=project_id, image_id=image_id)
         answer: pb.DeleteImageResponse = self.endpoint.unary(self._stub.DeleteImage, request)
         return answer
+
+    # -- capacity and quotas ---------------------------------------------------------------------
+    def get_quotas(self, project_id: str) -> qpb.Quotas:
+        request = qpb.GetQuotasRequest(project_id=project_id)
+        quotas: qpb.Quotas = self.endpoint.unary(self._stub.GetQuotas, request, retry=True)
+        return quotas
+
+    def set_quota(self, project_id: str, quota_type: str, quota: int) -> qpb.Quotas:
+        request = qpb.SetProjectQuotaRequest(project_id=project_id, type=quota_type, quota=quota)
+        # Setting a value: the same request twice gives the same quotas.
+        quotas: qpb.Quotas = self.endpoint.unary(
+            self._admin.SetProjectQuota, request, retry=True, operator=True
+        )
+        return quotas
+
+    def get_capacity(self) -> qpb.RegionCapacity:
+        request = qpb.GetRegionCapacityRequest()
+        capacity: qpb.RegionCapacity = self.endpoint.unary(
+            self._admin.GetRegionCapacity, request, retry=True, operator=True
+        )
+        return capacity
+
+    def set_capacity(self, capacity_bytes: int) -> qpb.RegionCapacity:
+        request = qpb.SetRegionCapacityRequest(capacity_bytes=capacity_bytes)
+        capacity: qpb.RegionCapacity = self.endpoint.unary(
+            self._admin.SetRegionCapacity, request, retry=True, operator=True
+        )
+        return capacity
 
 
 class CoordinatorClient:

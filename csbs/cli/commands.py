@@ -105,7 +105,8 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             str | None,
             None,
             "--operator-token",
-            "The operator credential, for operator calls (moving the simulated clock)",
+            "The operator credential, for operator calls (moving the simulated clock, a "
+            "region's capacity, quotas)",
             "CSBS_OPERATOR_TOKEN",
             "TOKEN",
         ),
@@ -202,6 +203,33 @@ def command(group: typer.Typer, name: str) -> Callable[[Callable[..., None]], Ca
         wrapper.__name__ = fn.__name__
         wrapper.__module__ = fn.__module__
         group.command(name)(wrapper)
+        return fn
+
+    return register
+
+
+def group_command(group: typer.Typer) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Registers `fn(session, **own_arguments)` as what `csbs GROUP` does when none of the
+    group's commands is named (`csbs quota`), taking the common options besides its own; the
+    common options given there hold for a command of the group named after them too."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = list(signature.parameters.values())[1:]  # the first is the Session
+
+        def callback(ctx: typer.Context, **values: Any) -> None:
+            leaf = _options(values)
+            base = ctx.obj if isinstance(ctx.obj, Options) else Options()
+            if ctx.invoked_subcommand is None:
+                run(leaf.over(base), lambda session: fn(session, **values))
+            else:
+                ctx.obj = leaf.over(base)  # the named command's context starts from these
+
+        callback.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[_context_parameter(), *own, *_parameters(root=False)]
+        )
+        callback.__doc__ = fn.__doc__
+        group.callback(invoke_without_command=True)(callback)
         return fn
 
     return register

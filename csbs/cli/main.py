@@ -10,13 +10,13 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import typer
 
-from csbs.cli import backup, clock, demo, fault, image, job, policy, region, server
+from csbs.cli import backup, clock, demo, fault, image, job, policy, quota, region, server
 from csbs.cli.commands import root_callback
 
 app = typer.Typer(
     name="csbs",
     help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images, "
-    "policies, the cluster clock, and faults to rehearse failures.\n\n"
+    "policies, quotas, the cluster clock, and faults to rehearse failures.\n\n"
     "Every command takes --json, and the cluster options before or after its name.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,6 +31,7 @@ app.add_typer(image.app, name="image", no_args_is_help=True)
 app.add_typer(policy.app, name="policy", no_args_is_help=True)
 app.add_typer(clock.app, name="clock", no_args_is_help=True)
 app.add_typer(fault.app, name="fault", no_args_is_help=True)
+app.add_typer(quota.app, name="quota")
 demo.register(app)
 
 

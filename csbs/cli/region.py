@@ -1,4 +1,5 @@
-"""`csbs region`: the regions of the cluster, and where a region can replicate to (R5, P3)."""
+"""`csbs region`: the regions of the cluster, where a region can replicate to (R5, P3), and an
+operator's controls of a region: its outage and its storage capacity."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from csbs.cli.commands import command
 from csbs.cli.context import Session
 from csbs.cli.errors import UsageError
 from csbs.cli.operator_client import OutageClient
-from csbs.cli.output import Printer, when
+from csbs.cli.output import Printer, size, when
+from csbs.cli.server import parse_bytes
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import quotas_pb2 as qpb
 from csbs.v1 import region_node_pb2 as pb
 
 app = typer.Typer(
-    help="Regions: what each says about itself, replication targets, and outages (operator)."
+    help="Regions: what each says about itself, replication targets, and (operator) their "
+    "outages and storage capacity."
 )
 
 
@@ -115,5 +119,52 @@ def print_outage(out: Printer, state: pb.RegionOutage) -> None:
             ),
             ("Reason", state.reason),
             ("Since", when(state.since)),
+        ]
+    )
+
+
+@command(app, "capacity")
+def capacity(
+    session: Session,
+    region: Annotated[
+        str | None, typer.Argument(help="The region (default: --region, else the first)")
+    ] = None,
+    set_to: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            metavar="BYTES",
+            help="The new capacity, such as 500GiB or 1073741824; 0 for unlimited",
+        ),
+    ] = None,
+) -> None:
+    """A region's storage capacity and what its backups and replicas use of it (an operator
+    call: --operator-token or CSBS_OPERATOR_TOKEN); with --set, change it. Beyond it, backups
+    and replications into the region fail as on a full disk. A value set here is kept across
+    restarts and wins over the cluster config's until that value is edited."""
+    client = session.region(region or session.region_id)
+    if set_to is None:
+        answer = client.get_capacity()
+    else:
+        answer = client.set_capacity(parse_bytes(set_to, "--set"))
+    session.out.show(answer, lambda: print_capacity(session, answer))
+
+
+def print_capacity(session: Session, capacity: qpb.RegionCapacity) -> None:
+    limit = capacity.capacity_bytes
+    used = f"{size(capacity.used_bytes)} ({capacity.used_bytes} bytes)"
+    if limit:
+        used += f", {capacity.used_bytes * 100 / limit:.0f}%"
+    session.out.fields(
+        [
+            ("Region", capacity.region_id),
+            ("Capacity", f"{size(limit)} ({limit} bytes)" if limit else "unlimited"),
+            ("Used", used),
+            (
+                "Set by",
+                "the operator (kept until the config's capacity_bytes is edited)"
+                if capacity.set_by_operator
+                else "the cluster config",
+            ),
         ]
     )

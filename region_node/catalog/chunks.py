@@ -24,6 +24,12 @@ def add(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, int, int]]) -
     )
 
 
+def totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(chunks indexed, their bytes of data)."""
+    count, data = conn.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks").fetchone()
+    return int(count), int(data)
+
+
 BATCH = 500  # hashes per IN (...) query
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -227,5 +227,18 @@ MIGRATIONS: dict[int, str] = {
         SELECT bp.backup_id AS backup_id, bp.disk_index AS disk_index,
             bp.page_no * 1024 + e.slot AS chunk_index, e.hash AS hash, e.length AS length
         FROM backup_pages bp JOIN page_entries e ON e.page_id = bp.page_id;
+    """,
+    7: """
+    -- Issue 13: the quotas an operator set for a project (SetProjectQuota), kept across
+    -- restarts. config_quota is the cluster config's value for that quota when it was set
+    -- (-1 for none): once the config says something else (edited since), the config wins and
+    -- the row goes at the next start. A quota no row names is the config's.
+    CREATE TABLE project_quotas (
+        project_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        quota INTEGER NOT NULL,
+        config_quota INTEGER NOT NULL,
+        PRIMARY KEY (project_id, type)
+    ) WITHOUT ROWID;
     """,
 }

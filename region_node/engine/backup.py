@@ -25,6 +25,7 @@ from region_node.catalog import backups as backup_rows
 from region_node.catalog import servers as server_rows
 from region_node.models import Disk, ManifestEntry, NewBackup, ServerStatus
 from region_node.parts import NodeParts, Progress
+from region_node.storage.capacity import CapacityReached
 from region_node.storage.chunk_store import chunk_hash
 from region_node.storage.disks import STRIPES, BackupSession, DiskState
 from region_node.storage.fileio import drop_cache, out_of_space
@@ -80,9 +81,16 @@ class DiskPlan:
     session: BackupSession | None = None
 
 
+# Inside the transaction that inserts a backup or replica of some size (its disks' sizes) into
+# a project: raises QuotaExceeded if the project's quotas have no room for it
+# (region_node.services.limits).
+Admit = Callable[[sqlite3.Connection, str, int, str], None]
+
+
 class BackupEngine:
-    def __init__(self, parts: NodeParts) -> None:
+    def __init__(self, parts: NodeParts, admit: Admit) -> None:
         self._parts = parts
+        self._admit = admit
 
     def start(self, order: NewBackup, backup_id: str, chosen: list[Disk]) -> str:
         """Starts the backup of `chosen` disks and returns its ID, or the ID of the backup an
@@ -145,6 +153,9 @@ class BackupEngine:
                 f"server {order.server_id} is {status.name.lower()}: only an active server can "
                 "be backed up"
             )
+        # In the transaction that inserts it: two backups racing for a project's last slot
+        # are serialized here, and the second is refused.
+        self._admit(conn, order.project_id, sum(d.size_bytes for d in disks), "the backup")
         backup_rows.insert(
             conn,
             backup_id,
@@ -232,11 +243,13 @@ class BackupEngine:
                 if plan.session is not None:
                     plan.session.wait_for_captures()
         if failure is not None:
-            reason = (
-                f"region {parts.region_id} ran out of storage space while taking this backup"
-                if out_of_space(failure)
-                else f"backup failed: {failure}"
-            )
+            reason = f"backup failed: {failure}"
+            if out_of_space(failure):
+                reason = (
+                    f"region {parts.region_id} ran out of storage space while taking this backup"
+                )
+                if isinstance(failure, CapacityReached):
+                    reason += f": {failure.why}"
             # Given back before the backup reads as failed: whoever sees ERROR sees it whole.
             self._give_back(captures.take())
             parts.settle(lambda: self._fail(backup_id, reason), f"marking {backup_id} failed")

@@ -89,6 +89,11 @@ class BackupService:
             if i not in by_index:
                 raise InvalidArgument(f"disk_indexes: server {order.server_id} has no disk {i}")
         chosen = [by_index[i] for i in sorted(disk_indexes)]
+        full = parts.store.capacity.full()
+        if full is not None:
+            # A region at its capacity refuses a backup at once (as a full disk would refuse
+            # its catalog rows), rather than starting one that can only fail.
+            raise full
         backup_id = self._engine.start(
             replace(order, project_id=project_id, name=name), new_id(), chosen
         )

@@ -19,6 +19,7 @@ from region_node.catalog import backups as backup_rows
 from region_node.catalog import replica_deletions as deletion_rows
 from region_node.catalog import replicas as replica_rows
 from region_node.catalog.replica_deletions import DeletedReplica
+from region_node.engine.backup import Admit
 from region_node.engine.transfer import MANIFEST_PART, ChunkTransfer, check_hash
 from region_node.models import (
     Backup,
@@ -42,11 +43,13 @@ class ReplicaService:
         region: RegionService,
         backups: BackupService,
         transfer: ChunkTransfer,
+        admit: Admit,
     ) -> None:
         self._parts = parts
         self._region = region
         self._backups = backups
         self._transfer = transfer
+        self._admit = admit
 
     # -- the source side ------------------------------------------------------------------------
     def manifest(self, backup_id: str) -> Iterator[list[ManifestEntry]]:
@@ -131,6 +134,9 @@ class ReplicaService:
             with parts.catalog.transaction() as conn:
                 again = replica_rows.of_job(conn, spec.job_id)
                 if again is None:
+                    # The project's quotas, checked where the replica is inserted (a refusal
+                    # fails its job: the coordinator does not retry RESOURCE_EXHAUSTED).
+                    self._admit(conn, project_id, sum(sizes.values()), "the replica")
                     replica_rows.insert(
                         conn,
                         replica_id,

@@ -18,7 +18,8 @@ What keeps a chunk alive (the rules every path that frees chunks keeps):
 - a pending record (written, not yet indexed): only its writer indexes or abandons it.
 Space is freed only by `unindex` in a catalog transaction that checked all three, then
 `release` after that transaction committed. A record whose write failed is never indexed: its
-space is given back at once and its pending entry dropped."""
+space is given back at once and its pending entry dropped. Every record written, abandoned or
+released is counted in `capacity` (region_node.storage.capacity)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import blake3
 from csbs.errors import ChunkCorrupted
 from region_node.catalog import Catalog
 from region_node.catalog import chunks as index_of_chunks
+from region_node.storage.capacity import Capacity
 from region_node.storage.fileio import drop_cache, fsync_dir, punch_hole, write_all, writev_all
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class ChunkStore:
         # Pack IDs come from the files, never the catalog: the store lock is never held while
         # taking the catalog's (lock order: catalog, then store).
         self._next_pack_id = max(self._pack_ids_on_disk(), default=0) + 1
+        with catalog.read() as conn:
+            count, data = index_of_chunks.totals(conn)
+        self.capacity = Capacity(count * RECORD_HEADER.size + data)
 
     # -- paths --------------------------------------------------------------------------------
     def _pack_path(self, pack_id: int) -> Path:
@@ -175,6 +180,9 @@ class ChunkStore:
             pack = self._active
             if pack is None or pack.tail >= MAX_PACK_BYTES:
                 pack = self._active = self._new_pack()
+            # Counted once nothing else can fail before the record is pending; refused, it
+            # leaves nothing written.
+            self.capacity.take(RECORD_HEADER.size + length)
             record_at = pack.tail
             pack.tail += RECORD_HEADER.size + length
             self._pending[digest] = ChunkLocation(
@@ -190,6 +198,7 @@ class ChunkStore:
             punch_hole(pack.fd, record_at, RECORD_HEADER.size + length)
             with self._lock:
                 self._pending.pop(digest, None)
+                self.capacity.give_back(RECORD_HEADER.size + length)
                 self._inflight -= 1
                 self._lock.notify_all()
             raise
@@ -234,6 +243,7 @@ class ChunkStore:
                 for d in set(digests)
                 if d not in self._pins and (loc := self._pending.pop(d, None))
             ]
+            self.capacity.give_back(sum(RECORD_HEADER.size + loc.length for loc in dropped))
         for loc in dropped:
             with self._pack_fd(loc.pack_id) as fd:
                 if fd is not None:
@@ -263,6 +273,8 @@ class ChunkStore:
             for digest, loc in list(self._pending.items()):
                 if loc.pack_id == pack.pack_id and loc.offset >= start:
                     del self._pending[digest]
+                    # Never indexed: the next start gives its space back (collect_garbage).
+                    self.capacity.give_back(RECORD_HEADER.size + loc.length)
             if self._active is pack:
                 self._active = None  # later writes go to a new pack; this one is read-only now
 
@@ -420,6 +432,7 @@ class ChunkStore:
         packs: set[int] = set()
         for pack_id, start, end in ranges:
             packs.add(pack_id)
+            self.capacity.give_back(end - start)  # whole records, headers included
             with self._pack_fd(pack_id) as fd:
                 # The record headers go too (by whole blocks: the rest reads as zeros). A pack
                 # already deleted by a concurrent release has nothing left to free.
