@@ -10,13 +10,13 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import typer
 
-from csbs.cli import backup, clock, demo, image, job, policy, region, server
+from csbs.cli import backup, clock, demo, image, job, link, policy, region, rpo, server
 from csbs.cli.commands import root_callback
 
 app = typer.Typer(
     name="csbs",
     help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images, "
-    "policies, the cluster clock.\n\n"
+    "policies, the cluster clock, links between regions, recovery points.\n\n"
     "Every command takes --json, and the cluster options before or after its name.",
     no_args_is_help=True,
     add_completion=False,
@@ -30,6 +30,8 @@ app.add_typer(job.app, name="job", no_args_is_help=True)
 app.add_typer(image.app, name="image", no_args_is_help=True)
 app.add_typer(policy.app, name="policy", no_args_is_help=True)
 app.add_typer(clock.app, name="clock", no_args_is_help=True)
+app.add_typer(link.app, name="link", no_args_is_help=True)
+rpo.register(app)
 demo.register(app)
 
 
