@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.links import Link
 from csbs.clients import NodeEndpoint
 from csbs.config import TARGETS_TIMEOUT_SECONDS, ClusterConfig
 from csbs.credentials import ClusterSecrets
@@ -27,6 +28,9 @@ class CoordinatorConfig:
     targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS  # per region, listing targets
     runs_page_bytes: int = PAGE_BYTES  # the most bytes of runs one ListPolicyRuns page holds
     fault_rules: tuple[FaultSpec, ...] = ()  # the config's fault rules for the coordinator
+    links: tuple[Link, ...] = ()  # the config file's links between regions (issue 13)
+    # Simulated mode: how long, on the cluster clock, a job keeps retrying a cut link.
+    simulated_retry_budget_seconds: float = 3600.0
 
     @property
     def ca_pem(self) -> bytes | None:
@@ -48,4 +52,15 @@ class CoordinatorConfig:
             targets_timeout_seconds=cluster.coordinator.targets_timeout_seconds,
             runs_page_bytes=cluster.coordinator.runs_page_bytes,
             fault_rules=cluster.faults.rules_for(COORDINATOR_PROCESS),
+            links=tuple(
+                Link(
+                    link.source_region_id,
+                    link.target_region_id,
+                    link.bandwidth_bytes_per_second,
+                    link.latency_ms,
+                    link.cut,
+                )
+                for link in cluster.links
+            ),
+            simulated_retry_budget_seconds=cluster.coordinator.simulated_retry_budget_seconds,
         )

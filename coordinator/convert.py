@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator import models, policy_models
+from coordinator.links import Link
+from coordinator.recovery_points import PointFilter, RecoveryPoint
 from coordinator.schedule import Schedule
 from csbs.errors import InvalidArgument
 from csbs.timestamps import instant, timestamp
@@ -204,3 +206,57 @@ def run_size_in_list(run: policy_models.PolicyRun) -> int:
     """The bytes a run adds to a ListPolicyRunsResponse: its encoding with its field's tag and
     length."""
     return pb.ListPolicyRunsResponse(runs=[run_to_proto(run)]).ByteSize()
+
+
+def link_to_proto(link: Link) -> pb.Link:
+    return pb.Link(
+        source_region_id=link.source_region_id,
+        target_region_id=link.target_region_id,
+        bandwidth_bytes_per_second=link.bandwidth_bytes_per_second,
+        latency_ms=link.latency_ms,
+        cut=link.cut,
+    )
+
+
+def link_from_proto(message: pb.Link) -> Link:
+    return Link(
+        source_region_id=message.source_region_id,
+        target_region_id=message.target_region_id,
+        bandwidth_bytes_per_second=message.bandwidth_bytes_per_second,
+        latency_ms=message.latency_ms,
+        cut=message.cut,
+    )
+
+
+def point_filter_from_proto(request: pb.GetRecoveryPointsRequest) -> PointFilter:
+    return PointFilter(
+        source_region_id=request.source_region_id,
+        target_region_id=request.target_region_id,
+        server_id=request.server_id,
+        range_from=_instant(request, "from"),  # type: ignore[arg-type]
+        range_to=_instant(request, "to"),  # type: ignore[arg-type]
+    )
+
+
+def point_to_proto(point: RecoveryPoint) -> pb.RecoveryPoint:
+    message = pb.RecoveryPoint(
+        source_region_id=point.source_region_id,
+        source_project_id=point.source_project_id,
+        server_id=point.server_id,
+        target_region_id=point.target_region_id,
+        has_replica=point.replica is not None,
+        range_from=timestamp(point.range_from),
+        range_to=timestamp(point.range_to),
+        worst_seconds=int(point.worst.total_seconds()),
+        median_seconds=int(point.median.total_seconds()),
+        replications=point.replications,
+        failed_replications=point.failed_replications,
+    )
+    if point.replica is not None and point.backup_time is not None and point.age is not None:
+        message.replica_id = point.replica.replica_id
+        message.source_backup_id = point.replica.source_backup_id
+        message.backup_time.FromDatetime(point.backup_time)
+        if point.replica.finished_at is not None:
+            message.replicated_at.FromDatetime(point.replica.finished_at)
+        message.age_seconds = int(point.age.total_seconds())
+    return message

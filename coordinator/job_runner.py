@@ -15,13 +15,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from coordinator.config import CoordinatorConfig
 from coordinator.job_cleanups import JobCleanups, node_client, record_of
+from coordinator.links import Links, unlimited
 from coordinator.models import CleanupKind, JobStatus, Progress, ReplicationJob
+from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
+from coordinator.transit import LinkPipes, Transit
 from csbs.clients import RegionNodeClient, RegionNodes, incomplete_copy, is_transient
 from csbs.clock import Clock
 from csbs.errors import CsbsError, ReplicationJobNotFound
@@ -31,6 +35,7 @@ from csbs.notifier import Notifier
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5  # seconds between two progress writes (and notifications) of a job
+SIMULATED_RETRY_MAX = 60.0  # simulated seconds at most between two attempts after a cut link
 
 
 class _Stopping(Exception):
@@ -53,9 +58,16 @@ class _Run:
     attempts: int = 0
     replica_made: bool = False
     fewest_missing: int | None = None
+    # Simulated mode (issue 13): the cluster clock's time of the last progress, and the
+    # failures of the simulated world (a cut link) in a row, which are waited for on that
+    # clock and judged by the simulated retry budget.
+    progressed_on_clock: datetime | None = None
+    simulated_failures: int = 0
+    transit: Transit | None = None
 
     def progressed(self) -> None:
         self.progressed_at = time.monotonic()
+        self.progressed_on_clock = None
 
     def replica_known(self) -> None:
         if not self.replica_made:
@@ -100,6 +112,11 @@ class _ProgressTracker:
             snapshot = self.progress
         self._save(snapshot)
 
+    def bytes_left(self) -> int:
+        with self._lock:
+            p = self.progress
+        return max(p.bytes_planned - p.bytes_skipped - p.bytes_sent, 0)
+
 
 class JobRunner:
     """Runs jobs on `config.job_workers` threads (the others wait, WAITING); each job at most
@@ -114,8 +131,13 @@ class JobRunner:
         notifier: Notifier,
         stop: threading.Event,
         cleanups: JobCleanups,
+        links: Links,
+        waits: SimulatedWaits,
     ) -> None:
         self._config = config
+        self._links = links
+        self._pipes = LinkPipes()
+        self._waits = waits
         self._clock = clock
         self._nodes = nodes
         self._store = store
@@ -145,9 +167,11 @@ class JobRunner:
             if job_id in self._running or self._stop.is_set():
                 return
             self._running.add(job_id)
+            self._waits.job_queued(job_id, self._takes_simulated_time(job_id))
         self._jobs.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
+        self._waits.job_working(job_id)
         try:
             self._run_attempts(job_id)
         except Exception:
@@ -155,12 +179,20 @@ class JobRunner:
         finally:
             with self._running_lock:
                 self._running.discard(job_id)
+            self._waits.job_ended(job_id)
 
     def _run_attempts(self, job_id: str) -> None:
         run = _Run()
         budget = self._config.retry_budget_seconds
 
         def out_of_budget(state: RetryCallState) -> bool:
+            if self._simulated_failure(state):
+                # Waited for on the cluster clock: judged in simulated seconds.
+                now = self._clock.now()
+                if run.progressed_on_clock is None:
+                    run.progressed_on_clock = now
+                waited = (now - run.progressed_on_clock).total_seconds()
+                return waited > self._config.simulated_retry_budget_seconds
             return time.monotonic() - run.progressed_at > budget
 
         def before_sleep(state: RetryCallState) -> None:
@@ -172,12 +204,24 @@ class JobRunner:
                 state.attempt_number,
                 error,
             )
+            run.simulated_failures = (
+                run.simulated_failures + 1 if self._simulated_failure(state) else 0
+            )
+
+        def sleep(seconds: float) -> None:
+            if not run.simulated_failures or run.transit is None:
+                self._sleep(seconds)
+                return
+            # Deterministic on the cluster clock: 1, 2, 4 ... 60 simulated seconds.
+            wait = min(2.0 ** (run.simulated_failures - 1), SIMULATED_RETRY_MAX)
+            run.transit.wait_for_retry(wait)
+            run.progressed_at = time.monotonic()  # waiting for the clock is not trying
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: is_transient(e) and not self._stop.is_set()),
             stop=out_of_budget,
             wait=wait_random_exponential(multiplier=0.25, max=4.0),
-            sleep=self._sleep,
+            sleep=sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -190,8 +234,13 @@ class JobRunner:
                 return  # cut short by the stop, not by the nodes: resumed on the next start
             reason = f"{run.step}: {exc.message}"
             if is_transient(exc):
+                spent = (
+                    f"{self._config.simulated_retry_budget_seconds:.0f} simulated seconds"
+                    if getattr(exc, "simulated", False) and self._simulated
+                    else f"{budget:.0f}s"
+                )
                 reason = (
-                    f"gave up after {run.attempts} attempts and {budget:.0f}s without progress; "
+                    f"gave up after {run.attempts} attempts and {spent} without progress; "
                     f"last error while {reason}"
                 )
             else:
@@ -204,6 +253,42 @@ class JobRunner:
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
+    def _takes_simulated_time(self, job_id: str) -> bool:
+        """Simulated mode: the job's link is not as fast as this machine (AdvanceClock steps
+        through it from the start)."""
+        if not self._simulated:
+            return False
+        job = self._store.get_job(job_id)
+        return job is not None and self._links.get(
+            job.source_region_id, job.target_region_id
+        ) != unlimited(job.source_region_id, job.target_region_id)
+
+    @property
+    def _simulated(self) -> bool:
+        return bool(getattr(self._clock, "simulated", False))
+
+    def _simulated_failure(self, state: RetryCallState) -> bool:
+        """The attempt failed by the simulated world (a cut link), in simulated mode."""
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        return self._simulated and bool(getattr(error, "simulated", False))
+
+    def _transit(self, job: ReplicationJob, run: _Run) -> Transit:
+        transit = Transit(
+            job.job_id,
+            job.source_region_id,
+            job.target_region_id,
+            self._links,
+            self._pipes,
+            self._clock,
+            self._waits if self._simulated else None,
+            self._stop,
+        )
+        if run.transit is not None:  # the attempt's time goes on from the attempt before
+            transit.carry_on_from(run.transit)
+        run.transit = transit
+        return transit
+
     def _attempt(self, job_id: str, run: _Run) -> None:
         if self._stop.is_set():
             raise _Stopping
@@ -213,6 +298,12 @@ class JobRunner:
             raise _JobEnded
         run.attempts = job.attempts
         self._notifier.changed(job_id)
+        with self._transit(job, run) as transit:
+            self._copy(job, run, transit)
+
+    def _copy(self, job: ReplicationJob, run: _Run, transit: Transit) -> None:
+        """One attempt's steps; every call to the target region crosses the link."""
+        job_id = job.job_id
         src, tgt = job.source_region_id, job.target_region_id
         backup_id = job.source_backup_id
 
@@ -242,6 +333,7 @@ class JobRunner:
             ),
             job_id=job_id,
         )
+        transit.call()
         replica = target.create_replica(header, source, backup_id, self._stop)
         replica_id = replica.backup_id
         if replica_id != job.replica_id:
@@ -250,6 +342,7 @@ class JobRunner:
         run.replica_known()
 
         run.step = f"finding the chunks region {tgt} lacks for replica {replica_id}"
+        transit.call()
         missing = target.find_missing_chunks(replica_id)
         run.missing(missing.chunks_lacking)
         p = job.progress
@@ -275,21 +368,34 @@ class JobRunner:
 
         run.step = f"copying {missing.chunks_lacking} chunks from region {src} to region {tgt}"
         tracker = _ProgressTracker(lambda q: self._save_progress(job_id, q), start)
+        transit.before_wait = tracker.flush  # what a stopped clock shows is what crossed
+        transit.remaining_bytes = tracker.bytes_left
+        lacking = missing.chunks_total - missing.chunks_already_held
+        average = (missing.bytes_total - missing.bytes_already_held) // max(lacking, 1)
         try:
             # A page at a time (issue 12: nothing here grows with the backup); what arrived
             # for one page is held by the next, so a chunk named twice is sent once.
             page = missing
             while True:
                 target.relay_chunks(
-                    source, replica_id, page.missing, tracker.on_chunk, self._stop, run.stored
+                    source,
+                    replica_id,
+                    page.missing,
+                    tracker.on_chunk,
+                    self._stop,
+                    run.stored,
+                    link=transit,
+                    average_chunk_bytes=average,
                 )
                 if not page.next_page_token:
                     break
+                transit.call()
                 page = target.find_missing_chunks(replica_id, page.next_page_token)
         finally:
             tracker.flush()
 
         run.step = f"completing replica {replica_id} in region {tgt}"
+        transit.call()
         left = target.find_missing_chunks(replica_id)
         run.missing(left.chunks_lacking)
         if left.chunks_lacking:
@@ -299,6 +405,7 @@ class JobRunner:
                 f"{left.chunks_lacking} chunks of replica {replica_id} still missing after "
                 "the copy",
             )
+        transit.call()
         target.complete_replica(replica_id)
         run.step = f"recording the replication on backup {backup_id} in region {src}"
         self._succeed(job_id)

@@ -66,6 +66,9 @@ class ReplicationJob:
     # What the ended job still owes a node (a leftover replica not removed yet, a record or a
     # hold) and the last error, retried until done; "" when it owes nothing (issue 11).
     cleanup_pending: str = ""
+    # When the source backup was taken (issue 13: the recovery point its replica gives); None
+    # for a job recorded before this was kept.
+    source_backup_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -63,13 +63,15 @@ class PolicyService:
     ) -> None:
         self._policies = PolicyStore(store)
         self._runs_page_bytes = runs_page_bytes
-        self._runner = PolicyRunner(self._policies, store, clock, nodes, replication)
+        self._runner = PolicyRunner(
+            self._policies, store, clock, nodes, replication, replication.waits
+        )
         self._clock = clock
         self._nodes = nodes
         self._tokens = PageTokens(
             store.setting("page_token_secret", secrets.token_hex(32)).encode()
         )
-        self._scheduler = PolicyScheduler(self._policies, self._runner, clock)
+        self._scheduler = PolicyScheduler(self._policies, self._runner, clock, replication.waits)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:

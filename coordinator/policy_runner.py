@@ -50,6 +50,7 @@ from coordinator.policy_rules import (
 from coordinator.policy_store import PolicyStore
 from coordinator.replication import ReplicationService
 from coordinator.retention import server_of_replica
+from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
 from csbs.clients import RegionNodeClient, RegionNodes
 from csbs.errors import CsbsError, RegionRefusesReplication
@@ -85,8 +86,10 @@ class PolicyRunner:
         clock: ClusterClock,
         nodes: RegionNodes,
         replication: ReplicationService,
+        waits: SimulatedWaits,
     ) -> None:
         self._policies = policies
+        self._waits = waits
         self._store = store  # the jobs a run started, by its token
         self._clock = clock
         self._nodes = nodes
@@ -131,15 +134,38 @@ class PolicyRunner:
         run, work = self._start(policy, run)
         if run.status != RUNNING:
             return run
-        if wait:
+        if wait and not self._waits_for_clock(run):
             return self._finish_safely(policy, run, work)
-        threading.Thread(
-            target=self._finish_safely,
-            args=(policy, run, work),
-            daemon=True,
-            name=f"run-{run.run_id[:8]}",
-        ).start()
+        # Waited for by AdvanceClock only if AdvanceClock started it (an execute-now run goes
+        # on beside it, as in wall mode).
+        self._finish_in_background(policy, run, work, advance_waits=wait)
         return run
+
+    def _waits_for_clock(self, run: PolicyRun) -> bool:
+        """In simulated mode a replication run's jobs may wait for the cluster clock (a limited
+        link, issue 13): AdvanceClock cannot wait for its end before moving the clock, so its
+        end is waited for in the background, and AdvanceClock steps through it
+        (coordinator/sim_waits.py)."""
+        return self._clock.simulated and run.kind != KIND_BACKUP
+
+    def _finish_in_background(
+        self, policy: Policy, run: PolicyRun, work: _Work, advance_waits: bool
+    ) -> threading.Thread:
+        # Known to AdvanceClock before the thread starts, so that it never moves the clock
+        # between a run's jobs ending and the run recording its end.
+        if advance_waits:
+            self._waits.run_waiting(run.run_id, tuple(job_id for _, _, job_id in work.jobs))
+
+        def finish() -> None:
+            try:
+                self._finish_safely(policy, run, work)
+            finally:
+                if advance_waits:
+                    self._waits.run_done(run.run_id)
+
+        thread = threading.Thread(target=finish, daemon=True, name=f"run-{run.run_id[:8]}")
+        thread.start()
+        return thread
 
     def _start(self, policy: Policy, run: PolicyRun) -> tuple[PolicyRun, _Work]:
         """The first step of a run: starts its backups or replication jobs and records them.
@@ -198,14 +224,11 @@ class PolicyRunner:
                     continue
                 run, work = self._start(policy, run)
                 if run.status == RUNNING:
-                    thread = threading.Thread(
-                        target=self._finish_safely,
-                        args=(policy, run, work),
-                        daemon=True,
-                        name=f"run-{run.run_id[:8]}",
-                    )
-                    thread.start()
-                    ending.append(thread)
+                    thread = self._finish_in_background(policy, run, work, advance_waits=True)
+                    if not self._waits_for_clock(run):
+                        ending.append(thread)
+            # Simulated mode: a replication run ends as AdvanceClock moves the clock (its jobs
+            # may wait for it), so it is not waited for here.
             for thread in ending:
                 thread.join()
         except Exception:

@@ -22,8 +22,9 @@ from coordinator.policy_models import (
     Policy,
     PolicyRun,
 )
-from coordinator.policy_runner import PolicyRunner
+from coordinator.policy_runner import WORK_TIMEOUT, PolicyRunner
 from coordinator.policy_store import PolicyStore
+from coordinator.sim_waits import SimulatedWaits
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,15 @@ def earliest_due(
 class PolicyScheduler:
     """Runs the policies' runs as they fall due (see the module's docstring)."""
 
-    def __init__(self, policies: PolicyStore, runner: PolicyRunner, clock: ClusterClock) -> None:
+    def __init__(
+        self,
+        policies: PolicyStore,
+        runner: PolicyRunner,
+        clock: ClusterClock,
+        waits: SimulatedWaits,
+    ) -> None:
         self._policies = policies
+        self._waits = waits
         self._runner = runner
         self._clock = clock
         self._wake = threading.Condition()
@@ -144,7 +152,10 @@ class PolicyScheduler:
 
     def advance(self, to: datetime) -> datetime:
         """Simulated mode: moves the clock to `to`, running everything that falls due in
-        between, in order, each to its end, before returning."""
+        between, in order, each to its end before the clock moves on; a replication job across
+        a limited link takes the simulated time its bytes need, the clock stepping from one
+        event to the next (coordinator/sim_waits.py). What still needs time at `to` (a transfer
+        not done yet) goes on at the next AdvanceClock."""
         if not self._clock.simulated:
             self._clock.move_to(to)  # refuses with the reason
         with self._advance_lock:
@@ -152,10 +163,25 @@ class PolicyScheduler:
             if to < self._clock.now():
                 self._clock.move_to(to)  # refuses: never backwards
             while True:
+                self._waits.settle(WORK_TIMEOUT)
                 due = self._next_due(to)
-                if due is None:
+                wake = self._waits.next_wakeup()
+                if wake is not None and wake > to:
+                    wake = None
+                if due is None and wake is None:
                     break
-                when, policy_id, kind = due
-                self._clock.move_to(max(when, self._clock.now()))
-                self._run_due(policy_id, kind, when, wait=True)
-            return self._clock.move_to(to)
+                if due is not None and (wake is None or due[0] <= wake):
+                    when, policy_id, kind = due
+                    self._move(max(when, self._clock.now()))
+                    self._run_due(policy_id, kind, when, wait=True)
+                else:
+                    assert wake is not None
+                    self._move(wake)
+            now = self._move(to)
+            self._waits.settle(WORK_TIMEOUT)
+            return now
+
+    def _move(self, instant: datetime) -> datetime:
+        now = self._clock.move_to(max(instant, self._clock.now()))
+        self._waits.moved()
+        return now

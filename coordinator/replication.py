@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from coordinator.config import CoordinatorConfig
 from coordinator.job_cleanups import JobCleanups, node_client
 from coordinator.job_runner import PROGRESS_EVERY, JobRunner
+from coordinator.links import Links
 from coordinator.models import (
     ACTIVE_STATUSES,
     JobFilter,
@@ -32,6 +33,7 @@ from coordinator.replication_rules import (
     own_project,
     same_request,
 )
+from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
 from coordinator.targets import TargetFinder
 from csbs.clients import RegionNodeClient, RegionNodes, is_transient
@@ -71,9 +73,20 @@ class ReplicationService:
         )
         self.notifier = Notifier()
         self._stop = threading.Event()
+        # The links between regions (issue 13), and what AdvanceClock steps through.
+        self.links = Links(store, nodes.region_ids, config.links)
+        self.waits = SimulatedWaits(clock, config.job_workers)
         self._cleanups = JobCleanups(config, clock, nodes, store, self.notifier, self._stop)
         self._runner = JobRunner(
-            config, clock, nodes, store, self.notifier, self._stop, self._cleanups
+            config,
+            clock,
+            nodes,
+            store,
+            self.notifier,
+            self._stop,
+            self._cleanups,
+            self.links,
+            self.waits,
         )
         self._targets = TargetFinder(nodes, config.targets_timeout_seconds)
         for job_id in self._store.active_job_ids():
@@ -185,6 +198,7 @@ class ReplicationService:
             updated_at=now,
             account_id=account,
             source_server_id=backup.server_id,
+            source_backup_at=backup.created_at,
         )
         created = self._insert_unless_r3(job, token)
         if created is job:

@@ -10,6 +10,7 @@ from grpc_health.v1 import health
 from coordinator.cluster_clock import ClusterClock
 from coordinator.config import CoordinatorConfig
 from coordinator.policies import PolicyService
+from coordinator.recovery_points import RecoveryPoints
 from coordinator.replication import ReplicationService
 from coordinator.servicer import CoordinatorAdminServicer, CoordinatorServicer
 from coordinator.store import Store
@@ -78,10 +79,10 @@ def build_server(
         interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES), FaultInterceptor(faults)]
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorServicer(replication, policies, clock), server
+        CoordinatorServicer(replication, policies, clock, RecoveryPoints(store, clock)), server
     )
     coordinator_pb2_grpc.add_CoordinatorAdminServicer_to_server(
-        CoordinatorAdminServicer(policies, clock), server
+        CoordinatorAdminServicer(policies, clock, replication.links), server
     )
     add_fault_injection(server, faults)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)

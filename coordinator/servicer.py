@@ -10,7 +10,9 @@ import grpc
 
 from coordinator import convert
 from coordinator.cluster_clock import ClusterClock
+from coordinator.links import Links
 from coordinator.policies import PolicyService
+from coordinator.recovery_points import RecoveryPoints
 from coordinator.replication import ReplicationService
 from csbs.auth import caller_of
 from csbs.errors import InvalidArgument
@@ -29,11 +31,16 @@ def _account(context: grpc.ServicerContext) -> str:
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
-        self, replication: ReplicationService, policies: PolicyService, clock: ClusterClock
+        self,
+        replication: ReplicationService,
+        policies: PolicyService,
+        clock: ClusterClock,
+        points: RecoveryPoints,
     ) -> None:
         self._replication = replication
         self._policies = policies
         self._clock = clock
+        self._points = points
 
     @rpc_method
     def ListReplicationTargets(
@@ -85,6 +92,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @rpc_method
     def GetClock(self, request: pb.GetClockRequest, context: grpc.ServicerContext) -> pb.ClockState:
         return pb.ClockState(now=timestamp(self._clock.now()), simulated=self._clock.simulated)
+
+    @rpc_method
+    def GetRecoveryPoints(
+        self, request: pb.GetRecoveryPointsRequest, context: grpc.ServicerContext
+    ) -> pb.GetRecoveryPointsResponse:
+        now, points = self._points.of(_account(context), convert.point_filter_from_proto(request))
+        return pb.GetRecoveryPointsResponse(
+            now=timestamp(now), points=[convert.point_to_proto(p) for p in points]
+        )
 
     @rpc_method
     def CreatePolicy(
@@ -179,9 +195,27 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 class CoordinatorAdminServicer(coordinator_pb2_grpc.CoordinatorAdminServicer):
     """Operator calls."""
 
-    def __init__(self, policies: PolicyService, clock: ClusterClock) -> None:
+    def __init__(self, policies: PolicyService, clock: ClusterClock, links: Links) -> None:
         self._policies = policies
         self._clock = clock
+        self._links = links
+
+    @rpc_method
+    def SetLink(self, request: pb.SetLinkRequest, context: grpc.ServicerContext) -> pb.Link:
+        return convert.link_to_proto(self._links.set(convert.link_from_proto(request.link)))
+
+    @rpc_method
+    def ListLinks(
+        self, request: pb.ListLinksRequest, context: grpc.ServicerContext
+    ) -> pb.ListLinksResponse:
+        return pb.ListLinksResponse(links=[convert.link_to_proto(k) for k in self._links.list()])
+
+    @rpc_method
+    def ClearLink(
+        self, request: pb.ClearLinkRequest, context: grpc.ServicerContext
+    ) -> pb.ClearLinkResponse:
+        cleared = self._links.clear(request.source_region_id, request.target_region_id)
+        return pb.ClearLinkResponse(cleared=cleared)
 
     @rpc_method
     def AdvanceClock(

@@ -146,6 +146,10 @@ _MIGRATIONS: dict[int, str] = {
         after_seq INTEGER NOT NULL
     )
     """,
+    9: """
+    -- Issue 13: when the source backup was taken, for the recovery point its replica gives.
+    ALTER TABLE jobs ADD COLUMN source_backup_at REAL
+    """,
 }
 
 _JOB_COLUMNS = (
@@ -153,7 +157,7 @@ _JOB_COLUMNS = (
     "target_region_id, target_project_id, replica_id, replica_name, replica_description, "
     "status, chunks_planned, bytes_planned, chunks_sent, bytes_sent, chunks_skipped, "
     "bytes_skipped, failure_reason, attempts, created_at, started_at, finished_at, updated_at, "
-    "account_id, source_server_id, replica_deleted"
+    "account_id, source_server_id, replica_deleted, source_backup_at"
 )
 # What a finished job still owes a node and why, reported with the job (issue 11).
 _PENDING = (
@@ -204,7 +208,8 @@ def _job(row: Sequence[Any]) -> ReplicationJob:
         account_id=row[24],
         source_server_id=row[25],
         replica_deleted=bool(row[26]),
-        cleanup_pending=row[27] or "",
+        source_backup_at=_dt(row[27]),
+        cleanup_pending=row[28] or "",
     )
 
 
@@ -288,13 +293,34 @@ class Store(Database):
         jobs = [_job(r) for r in rows[:limit]]
         return jobs, (rows[limit - 1][-1] if len(rows) > limit else None)
 
+    def replication_history(
+        self, account_id: str, source_region_id: str, target_region_id: str, server_id: str
+    ) -> list[ReplicationJob]:
+        """The account's jobs that copied a server's backup (optionally of one source region,
+        target region, server), in creation order: what recovery points are taken from."""
+        clauses, args = ["account_id = ?", "source_server_id != ''"], [account_id]
+        for column, value in (
+            ("source_region_id", source_region_id),
+            ("target_region_id", target_region_id),
+            ("source_server_id", server_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_READ} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq",
+                args,
+            ).fetchall()
+        return [_job(r) for r in rows]
+
     # -- jobs: writes ----------------------------------------------------------------------------
     def insert_job(self, conn: sqlite3.Connection, job: ReplicationJob, token: str) -> None:
         seq = self.next_seq(conn, "jobs")
         p = job.progress
         conn.execute(
             f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
-            f"VALUES ({', '.join('?' * 29)})",
+            f"VALUES ({', '.join('?' * 30)})",
             (
                 job.job_id,
                 int(job.way),
@@ -323,6 +349,7 @@ class Store(Database):
                 job.account_id,
                 job.source_server_id,
                 int(job.replica_deleted),
+                _ts(job.source_backup_at),
                 seq,
                 token,
             ),

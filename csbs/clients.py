@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -74,6 +74,10 @@ class NodeError(CsbsError):
         # How it reads to a user of the coordinator (a node that cannot serve: UNAVAILABLE).
         self.kind = self.failure.kind
 
+    # The failure is the simulated world's (a link the operator cut), not a process that
+    # could not serve: in simulated mode a job waits for it on the cluster clock (issue 13).
+    simulated = False
+
     @property
     def transient(self) -> bool:
         return self.failure.transient
@@ -112,6 +116,29 @@ def node_error(region_id: str, exc: grpc.RpcError) -> CsbsError:
 def incomplete_copy(region_id: str, details: str) -> NodeError:
     """A copy into a region that ended without everything arriving: worth another attempt."""
     return NodeError(region_id, grpc.StatusCode.ABORTED, details)
+
+
+def link_cut(region_id: str, details: str) -> NodeError:
+    """A call across a link the operator cut: it fails as a partition would (UNAVAILABLE)."""
+    error = NodeError(region_id, grpc.StatusCode.UNAVAILABLE, details)
+    error.message = details
+    error.simulated = True
+    return error
+
+
+def coordinator_stopping(region_id: str) -> NodeError:
+    return NodeError(region_id, grpc.StatusCode.CANCELLED, "the coordinator stops")
+
+
+class LinkCrossing(Protocol):
+    """What a link does to relayed chunks (coordinator/transit.py): how many a batch holds, a
+    call before each batch, and a wait after each for its bytes to cross."""
+
+    def batch_hashes(self, average_chunk_bytes: int) -> int: ...
+
+    def crossing(self) -> None: ...
+
+    def crossed(self, wire_bytes: int) -> None: ...
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -356,20 +383,30 @@ class RegionNodeClient:
         on_chunk: Callable[[int], None],
         stop: threading.Event | None = None,
         on_batch: Callable[[int, int], None] | None = None,
+        link: LinkCrossing | None = None,
+        average_chunk_bytes: int = 0,
     ) -> int:
         """Copies the named chunks from `source` into this node for the replica, RELAY_BATCH
         hashes per ReadChunks/WriteChunks pair, forwarding each message as the raw bytes it
         arrived as. Calls `on_chunk(data_length)` for each chunk as it passes (from a gRPC
         thread), and `on_batch(chunks_written, bytes_written)` with the target's answer to each
         batch. Returns the bytes sent on the wire (the raw message lengths). What reached the
-        target before a failure stays there (it commits as it goes)."""
+        target before a failure stays there (it commits as it goes). With a `link`, batches are
+        sized by it and each waits to cross it."""
         wire_bytes = 0
-        for start in range(0, len(hashes), RELAY_BATCH):
-            batch = hashes[start : start + RELAY_BATCH]
+        start = 0
+        while start < len(hashes):
+            size = RELAY_BATCH if link is None else link.batch_hashes(average_chunk_bytes)
+            batch = hashes[start : start + size]
+            start += size
+            if link is not None:
+                link.crossing()
             sent, answer = self._relay_batch(source, replica_id, batch, on_chunk, stop)
             wire_bytes += sent
             if on_batch is not None:
                 on_batch(answer.chunks_written, answer.bytes_written)
+            if link is not None:
+                link.crossed(sent)
         return wire_bytes
 
     def _relay_batch(
@@ -381,7 +418,7 @@ class RegionNodeClient:
         stop: threading.Event | None,
     ) -> tuple[int, pb.WriteChunksResponse]:
         if stop is not None and stop.is_set():
-            raise NodeError(self.region_id, grpc.StatusCode.CANCELLED, "the coordinator stops")
+            raise coordinator_stopping(self.region_id)
         reading = source._read_chunks(
             pb.ReadChunksRequest(hashes=list(hashes)), timeout=STREAM_TIMEOUT
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csbs.bandwidth import parse_bandwidth
 from csbs.errors import InvalidArgument
 from csbs.faults import COORDINATOR_PROCESS, FaultSpec, checked, methods_of
 from csbs.files import write_atomic
@@ -75,6 +76,19 @@ class CoordinatorConfig:
     targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS
     # The most bytes of runs a ListPolicyRuns page holds (at most PAGE_BYTES; lower in tests).
     runs_page_bytes: int = PAGE_BYTES
+    # Simulated mode: how long (on the cluster clock) a job keeps retrying a cut link.
+    simulated_retry_budget_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """A link between two regions as `[[links]]` gives it (issue 13)."""
+
+    source_region_id: str
+    target_region_id: str
+    bandwidth_bytes_per_second: int = 0  # 0: unlimited
+    latency_ms: int = 0
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,8 @@ class ClusterConfig:
     # TLS on every channel (a local CA and per-process certificates in tls_dir); off by default.
     tls: bool = False
     faults: FaultsConfig = FaultsConfig()
+    # Links between regions to start with (`[[links]]`; the operator changes them live).
+    links: tuple[LinkConfig, ...] = ()
 
     @property
     def secrets_path(self) -> Path:
@@ -387,6 +403,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
         operator_tokens=operator_tokens,
         tls=_boolean(cluster, "tls", "cluster"),
         faults=_faults(raw, [r.region_id for r in regions]),
+        links=_links(raw.get("links", []), {r.region_id for r in regions}),
         coordinator=CoordinatorConfig(
             listen=str(coordinator.get("listen", "127.0.0.1:0")),
             data_dir=data_dir / "coordinator",
@@ -394,8 +411,44 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
             cleanup_interval_seconds=cleanup_interval,
             targets_timeout_seconds=targets_timeout,
             runs_page_bytes=_page_bytes(coordinator, "runs_page_bytes"),
+            simulated_retry_budget_seconds=_positive_seconds(
+                coordinator, "simulated_retry_budget_seconds", 3600.0
+            ),
         ),
     )
+
+
+def _links(tables: object, region_ids: set[str]) -> tuple[LinkConfig, ...]:
+    """`[[links]]`: source, target, bandwidth ("100 MB/s", or bytes a second), latency_ms, cut."""
+    if not isinstance(tables, list):
+        raise ConfigError("links: a list of [[links]] tables")
+    links: dict[tuple[str, str], LinkConfig] = {}
+    for i, table in enumerate(tables):
+        where = f"links[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: a table")
+        ends = []
+        for key in ("source", "target"):
+            region_id = _require(table, key, where, str)
+            if region_id not in region_ids:
+                raise ConfigError(f"{where}.{key}: unknown region {region_id!r}")
+            ends.append(region_id)
+        if ends[0] == ends[1]:
+            raise ConfigError(f"{where}: source and target must be two regions")
+        if tuple(ends) in links:
+            raise ConfigError(f"{where}: the link {ends[0]} -> {ends[1]} appears twice")
+        bandwidth = table.get("bandwidth", 0)
+        try:
+            rate = parse_bandwidth(str(bandwidth))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.bandwidth: {exc}") from exc
+        latency = table.get("latency_ms", 0)
+        if isinstance(latency, bool) or not isinstance(latency, int) or not 0 <= latency <= 600_000:
+            raise ConfigError(f"{where}.latency_ms: a whole number of milliseconds, 0 to 600000")
+        links[(ends[0], ends[1])] = LinkConfig(
+            ends[0], ends[1], rate, latency, _boolean(table, "cut", where)
+        )
+    return tuple(links.values())
 
 
 def write_address_file(data_dir: Path, address: str) -> None:

@@ -341,7 +341,8 @@ class RegionClient:
 
 class CoordinatorClient:
     """The coordinator: its user API (Coordinator: replication targets and jobs, policies and
-    their runs, the cluster clock) and the one operator call (CoordinatorAdmin: AdvanceClock)."""
+    their runs, the cluster clock, recovery points) and its operator calls (CoordinatorAdmin:
+    AdvanceClock, the links between regions)."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -444,3 +445,34 @@ class CoordinatorClient:
             retry=request.WhichOneof("target") == "to",
         )
         return clock
+
+    # -- the world around the regions (issue 13) -------------------------------------------------
+    def get_recovery_points(
+        self, request: cpb.GetRecoveryPointsRequest
+    ) -> cpb.GetRecoveryPointsResponse:
+        answer: cpb.GetRecoveryPointsResponse = self.endpoint.unary(
+            self._stub.GetRecoveryPoints, request, retry=True
+        )
+        return answer
+
+    def set_link(self, link: cpb.Link) -> cpb.Link:
+        # Setting a link to given values is idempotent.
+        answer: cpb.Link = self.endpoint.unary(
+            self._admin.SetLink, cpb.SetLinkRequest(link=link), operator=True, retry=True
+        )
+        return answer
+
+    def list_links(self) -> list[cpb.Link]:
+        answer = self.endpoint.unary(
+            self._admin.ListLinks, cpb.ListLinksRequest(), operator=True, retry=True
+        )
+        return list(answer.links)
+
+    def clear_link(self, source_region_id: str, target_region_id: str) -> cpb.ClearLinkResponse:
+        request = cpb.ClearLinkRequest(
+            source_region_id=source_region_id, target_region_id=target_region_id
+        )
+        answer: cpb.ClearLinkResponse = self.endpoint.unary(
+            self._admin.ClearLink, request, operator=True, retry=True
+        )
+        return answer

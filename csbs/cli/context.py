@@ -119,6 +119,7 @@ class Session:
                 "--address REGION=HOST:PORT"
             )
         self.region_id = options.region or next(iter(self._regions))
+        self.region_given = options.region or ""  # a filter where no region means every one
         if self.region_id not in self._regions:
             raise UsageError(
                 f"--region: no region {self.region_id!r} in the cluster "

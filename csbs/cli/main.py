@@ -10,13 +10,27 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import typer
 
-from csbs.cli import backup, clock, demo, fault, image, job, policy, quota, region, server
+from csbs.cli import (
+    backup,
+    clock,
+    demo,
+    fault,
+    image,
+    job,
+    link,
+    policy,
+    quota,
+    region,
+    rpo,
+    server,
+)
 from csbs.cli.commands import root_callback
 
 app = typer.Typer(
     name="csbs",
     help="Talk to a csbs-sim cluster: regions, servers, backups, replication, images, "
-    "policies, quotas, the cluster clock, and faults to rehearse failures.\n\n"
+    "policies, quotas, the cluster clock, and the world around the regions to rehearse "
+    "failures: links, outages, faults, recovery points.\n\n"
     "Every command takes --json, and the cluster options before or after its name.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,6 +46,8 @@ app.add_typer(policy.app, name="policy", no_args_is_help=True)
 app.add_typer(clock.app, name="clock", no_args_is_help=True)
 app.add_typer(fault.app, name="fault", no_args_is_help=True)
 app.add_typer(quota.app, name="quota")
+app.add_typer(link.app, name="link", no_args_is_help=True)
+rpo.register(app)
 demo.register(app)
 
 
