@@ -47,6 +47,9 @@ TRANSIENT_CODES = frozenset(
     }
 )
 
+# The trailing metadata key of a failure the callee made on purpose for the simulated world.
+SIMULATED_FAILURE = "csbs-simulated-failure"
+
 # gRPC's own RESOURCE_EXHAUSTED when a server runs its maximum of concurrent calls: unlike a
 # node's (a region with no storage space left), it passes.
 BUSY_SERVER = "Concurrent RPC limit exceeded"
@@ -91,6 +94,9 @@ class Failure:
 
     code: grpc.StatusCode
     details: str
+    # The callee failed the call on purpose, for the simulated world (an injected fault, a
+    # region outage: issue 13), as its trailing metadata says.
+    simulated: bool = False
 
     @classmethod
     def of(cls, exc: grpc.RpcError, *, busy_is_unavailable: bool = False) -> Failure:
@@ -104,7 +110,9 @@ class Failure:
             and details.startswith(BUSY_SERVER)
         ):
             code = grpc.StatusCode.UNAVAILABLE
-        return cls(code, details)
+        trailing = (exc.trailing_metadata() if isinstance(exc, grpc.Call) else None) or ()
+        simulated = any(key == SIMULATED_FAILURE for key, _ in trailing)
+        return cls(code, details, simulated)
 
     @property
     def meaning(self) -> Meaning:

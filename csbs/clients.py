@@ -105,7 +105,9 @@ def failure_error(region_id: str, failure: Failure) -> CsbsError:
         return NodeNotFound(region_id, failure.details)
     if failure.refusal:
         return failure.meaning.error(f"{failure.details} (in region {region_id})")
-    return NodeError(region_id, failure.code, failure.details)
+    error = NodeError(region_id, failure.code, failure.details)
+    error.simulated = failure.simulated
+    return error
 
 
 def node_error(region_id: str, exc: grpc.RpcError) -> CsbsError:

@@ -24,6 +24,8 @@ class CsbsError(Exception):
     """A refusal a user can act on; the message names the rule or the field."""
 
     kind: ErrorKind = ErrorKind.FAILED_PRECONDITION
+    # Made on purpose for the simulated world (a region outage, issue 13): the answer says so.
+    simulated = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -115,6 +117,8 @@ class Unavailable(CsbsError):
 class RegionOut(Unavailable):
     """A region outage (issue 13): the operator put the region out; it answers users and the
     coordinator again once brought back."""
+
+    simulated = True
 
     def __init__(self, region_id: str, reason: str) -> None:
         because = f": {reason}" if reason else ""

@@ -33,7 +33,7 @@ import grpc
 from google.protobuf.descriptor import FileDescriptor
 
 from csbs.errors import InvalidArgument, NotFound
-from csbs.rpc import rewrap
+from csbs.rpc import abort_simulated, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class FaultInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             if verdict is not None:
                 _wait(verdict.delay_seconds, context)
                 if verdict.code is not None:
-                    context.abort(verdict.code, verdict.message)
+                    abort_simulated(context, verdict.code, verdict.message)
             return inner(request, context)
 
         return rewrap(handler, apply)

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from csbs import memory
+from csbs.client_core import SIMULATED_FAILURE
 from csbs.errors import CsbsError, ErrorKind
 from csbs.tls import ProcessTls, channel_credentials, server_credentials
 
@@ -41,8 +42,18 @@ MAX_MESSAGE_BYTES = 8 << 20
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def abort_simulated(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """Fails a call on purpose for the simulated world (an injected fault, a region outage):
+    the trailing metadata says so, and a coordinator in simulated mode waits for it on the
+    cluster clock rather than the wall clock (issue 13)."""
+    context.set_trailing_metadata(((SIMULATED_FAILURE, "1"),))
+    context.abort(code, message)
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, name: str) -> None:
     if isinstance(exc, CsbsError):
+        if exc.simulated:
+            abort_simulated(context, STATUS_FOR_KIND[exc.kind], exc.message)
         context.abort(STATUS_FOR_KIND[exc.kind], exc.message)
     if not context.is_active():
         # The caller went away (cancelled, or its deadline passed): nothing to answer.

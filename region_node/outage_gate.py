@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from csbs.faults import service_of
-from csbs.rpc import Behavior, rewrap
+from csbs.rpc import Behavior, abort_simulated, rewrap
 from region_node.services.outage import OutageService
 
 
@@ -36,7 +36,7 @@ class OutageGate(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def gated(inner: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
             if self._outage.out:
-                context.abort(grpc.StatusCode.UNAVAILABLE, self._outage.refusal().message)
+                self._refuse(context)
             if request_streaming:
                 request = self._requests(request)
             answer = inner(request, context)
@@ -45,6 +45,9 @@ class OutageGate(grpc.ServerInterceptor):  # type: ignore[misc]
             return answer
 
         return rewrap(handler, gated)
+
+    def _refuse(self, context: grpc.ServicerContext) -> None:
+        abort_simulated(context, grpc.StatusCode.UNAVAILABLE, self._outage.refusal().message)
 
     def _requests(self, messages: Iterator[Any]) -> Iterator[Any]:
         """The request stream, ended by the outage: raised inside the servicer as the domain
@@ -59,7 +62,7 @@ class OutageGate(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             for message in iterator:
                 if self._outage.out:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, self._outage.refusal().message)
+                    self._refuse(context)
                 yield message
         finally:
             close = getattr(iterator, "close", None)

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -91,11 +91,8 @@ def call(
 
 
 def _message_class(descriptor: Any) -> Any:
-    for module in (pb, cpb, common_pb2):
-        found = getattr(module, descriptor.name, None)
-        if found is not None and found.DESCRIPTOR.full_name == descriptor.full_name:
-            return found
-    raise KeyError(descriptor.full_name)
+    """The generated class of any csbs message (every .proto's, quotas and faults too)."""
+    return message_factory.GetMessageClass(descriptor)
 
 
 def _channel_for(cluster: Cluster, method: Any) -> grpc.Channel:
