@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
 
 # bench/backup.py, next to this file: its error, progress line, CPU reading and follow loop.
 from backup import BenchError, cpu_seconds, follow, print_summary, progress  # noqa: E402
+from limited_link import LimitedLink, replicate_over_limited_link  # noqa: E402
 
 from tests.harness import (  # noqa: E402
     DEFAULT_REGIONS,
@@ -62,7 +63,13 @@ WRITE_PIECE = 4 * MIB  # the largest WriteDisk message the contract allows
 SOURCE = "cn-north-4"
 TARGET = "cn-east-3"
 TARGET_PROJECT = f"{TARGET}_default"  # the main project, where a replica lands by default (P3)
-REGIONS = [r for r in DEFAULT_REGIONS if r["id"] in (SOURCE, TARGET)]
+# A third region, made to accept replication, for the limited-link figure (issue 13).
+THIRD = "cn-south-1"
+REGIONS = [
+    {**r, "accepts_replication": True}
+    for r in DEFAULT_REGIONS
+    if r["id"] in (SOURCE, TARGET, THIRD)
+]
 UNARY_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -165,6 +172,7 @@ class Results:
     verified_offsets: list[int] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     storage_io: dict[str, dict[str, int]] = field(default_factory=dict)  # replication → bytes
+    limited_link: LimitedLink | None = None
 
 
 def timed_command(
@@ -515,11 +523,31 @@ class Bench:
         self.rsync_delta()
 
         self.verify(self.results.incremental_job.replica_id)
+        self.limited_link(full)
         # VmHWM, which the harness gives in MiB.
         self.results.peak_rss_mb = {
             name: p.peak_rss_mb() * MIB / MB for name, p in self.processes().items()
         }
         return self.results
+
+    def limited_link(self, full: pb.Backup) -> None:
+        """The full backup again, to a third region, over a link limited to 100 MB/s."""
+        assert self.cluster is not None
+        admin = coordinator_pb2_grpc.CoordinatorAdminStub(self.cluster.coordinator_channel())
+        os.sync()
+        result = replicate_over_limited_link(
+            self.coord, admin, SOURCE, THIRD, full.backup_id, self.timeout
+        )
+        self.results.limited_link = result
+        self.record(
+            Step(
+                "full replication over a 100 MB/s link",
+                result.seconds,
+                result.bytes_sent,
+                sent_bytes=result.bytes_sent,
+                note=f"to {THIRD}; {result.vs_limit:.3f} x the limit, {result.attempts} attempt(s)",
+            )
+        )
 
     def stop(self) -> None:
         """Stops the coordinator and the nodes (SIGTERM, then SIGKILL) and closes the channels."""
@@ -570,6 +598,8 @@ def summarize(results: Results) -> dict[str, Any]:
     rsync_full_mb_s = round(rsync_full.mb_s, 1) if rsync_full else None
     restic_mb_s = round(restic.mb_s, 1) if restic else None
     rsync_delta_s = round(rsync_delta.seconds, 3) if rsync_delta else None
+    limited = results.limited_link
+    assert limited is not None
     return {
         "size_bytes": results.size_bytes,
         "full_replication_s": round(full.seconds, 3),
@@ -598,6 +628,9 @@ def summarize(results: Results) -> dict[str, Any]:
         "peak_rss_mb": {k: round(v, 1) for k, v in results.peak_rss_mb.items()},
         "rewritten_offsets": results.extents,
         "verified_offsets": results.verified_offsets,
+        "limited_link_mb_s": round(limited.mb_s, 1),
+        "limited_link_vs_limit": round(limited.vs_limit, 3),
+        "limited_link_s": round(limited.seconds, 3),
         "peers_missing": [name for name, path in results.tools.items() if path is None],
     }
 
@@ -652,6 +685,11 @@ def print_report(results: Results, summary: dict[str, Any]) -> None:
             "peak RSS (VmHWM)",
             f"coordinator {rss['coordinator']:.0f} MB, source {rss['source']:.0f} MB, "
             f"target {rss['target']:.0f} MB",
+        ),
+        (
+            "full replication over a 100 MB/s link",
+            f"{summary['limited_link_mb_s']:.1f} MB/s in {summary['limited_link_s']:.2f} s "
+            f"({summary['limited_link_vs_limit']:.3f} x the limit)",
         ),
         ("replica data checked at offsets", ", ".join(map(str, summary["verified_offsets"]))),
     ]

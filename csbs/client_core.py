@@ -88,6 +88,15 @@ MEANINGS: dict[grpc.StatusCode, Meaning] = {
 _COULD_NOT_SERVE = Meaning(Unavailable, refusal=False)
 
 
+def _simulated(exc: grpc.RpcError) -> bool:
+    """The callee said the failure is the simulated world's (its trailing metadata)."""
+    try:
+        trailing = (exc.trailing_metadata() if isinstance(exc, grpc.Call) else None) or ()
+    except NotImplementedError:  # an RpcError that is not a real call's
+        return False
+    return any(key == SIMULATED_FAILURE for key, _ in trailing)
+
+
 @dataclass(frozen=True)
 class Failure:
     """A failed call, read once: its status code and the callee's own words."""
@@ -110,9 +119,7 @@ class Failure:
             and details.startswith(BUSY_SERVER)
         ):
             code = grpc.StatusCode.UNAVAILABLE
-        trailing = (exc.trailing_metadata() if isinstance(exc, grpc.Call) else None) or ()
-        simulated = any(key == SIMULATED_FAILURE for key, _ in trailing)
-        return cls(code, details, simulated)
+        return cls(code, details, _simulated(exc))
 
     @property
     def meaning(self) -> Meaning:

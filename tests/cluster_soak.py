@@ -6,7 +6,10 @@ daily to cn-east-3 (keeping 2 replicas of each server there), the other keeps 3 
 and replicates daily to cn-south-1. Day after day the clock is advanced while the engine writes
 to the servers, asks for manual replications, and, at seeded moments, kills the coordinator or
 a node (`kill -9`, then restart) or pauses a node (SIGSTOP, SIGCONT); as root, cn-south-1's data
-lives on a small tmpfs that fills up for one day. At the end:
+lives on a small tmpfs that fills up for one day. The world around the regions fails too (issue
+13): the link to cn-east-3 is slow (a day's changes take an hour or two of simulated time), and
+on seeded days, for a seeded window of simulated hours, a link is cut, a region is out, or a
+node's fault rule fails or delays calls of the replication. At the end:
 - every due run happened exactly once, and every run ended (success, or failed with a reason);
 - every job ended (success, or failed with a reason) and owes no node anything;
 - every available replica names the same chunks as its source backup and verifies whole;
@@ -40,6 +43,7 @@ from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 from tests.filesystems import Filler, small_filesystem
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import MIB, node_with_deadline
+from tests.soak_world import SLOW_LINK, WORLD_FAULTS, World
 
 SOURCE, EAST, SOUTH = "cn-north-4", "cn-east-3", "cn-south-1"
 REGIONS: tuple[dict[str, Any], ...] = (
@@ -80,6 +84,7 @@ class _ClusterSoak:
         self.report = ClusterSoakReport(seed, days)
         self.servers: list[str] = []
         self.policies: dict[str, str] = {}  # policy ID -> target region
+        self.world = World(cluster, self.rng)
 
     # -- calls ------------------------------------------------------------------------------
     def coordinator(self) -> CoordinatorStub:
@@ -104,6 +109,7 @@ class _ClusterSoak:
 
     # -- set-up -------------------------------------------------------------------------------
     def set_up(self) -> None:
+        self.world.set_link(SOURCE, EAST, SLOW_LINK, cut=False)
         north = self.node(SOURCE)
         for i in range(3):
             server = north.CreateServer(
@@ -152,7 +158,10 @@ class _ClusterSoak:
         if self.filler is not None and number == self.report.filled_day:
             self.filler.fill()
             self.fault("fill")
-        target = self.now() + timedelta(days=1)
+        start = self.now()
+        target = start + timedelta(days=1)
+        if self.rng.random() < 0.5:
+            self.world_fault(start)
         advancing = self.advance(target)
         if self.rng.random() < 0.7:
             time.sleep(self.rng.uniform(0.05, 1.5))
@@ -161,6 +170,18 @@ class _ClusterSoak:
         if self.filler is not None and number == self.report.filled_day:
             self.filler.remove()
         self.check_r3()
+
+    def world_fault(self, start: datetime) -> None:
+        """One of the world's faults for a window of simulated hours of the day (when the
+        policies' runs fall due or their jobs go on), set and lifted between two advances."""
+        kind = self.rng.choice(WORLD_FAULTS)
+        self.fault(kind)
+        begin = start + timedelta(minutes=self.rng.randrange(30, 300))
+        end = begin + timedelta(minutes=self.rng.randrange(10, 180))
+        self.finish_advance(self.advance(begin), begin)
+        undo = self.world.apply(kind)
+        self.finish_advance(self.advance(end), end)
+        undo()
 
     def manual_replication(self, number: int) -> None:
         """M1 of a random available backup to a random target; a refusal by a rule (R3: one
@@ -389,7 +410,10 @@ def run_cluster_soak(seed: int, days: int, workdir: Path) -> ClusterSoakReport:
             }
             for number in range(days):
                 soak.day(number)
-            end = soak.now()
+            # The world comes back, and the jobs it held up (a slow link, retries waiting on
+            # the cluster clock) have an hour of simulated time to end.
+            soak.world.lift()
+            end = soak.now() + timedelta(hours=1)
             soak.finish_advance(soak.advance(end), end)  # everything due has run and ended
             soak.check_runs(first, end)
             soak.check_jobs_and_replicas()

@@ -16,8 +16,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import faults_pb2 as fpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
+from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from tests.harness import DEFAULT_ACCOUNT, Cluster, write_cluster_config
 from tests.node_helpers import (
     MIB,
@@ -310,3 +312,29 @@ def test_wall_time_a_cut_link_mid_job_is_retried_and_resumes_when_restored(
         done = follow(coordinator, job.job_id)[-1]
         assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
         _copy_is_identical(cluster, done, sha256)
+
+
+def test_an_injected_fault_is_retried_on_the_cluster_clock_in_simulated_mode(
+    simulated: Cluster,
+) -> None:
+    """A fault rule's failure says it is the simulated world's: the job waits for it on the
+    cluster clock (nothing happens until the clock moves), like a cut link."""
+    faults = FaultInjectionStub(simulated.channel(TARGET))
+    faults.AddFaultRule(
+        fpb.FaultRule(method="*/FindMissingChunks", code="UNAVAILABLE", count=5), timeout=30
+    )
+    try:
+        backup_id, sha256 = _backup_of(simulated, seed=6, size=MIB)
+        coordinator = CoordinatorStub(simulated.coordinator_channel())
+        job = replicate(coordinator, backup_id, SOURCE, TARGET)
+        time.sleep(2.0)  # the client's own quick retries, then the job waits for the clock
+        waiting = _job(simulated, job.job_id)
+        assert waiting.status == cpb.REPLICATION_JOB_STATUS_REPLICATING
+        assert waiting.attempts == 1
+        _advance(_operator(simulated), 30)
+        done = _job(simulated, job.job_id)
+        assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
+        assert done.attempts == 2
+        _copy_is_identical(simulated, done, sha256)
+    finally:
+        faults.ClearFaultRules(fpb.ClearFaultRulesRequest(), timeout=30)

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import MIB, make_server, node, seeded_bytes, write
 
@@ -141,3 +143,51 @@ def test_rpo_grows_day_by_day_over_a_link_too_slow_and_stays_under_a_day_over_a_
     getattr(last_two, "from").FromDatetime(midnight + timedelta(days=DAYS - 2))
     (only,) = coordinator.GetRecoveryPoints(last_two, timeout=30).points
     assert only.server_id == servers[FAST_SOURCE][1] and only.replications == 2
+
+
+def test_a_region_outage_on_day_12_shows_in_the_recovery_point(simulated: Cluster) -> None:
+    """A daily policy over a fast link: the recovery point stays under a day, except on the
+    day its source region is out (no backup, no replication): then it passes a day, and the
+    worst over the fortnight says so."""
+    channel = simulated.coordinator_channel()
+    coordinator, admin = CoordinatorStub(channel), CoordinatorAdminStub(channel)
+    stub = node(simulated.channel(FAST_SOURCE))
+    server = make_server(stub, [2])
+    write(stub, server.server_id, 0, 0, seeded_bytes(9, 2 * MIB))
+    _policy(coordinator, FAST_SOURCE, FAST_TARGET, server.server_id)
+    source_admin = RegionNodeAdminStub(simulated.channel(FAST_SOURCE))
+
+    start = coordinator.GetClock(cpb.GetClockRequest()).now.ToDatetime(tzinfo=UTC)
+    midnight = datetime(start.year, start.month, start.day, tzinfo=UTC) + timedelta(days=1)
+    ages = []
+    for day in range(14):
+        out = day == 12
+        if out:
+            source_admin.SetRegionOutage(pb.SetRegionOutageRequest(out=True, reason="day 12"))
+        else:
+            write(stub, server.server_id, 0, (day % 2) * MIB, seeded_bytes(200 + day, MIB))
+        moved = cpb.AdvanceClockRequest()
+        moved.to.FromDatetime(midnight + timedelta(days=day + 1) - timedelta(seconds=1))
+        admin.AdvanceClock(moved, timeout=600)
+        (point,) = _points(coordinator, source_region_id=FAST_SOURCE).values()
+        ages.append(point.age_seconds)
+        if out:
+            source_admin.SetRegionOutage(pb.SetRegionOutageRequest(out=False))
+
+    assert all(age < DAY for day, age in enumerate(ages) if day != 12), ages
+    assert DAY < ages[12] < 2 * DAY, ages  # the day before's backup is the newest replica
+    (point,) = _points(coordinator, source_region_id=FAST_SOURCE).values()
+    assert point.worst_seconds >= ages[12]
+    runs = coordinator.ListPolicyRuns(
+        cpb.ListPolicyRunsRequest(policy_id=_policy_id(coordinator), page_size=1000),
+        timeout=30,
+    ).runs
+    failed = [r for r in runs if r.status == cpb.POLICY_RUN_STATUS_FAILED]
+    assert failed and all(r.reason for r in failed)
+
+
+def _policy_id(coordinator: CoordinatorStub) -> str:
+    (policy,) = coordinator.ListPolicies(
+        cpb.ListPoliciesRequest(region_id=FAST_SOURCE), timeout=30
+    ).policies
+    return str(policy.policy_id)
