@@ -78,6 +78,7 @@ class Transit:
         self._waits = waits  # None: wall mode
         self._stop = stop
         self._time = clock.now()  # the attempt's own time
+        self._batch_start = self._time
         self.before_wait: Callable[[], None] = lambda: None
         self.remaining_bytes: Callable[[], int] = lambda: 0
 
@@ -125,8 +126,11 @@ class Transit:
         return max(1, min(RELAY_BATCH, fit))
 
     def crossing(self) -> None:
-        """A batch of chunks is about to cross (a call to the target region)."""
+        """A batch of chunks is about to cross (a call to the target region): it starts now
+        (wall mode; so that the time it takes to send counts within its time on the link) or at
+        the attempt's own time (simulated mode)."""
         self.call()
+        self._batch_start = self._start()
 
     def crossed(self, wire_bytes: int) -> None:
         """A batch of `wire_bytes` was relayed: the attempt waits until it has crossed."""
@@ -134,7 +138,7 @@ class Transit:
         rate = link.bandwidth_bytes_per_second
         if not rate:
             return
-        end = self._pipes.reserve(self._pair, self._start(), wire_bytes / rate)
+        end = self._pipes.reserve(self._pair, self._batch_start, wire_bytes / rate)
         self._time = end
         horizon = end
         if self._pipes.alone(self._pair):
