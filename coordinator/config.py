@@ -52,15 +52,6 @@ class CoordinatorConfig:
             targets_timeout_seconds=cluster.coordinator.targets_timeout_seconds,
             runs_page_bytes=cluster.coordinator.runs_page_bytes,
             fault_rules=cluster.faults.rules_for(COORDINATOR_PROCESS),
-            links=tuple(
-                Link(
-                    link.source_region_id,
-                    link.target_region_id,
-                    link.bandwidth_bytes_per_second,
-                    link.latency_ms,
-                    link.cut,
-                )
-                for link in cluster.links
-            ),
+            links=cluster.links,
             simulated_retry_budget_seconds=cluster.coordinator.simulated_retry_budget_seconds,
         )

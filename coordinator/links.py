@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from coordinator.store import Store
+from csbs.config import LinkConfig
 from csbs.errors import InvalidArgument, RegionNotFound
 
 LINKS_SETTING = "links"
@@ -24,31 +25,8 @@ CONFIG_SETTING = "links_from_config"
 MAX_LATENCY_MS = 600_000  # ten minutes a call
 
 
-@dataclass(frozen=True)
-class Link:
-    source_region_id: str
-    target_region_id: str
-    bandwidth_bytes_per_second: int = 0  # 0: unlimited
-    latency_ms: int = 0
-    cut: bool = False
-
-    @property
-    def pair(self) -> tuple[str, str]:
-        return self.source_region_id, self.target_region_id
-
-    @property
-    def name(self) -> str:
-        return f"{self.source_region_id} -> {self.target_region_id}"
-
-    def describe(self) -> str:
-        parts = [
-            "cut" if self.cut else "up",
-            "unlimited"
-            if not self.bandwidth_bytes_per_second
-            else f"{self.bandwidth_bytes_per_second} bytes/s",
-            f"{self.latency_ms} ms",
-        ]
-        return f"link {self.name} ({', '.join(parts)})"
+# The config file's link and the live one are one shape (csbs.config.LinkConfig).
+Link = LinkConfig
 
 
 def unlimited(source_region_id: str, target_region_id: str) -> Link:

@@ -82,13 +82,28 @@ class CoordinatorConfig:
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """A link between two regions as `[[links]]` gives it (issue 13)."""
+    """A link between two regions (issue 13), as `[[links]]` gives it and as the coordinator
+    keeps it live (coordinator/links.py)."""
 
     source_region_id: str
     target_region_id: str
     bandwidth_bytes_per_second: int = 0  # 0: unlimited
     latency_ms: int = 0
     cut: bool = False
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.source_region_id, self.target_region_id
+
+    @property
+    def name(self) -> str:
+        return f"{self.source_region_id} -> {self.target_region_id}"
+
+    def describe(self) -> str:
+        state = "cut" if self.cut else "up"
+        rate = self.bandwidth_bytes_per_second
+        speed = f"{rate} bytes/s" if rate else "unlimited"
+        return f"link {self.name} ({state}, {speed}, {self.latency_ms} ms)"
 
 
 @dataclass(frozen=True)
