@@ -57,7 +57,8 @@ demo: install
 # The seeded fault tests, each for SECONDS, as root (they mount tmpfs filesystems): a region
 # node against a model (tests/node_soak.py: kill -9, a full disk, every backup restored and
 # compared), then the whole cluster over DAYS simulated days a run, seed after seed
-# (tests/cluster_soak.py: kills and pauses of every process, a full target region; every due
+# (tests/cluster_soak.py: kills and pauses of every process, a full target region, a slow link,
+# cut links, region outages and fault rules for simulated hours; every due
 # run once, every job ended, replicas identical). A failure prints its seed; `make soak
 # SEED=<seed> SECONDS=<s>` replays it. SEED defaults to a random one.
 SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
