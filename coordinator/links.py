@@ -40,8 +40,6 @@ class Links:
         self._store = store
         self._regions = set(region_ids)
         self._lock = threading.Lock()
-        self._version = 0
-        self._changed = threading.Condition(self._lock)
         links = [self.validated(link) for link in configured]
         from_config = json.dumps([asdict(link) for link in links], sort_keys=True)
         if store.setting(CONFIG_SETTING, "") != from_config:
@@ -65,7 +63,9 @@ class Links:
             if not region_id:
                 raise InvalidArgument(f"link.{field} is required")
             if region_id not in self._regions:
-                raise RegionNotFound(region_id)
+                missing = RegionNotFound(region_id)
+                missing.message = f"link.{field}: {missing.message}"
+                raise missing
         if link.source_region_id == link.target_region_id:
             raise InvalidArgument(
                 f"link.target_region_id: a link joins two regions; {link.source_region_id} is "
@@ -93,8 +93,6 @@ class Links:
         with self._lock:
             self._links[link.pair] = link
             self._save()
-            self._version += 1
-            self._changed.notify_all()
         return link
 
     def clear(self, source_region_id: str, target_region_id: str) -> bool:
@@ -102,18 +100,4 @@ class Links:
         with self._lock:
             cleared = self._links.pop((source_region_id, target_region_id), None) is not None
             self._save()
-            self._version += 1
-            self._changed.notify_all()
         return cleared
-
-    def wait_changed(self, version: int, timeout: float) -> int:
-        """Waits until a link changes after `version` (or `timeout` seconds); the version now."""
-        with self._lock:
-            if self._version == version:
-                self._changed.wait(timeout)
-            return self._version
-
-    @property
-    def version(self) -> int:
-        with self._lock:
-            return self._version

@@ -162,6 +162,7 @@ class PolicyScheduler:
             self._runner.wait_recovered()  # the runs a crash left going end first, in order
             if to < self._clock.now():
                 self._clock.move_to(to)  # refuses: never backwards
+            self._waits.forget_horizons()
             while True:
                 self._waits.settle(WORK_TIMEOUT)
                 due = self._next_due(to)
@@ -173,6 +174,9 @@ class PolicyScheduler:
                 if due is not None and (wake is None or due[0] <= wake):
                     when, policy_id, kind = due
                     self._move(max(when, self._clock.now()))
+                    # The jobs behind the clock catch up before the run's own jobs take the
+                    # links they share.
+                    self._waits.settle(WORK_TIMEOUT)
                     self._run_due(policy_id, kind, when, wait=True)
                 else:
                     assert wake is not None

@@ -9,7 +9,8 @@ deleted in the target region no longer counts for the age now; over a range it c
 job's success to the end (the deletion's instant is not recorded). An instant before the first
 replica of the range counts from the start of the range. A job recorded before the backup's
 time was kept counts from the job's creation. A server "with replication" is one a replication
-job copied a backup of, or one a policy with a replication rule protects."""
+job copied a backup of, or one a policy with a replication rule protects (from when the policy
+was made: a protected server never replicated shows its whole time since as its worst)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from coordinator.policy_models import Policy
 from coordinator.policy_store import PolicyStore
 from coordinator.store import Store
 from csbs.clock import Clock
+from csbs.errors import InvalidArgument
 
 # (source region, source project, server, target region)
 Key = tuple[str, str, str, str]
@@ -96,6 +98,7 @@ def recovery_points(
 ) -> list[RecoveryPoint]:
     """The points of the servers the jobs and policies name, in key order."""
     groups: dict[Key, list[ReplicationJob]] = {}
+    protected_since: dict[Key, datetime] = {}
     for job in jobs:
         if job.source_server_id:
             key = (
@@ -115,12 +118,22 @@ def recovery_points(
                     policy.replication.target_region_id,
                 )
                 groups.setdefault(key, [])
-    return [_point(key, groups[key], now, range_from, range_to) for key in sorted(groups)]
+                since = protected_since.get(key, policy.created_at)
+                protected_since[key] = min(since, policy.created_at)
+    if range_from is not None and range_to is not None and range_to < range_from:
+        raise InvalidArgument(
+            f"to: {range_to.isoformat()} is before from ({range_from.isoformat()})"
+        )
+    return [
+        _point(key, groups[key], protected_since.get(key), now, range_from, range_to)
+        for key in sorted(groups)
+    ]
 
 
 def _point(
     key: Key,
     jobs: Sequence[ReplicationJob],
+    protected_since: datetime | None,
     now: datetime,
     range_from: datetime | None,
     range_to: datetime | None,
@@ -131,10 +144,11 @@ def _point(
     )
     available = [j for j in successes if not j.replica_deleted]
     newest = max(available, key=backup_time, default=None)
-    start = range_from or min((j.created_at for j in jobs), default=now)
+    # A server a policy protects counts from when it was protected, replicated or not.
+    first = [j.created_at for j in jobs] + ([protected_since] if protected_since else [])
+    start = range_from or min(first, default=now)
     end = range_to or now
-    if end < start:
-        start, end = end, start
+    start = min(start, end)
     worst, median = _age_over(successes, start, end)
 
     def within(job: ReplicationJob) -> bool:

@@ -117,8 +117,10 @@ class SimulatedWaits:
             return False
         # A queued job starts as soon as a worker is free; while every worker holds a job,
         # it waits for them.
-        started = sum(1 for job in self._jobs.values() if job.state != QUEUED)
-        if len(running) < len(counted) and started < self._workers:
+        started = [job for job in self._jobs.values() if job.state != QUEUED]
+        if len(running) < len(counted) and (
+            len(started) < self._workers or any(job.state == BUSY for job in started)
+        ):
             return False
         # A run whose jobs have all ended (are no longer here) is recording its end; one with
         # a job still here waits for it.
@@ -138,6 +140,15 @@ class SimulatedWaits:
                     return False
                 self._cond.wait(min(left, POLL))
         return True
+
+    def forget_horizons(self) -> None:
+        """The world may have changed since the horizons were told (a link cut or made
+        faster, an outage, a fault rule): until each job says again, the clock moves for it
+        only as far as its next instant."""
+        with self._cond:
+            for job in self._jobs.values():
+                if job.state == IDLE:
+                    job.horizon = job.until
 
     def next_wakeup(self) -> datetime | None:
         """The farthest the clock may move in one step for the jobs waiting for it: the

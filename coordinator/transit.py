@@ -80,6 +80,7 @@ class Transit:
         self._time = clock.now()  # the attempt's own time
         self._batch_start = self._time
         self.before_wait: Callable[[], None] = lambda: None
+        self.after_wait: Callable[[], None] = lambda: None
         self.remaining_bytes: Callable[[], int] = lambda: 0
 
     def carry_on_from(self, before: Transit) -> None:
@@ -156,5 +157,12 @@ class Transit:
             self._stop.wait(max((until - self._clock.now()).total_seconds(), 0.0))
         elif self._clock.now() < until:
             self._waits.wait_until(self._job_id, until, horizon, self._stop)
+        self.after_wait()
         if self._stop.is_set():
             raise coordinator_stopping(self._pair[1])
+
+    @property
+    def time(self) -> datetime:
+        """The attempt's own time: in simulated mode when its last step ended (at most the
+        cluster clock's now, which may have jumped past it)."""
+        return self._time if self._waits is not None else self._clock.now()

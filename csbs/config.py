@@ -433,6 +433,9 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
     )
 
 
+LINK_KEYS = ("source", "target", "bandwidth", "latency_ms", "cut")
+
+
 def _links(tables: object, region_ids: set[str]) -> tuple[LinkConfig, ...]:
     """`[[links]]`: source, target, bandwidth ("100 MB/s", or bytes a second), latency_ms, cut."""
     if not isinstance(tables, list):
@@ -442,6 +445,11 @@ def _links(tables: object, region_ids: set[str]) -> tuple[LinkConfig, ...]:
         where = f"links[{i}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: a table")
+        for key in table:
+            if key not in LINK_KEYS:
+                raise ConfigError(
+                    f"{where}.{key}: unknown key (a link takes {', '.join(LINK_KEYS)})"
+                )
         ends = []
         for key in ("source", "target"):
             region_id = _require(table, key, where, str)

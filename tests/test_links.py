@@ -6,6 +6,7 @@ refused to a user, kept across a coordinator crash, and the config file's `[[lin
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from csbs.config import ConfigError, load_cluster_config
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
 from csbs.v1 import region_node_pb2 as pb
@@ -338,3 +340,56 @@ def test_an_injected_fault_is_retried_on_the_cluster_clock_in_simulated_mode(
         _copy_is_identical(simulated, done, sha256)
     finally:
         faults.ClearFaultRules(fpb.ClearFaultRulesRequest(), timeout=30)
+
+
+def test_a_transfer_of_repeated_chunks_ends_when_its_distinct_bytes_have_crossed(
+    simulated: Cluster,
+) -> None:
+    """4 MiB of one 64 KiB chunk repeated: one chunk crosses, and the job ends when it has
+    (its end is not the 4 MiB the manifest names)."""
+    admin = _operator(simulated)
+    _set_link(admin, bandwidth_bytes_per_second=RATE)
+    try:
+        north = node(simulated.channel(SOURCE))
+        server = make_server(north, [DATA // MIB])
+        write(north, server.server_id, 0, 0, seeded_bytes(7, CHUNK) * (DATA // CHUNK))
+        made = backup(north, server.server_id)
+        coordinator = CoordinatorStub(simulated.coordinator_channel())
+        started = _now(admin, simulated)
+        job = replicate(coordinator, made.backup_id, SOURCE, TARGET)
+        time.sleep(1.0)
+        _advance(admin, 60)
+        done = _job(simulated, job.job_id)
+        assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
+        assert _seconds(done.finished_at, started) <= 2 * CHUNK / RATE
+        _copy_is_identical(simulated, done, disk_sha256(north, server.server_id, 0))
+    finally:
+        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
+
+
+def test_recovery_points_refuse_a_range_that_ends_before_it_starts(simulated: Cluster) -> None:
+    coordinator = CoordinatorStub(simulated.coordinator_channel())
+    request = cpb.GetRecoveryPointsRequest()
+    now = _now(_operator(simulated), simulated)
+    getattr(request, "from").FromDatetime(now)
+    request.to.FromDatetime(now.replace(year=now.year - 1))
+    code, message = refusal(lambda: coordinator.GetRecoveryPoints(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("to: ")
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('bandwith = "1 MB/s"', "links[0].bandwith: unknown key"),
+        ('bandwidth = "fast"', "links[0].bandwidth"),
+        ("latency_ms = -1", "links[0].latency_ms"),
+        ('target = "nowhere"', "links[0].target: unknown region"),
+    ],
+)
+def test_a_bad_link_in_the_config_names_its_key(tmp_path: Path, line: str, named: str) -> None:
+    path = write_cluster_config(tmp_path)
+    target = "" if line.startswith("target") else f'target = "{TARGET}"\n'
+    with path.open("a", encoding="utf-8") as config:
+        config.write(f'\n[[links]]\nsource = "{SOURCE}"\n{target}{line}\n')
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_cluster_config(path)
