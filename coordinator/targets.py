@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from coordinator.models import ReplicationTarget
 from csbs.clients import NodeError, RegionNodes
-from csbs.errors import CsbsError, RegionNotFound
+from csbs.errors import CsbsError, InvalidArgument, RegionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class TargetFinder:
         """Every other region that accepts replication and holds a project of the account, in
         the cluster's order: those that answered with the account's projects there, the others
         as unreachable."""
+        if not source_region_id:
+            raise InvalidArgument("source_region_id is required")
         if source_region_id not in self._nodes:
             raise RegionNotFound(source_region_id)
         asked = {

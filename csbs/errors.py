@@ -146,8 +146,12 @@ class ServerNotFound(NotFound):
 
 
 class BackupNotFound(NotFound):
-    def __init__(self, backup_id: str) -> None:
+    def __init__(self, backup_id: str, project_id: str | None = None) -> None:
         super().__init__("backup", backup_id)
+        if project_id:
+            # Which project was searched (issue 14): a backup of another project of the same
+            # account is found by naming that project.
+            self.message = f"backup {backup_id!r} not found in project {project_id}"
 
 
 class ImageNotFound(NotFound):

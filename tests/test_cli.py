@@ -357,7 +357,9 @@ def test_r5_replicating_to_a_region_that_does_not_accept_is_refused(
 def test_an_unknown_backup_is_not_found_naming_the_region(env: dict[str, str]) -> None:
     missing = str(uuid.uuid4())
     done = csbs(env, "backup", "show", missing, code=1)
-    assert _one_error_line(done) == f"error: backup {missing!r} not found (in region {SOURCE})"
+    assert _one_error_line(done) == (
+        f"error: backup {missing!r} not found in project {SOURCE}_default (in region {SOURCE})"
+    )
     done = csbs(env, "job", "show", missing, code=1)
     assert _one_error_line(done).startswith("error: replication job")
 
@@ -377,13 +379,17 @@ def test_a_cluster_that_is_not_running_exits_3_saying_how_to_start_it(tmp_path: 
     never_started = _clean_env(CSBS_CONFIG=str(write_cluster_config(tmp_path)))
     line = _one_error_line(csbs(never_started, "server", "list", code=3))
     assert line.startswith(f"error: cannot reach region {SOURCE}: it has published no address")
-    assert line.endswith("is the cluster running? Start it with `make cluster`")
+    assert line.endswith(
+        "is the cluster running? Start it with `make cluster` (`make cluster CONFIG=FILE` for "
+        "another config; then give csbs the same file with --config FILE or CSBS_CONFIG)"
+    )
     # Nothing listens on port 1.
     nowhere = ("--address", f"{SOURCE}=127.0.0.1:1", "--coordinator", "127.0.0.1:1")
     line = _one_error_line(csbs(never_started, *nowhere, "backup", "list", code=3))
     assert line == (
         f"error: cannot reach region {SOURCE} at 127.0.0.1:1: is the cluster running? "
-        "Start it with `make cluster`"
+        "Start it with `make cluster` (`make cluster CONFIG=FILE` for another config; then give "
+        "csbs the same file with --config FILE or CSBS_CONFIG)"
     )
     line = _one_error_line(csbs(never_started, *nowhere, "job", "list", code=3))
     assert line.startswith("error: cannot reach the coordinator at 127.0.0.1:1")

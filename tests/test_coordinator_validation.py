@@ -114,6 +114,29 @@ def test_unknown_backup_is_not_found(coordinator: CoordinatorStub) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_an_empty_source_region_is_invalid_naming_the_field(coordinator: CoordinatorStub) -> None:
+    """Issue 14: an empty required field is INVALID_ARGUMENT naming it, not NOT_FOUND of ''."""
+    code, details = refusal(
+        lambda: coordinator.ListReplicationTargets(cpb.ListReplicationTargetsRequest(), timeout=30)
+    )
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "source_region_id is required")
+
+
+@pytest.mark.timeout(120)
+def test_a_backup_not_found_in_another_project_names_the_project_searched(
+    coordinated: Cluster, coordinator: CoordinatorStub
+) -> None:
+    """Issue 14: a backup asked for in the wrong project of the account says which project
+    was searched."""
+    east = node(coordinated.channel(TARGET))
+    server = make_server(east, [1], project_id="cn-east-3_dr")
+    made = backup(east, server.server_id, project_id="cn-east-3_dr")
+    code, details = refusal(lambda: east.GetBackup(pb.GetBackupRequest(backup_id=made.backup_id)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details == f"backup {made.backup_id!r} not found in project cn-east-3_default"
+
+
+@pytest.mark.timeout(120)
 def test_r5_a_region_that_refuses_replication_is_no_target(
     coordinator: CoordinatorStub, ecs_backup: pb.Backup
 ) -> None:

@@ -9,7 +9,10 @@ EXIT_USAGE = 2  # the command line itself is wrong (as typer reports its own usa
 EXIT_UNREACHABLE = 3  # a region node or the coordinator did not answer
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
-START_HINT = "is the cluster running? Start it with `make cluster`"
+START_HINT = (
+    "is the cluster running? Start it with `make cluster` (`make cluster CONFIG=FILE` for "
+    "another config; then give csbs the same file with --config FILE or CSBS_CONFIG)"
+)
 
 
 class CliError(Exception):

@@ -44,7 +44,7 @@ def row(conn: sqlite3.Connection, project_id: str | None, backup_id: str) -> Row
         f"SELECT {BACKUP_COLUMNS} FROM backups WHERE backup_id = ?", (backup_id,)
     ).fetchone()
     if found is None or (project_id is not None and found["project_id"] != project_id):
-        raise BackupNotFound(backup_id)
+        raise BackupNotFound(backup_id, project_id)
     return found
 
 
