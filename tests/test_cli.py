@@ -40,6 +40,7 @@ from tests.harness import (
     ACCOUNT_TOKENS,
     DEFAULT_ACCOUNT,
     OPERATOR_TOKEN,
+    REPO_ROOT,
     Cluster,
     write_cluster_config,
 )
@@ -639,3 +640,26 @@ def test_csbs_demo_runs_the_whole_story_against_a_running_cluster(env: dict[str,
     sums = re.findall(r"^([0-9a-f]{64})  \S+ disk (\d)$", out, re.MULTILINE)
     assert len(sums) == 4
     assert [s for s, _ in sums[:2]] == [s for s, _ in sums[2:]]
+
+
+def test_the_quickstart_makes_its_own_files_with_the_sha256_the_readme_shows(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: the quickstart writes system-disk.txt and data-disk.txt; a step before makes
+    them, and a disk holding the first has the SHA-256 the README shows."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "$ .venv/bin/python -m csbs.cli.demo_files" in readme
+    done = subprocess.run(
+        [sys.executable, "-m", "csbs.cli.demo_files", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in readme
+    system = (tmp_path / "system-disk.txt").read_bytes()
+    assert len(system) == 32 * MIB and len((tmp_path / "data-disk.txt").read_bytes()) == 16 * MIB
+    # Disk 0 is 64 MiB: the file, then zeros.
+    shown = re.search(r"\n([0-9a-f]{64})  \S+ disk 0\n", readme)
+    assert shown is not None
+    assert hashlib.sha256(system + bytes(32 * MIB)).hexdigest() == shown.group(1)

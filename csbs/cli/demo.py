@@ -21,6 +21,7 @@ import typer
 
 from csbs.cli.commands import command
 from csbs.cli.context import Options, Session
+from csbs.cli.demo_files import write_demo_files
 from csbs.cli.errors import CliError, Refused, UsageError
 from csbs.cli.fresh_cluster import fresh_cluster
 from csbs.cli.output import recording
@@ -29,19 +30,6 @@ from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 
-MIB = 1 << 20
-LINE = 64  # bytes of one line of the recognisable data
-
-
-def recognisable(label: str, mib: int) -> bytes:
-    """`mib` MiB of text lines that say what they are and where they belong: every MiB differs
-    from every other, so that no chunk of the demo is stored once for two."""
-    lines_per_mib = MIB // LINE
-    return b"".join(
-        f"csbs-sim demo {label} MiB {m:04d} line {i:05d}".ljust(LINE - 1).encode() + b"\n"
-        for m in range(mib)
-        for i in range(lines_per_mib)
-    )
 
 
 @dataclass(frozen=True)
@@ -158,10 +146,7 @@ def _story(app: typer.Typer, session: Session, hidden: list[str], data_mib: int)
     )
     sid = server.server_id
     with tempfile.TemporaryDirectory(prefix="csbs-demo-") as tmp:
-        system_file = Path(tmp) / "system-disk.txt"
-        data_file = Path(tmp) / "data-disk.txt"
-        system_file.write_bytes(recognisable("system disk", data_mib))
-        data_file.write_bytes(recognisable("data disk", data_mib // 2))
+        system_file, data_file = write_demo_files(Path(tmp), data_mib)
         story.run("server", "write", sid, "--disk", "0", "--file", str(system_file), scope=here)
         story.run(
             "server",
