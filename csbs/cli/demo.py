@@ -31,7 +31,6 @@ from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 
 
-
 @dataclass(frozen=True)
 class Scope:
     """The region and project a step acts in (an empty project: the main one)."""
