@@ -365,6 +365,17 @@ def test_an_unknown_backup_is_not_found_naming_the_region(env: dict[str, str]) -
     assert _one_error_line(done).startswith("error: replication job")
 
 
+def test_with_json_a_refusal_is_one_json_object_on_stderr(env: dict[str, str]) -> None:
+    """Issue 14: `--json` refusals are JSON too, with the status code and the exit code."""
+    missing = str(uuid.uuid4())
+    done = csbs(env, "backup", "show", missing, "--json", code=1)
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    error = json.loads(line)["error"]
+    assert error["status"] == "NOT_FOUND" and error["exit_code"] == 1
+    assert error["message"].startswith(f"backup {missing!r} not found")
+
+
 def test_a_wrong_option_is_a_usage_error_with_exit_2(env: dict[str, str]) -> None:
     done = csbs(env, "--region", "mars-1", "server", "list", code=2)
     assert _one_error_line(done) == (

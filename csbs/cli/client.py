@@ -134,6 +134,11 @@ class Endpoint:
 
     # -- errors ----------------------------------------------------------------------------------
     def _error(self, failure: Failure, timeout: float) -> CliError:
+        error = self._error_of(failure, timeout)
+        error.status = failure.code.name
+        return error
+
+    def _error_of(self, failure: Failure, timeout: float) -> CliError:
         """The one-line error for a failed call, by its status code: a process that cannot be
         reached, did not answer in time or says one behind it cannot be reached is exit 3;
         anything else it answered is a refusal, exit 1, with the process's own message (which

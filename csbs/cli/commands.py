@@ -13,6 +13,7 @@ one line (`error: ...`) and ends the command with the error's exit code."""
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -152,11 +153,13 @@ def _context_parameter() -> inspect.Parameter:
     )
 
 
-def fail(error: CliError) -> typer.Exit:
-    """Prints the error as its one line and returns the Exit to raise."""
+def fail(error: CliError, json_mode: bool = False) -> typer.Exit:
+    """Prints the error as its one line (with --json, one JSON object on a line) and returns
+    the Exit to raise."""
     sys.stdout.flush()
     prefix = "" if isinstance(error, Interrupted) else "error: "
-    sys.stderr.write(f"{prefix}{error.message}\n")
+    line = json.dumps(error.as_json()) if json_mode else f"{prefix}{error.message}"
+    sys.stderr.write(f"{line}\n")
     sys.stderr.flush()
     return typer.Exit(error.exit_code)
 
@@ -167,7 +170,7 @@ def run(options: Options, body: Callable[[Session], None]) -> None:
         with Session(options) as session:
             body(session)
     except CliError as exc:
-        raise fail(exc) from None
+        raise fail(exc, options.json) from None
 
 
 def root_callback() -> Callable[..., None]:

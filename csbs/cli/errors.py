@@ -20,10 +20,17 @@ class CliError(Exception):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: str = "") -> None:
         # One line, whatever the service sent: a multi-line message would read as two errors.
         super().__init__(" ".join(message.split()))
         self.message = " ".join(message.split())
+        self.status = status  # the gRPC status code's name, when a process answered
+
+    def as_json(self) -> dict[str, object]:
+        """What `--json` prints on stderr (issue 14): one object a line."""
+        return {
+            "error": {"message": self.message, "status": self.status, "exit_code": self.exit_code}
+        }
 
 
 class Refused(CliError):
