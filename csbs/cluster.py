@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,10 +237,9 @@ class ChildProcess:
             published = (self.data_dir / ADDRESS_FILE).read_text().strip()
         except FileNotFoundError:
             published = ""
-        if published:
-            return published
-        # A fixed port needs no published address; port 0 does.
-        return None if self.listen.endswith(":0") else self.listen
+        # Ready only once it has published the address it bound, a fixed port too: otherwise
+        # another process on that port (a second cluster's, issue 14) would answer for it.
+        return published or None
 
     def _describe(self, what: str) -> str:
         return (
@@ -469,10 +469,36 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def addresses_in_use(config: ClusterConfig) -> list[str]:
+    """The fixed listen addresses of the config that something already listens on."""
+    fixed = [(f"region {r.region_id}", r.listen) for r in config.regions]
+    fixed.append(("the coordinator", config.coordinator.listen))
+    taken = []
+    for what, listen in fixed:
+        host, _, port = listen.rpartition(":")
+        if port == "0":
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As gRPC binds: a port left in TIME_WAIT is free, one a process listens on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]"), int(port)))
+            except OSError:
+                taken.append(f"{listen} ({what})")
+    return taken
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         config = load_cluster_config(args.config)
+        # Before anything is issued or printed (issue 14): a second cluster on the same ports.
+        taken = addresses_in_use(config)
+        if taken:
+            raise ConfigError(
+                f"{', '.join(taken)} already in use: is another cluster running? Stop it, or "
+                "give this config other ports (port 0 takes a free one)"
+            )
         secrets, issued = ensure_cluster_secrets(config)
     except ConfigError as exc:
         print(f"csbs-cluster: {exc}", file=sys.stderr)

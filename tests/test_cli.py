@@ -14,6 +14,7 @@ import os
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -674,3 +675,34 @@ def test_the_quickstart_makes_its_own_files_with_the_sha256_the_readme_shows(
     shown = re.search(r"\n([0-9a-f]{64})  \S+ disk 0\n", readme)
     assert shown is not None
     assert hashlib.sha256(system + bytes(32 * MIB)).hexdigest() == shown.group(1)
+
+
+def test_a_second_cluster_on_ports_in_use_stops_before_issuing_or_printing_anything(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: a cluster whose ports are taken (here by a socket this test listens on, as a
+    first cluster would) says so at once, exit 2, with no tokens, no region table, no
+    traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_cluster_config(tmp_path)
+        # Every process is on port 0 but the first region (the coordinator's table comes first).
+        sections = path.read_text(encoding="utf-8").split("[[regions]]")
+        sections[1] = sections[1].replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"', 1)
+        path.write_text("[[regions]]".join(sections), encoding="utf-8")
+        done = subprocess.run(
+            [str(CSBS.parent / "csbs-cluster"), "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line == (
+        f"csbs-cluster: 127.0.0.1:{port} (region cn-north-4) already in use: is another cluster "
+        "running? Stop it, or give this config other ports (port 0 takes a free one)"
+    )
+    assert not (tmp_path / "data" / "secrets.json").exists()
