@@ -216,6 +216,35 @@ def needs_space(what: str) -> Callable[[F], F]:
     return decorate
 
 
+def operator_control(what: str) -> Callable[[F], F]:
+    """An operator's control of the region (its outage, capacity, quotas: issue 13): it works
+    on a full filesystem too, using the reserved room, so that a region full of data can still
+    be put out, brought back or given more room. Only when even that room is gone is it
+    StorageFull naming `what`."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            parts: NodeParts = self._parts
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not out_of_space(exc):
+                    raise
+                if not parts.reserve.release():
+                    raise space_refusal(parts.region_id, what, exc) from exc
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if out_of_space(exc):
+                    raise space_refusal(parts.region_id, what, exc) from exc
+                raise
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def makes_room(method: F) -> F:
     """A call that frees space (a deletion): on a full filesystem it gives the reserved room
     back and tries once more, so a user can always make room through the API."""

@@ -18,8 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from csbs.v1 import quotas_pb2
 from csbs.v1 import region_node_pb2 as pb
-from csbs.v1.region_node_pb2_grpc import RegionNodeStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
 from tests.filesystems import Filler, small_filesystem
 from tests.harness import DEFAULT_REGIONS, Cluster, write_cluster_config
 from tests.node_helpers import (
@@ -211,3 +212,31 @@ def _wait_settled(stub: RegionNodeStub, timeout: float = 60.0) -> None:
             return
         assert time.monotonic() < deadline, f"still working on a full disk: {busy}"
         time.sleep(0.1)
+
+
+def test_on_a_full_region_the_operator_can_still_put_it_out_and_back_and_change_its_limits(
+    full_region: tuple[RegionNodeStub, Cluster, Filler],
+) -> None:
+    """Issue 13 (found by the cluster soak): on a full filesystem an outage could not be set,
+    nor a region brought back ("no storage space left for the region's outage state"). An
+    operator's control of a region uses the reserved room."""
+    stub, cluster, filler = full_region
+    admin = RegionNodeAdminStub(cluster.channel(REGION))
+    filler.fill()
+    out = admin.SetRegionOutage(pb.SetRegionOutageRequest(out=True, reason="full"), timeout=30)
+    assert out.out
+    code, details = _code(lambda: stub.ListServers(pb.ListServersRequest()))
+    assert code == grpc.StatusCode.UNAVAILABLE and "is out" in details
+    assert not admin.SetRegionOutage(pb.SetRegionOutageRequest(out=False), timeout=30).out
+    capacity = admin.SetRegionCapacity(
+        quotas_pb2.SetRegionCapacityRequest(capacity_bytes=64 * MIB), timeout=30
+    )
+    assert capacity.capacity_bytes == 64 * MIB
+    filler.remove()
+    # Kept: the node reads them back after a restart.
+    cluster.node(REGION).kill()
+    cluster.node(REGION).restart()
+    admin = RegionNodeAdminStub(cluster.channel(REGION))  # on the address it came back on
+    assert not admin.GetRegionOutage(pb.GetRegionOutageRequest(), timeout=30).out
+    got = admin.GetRegionCapacity(quotas_pb2.GetRegionCapacityRequest(), timeout=30)
+    assert got.capacity_bytes == 64 * MIB

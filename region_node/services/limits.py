@@ -27,7 +27,7 @@ import sqlite3
 from csbs.errors import InvalidArgument, ProjectNotFound, QuotaExceeded, bytes_text
 from region_node.catalog import limits as limit_rows
 from region_node.models import QuotaResource, Quotas, RegionCapacity
-from region_node.parts import NodeParts, needs_space
+from region_node.parts import NodeParts, operator_control
 from region_node.services.region import RegionService
 
 BACKUPS = "backups"
@@ -80,7 +80,7 @@ class LimitService:
         limit, used = self._parts.store.capacity.usage()
         return RegionCapacity(self._parts.region_id, limit, used, self._set_by_operator)
 
-    @needs_space("the region's capacity")
+    @operator_control("the region's capacity")
     def set_capacity(self, capacity: int) -> RegionCapacity:
         """The bytes the region's chunk store may hold from now on (0: unlimited). Lower than
         what it holds: nothing held is touched, and every new chunk is refused until enough is
@@ -112,7 +112,7 @@ class LimitService:
                 ),
             )
 
-    @needs_space("the quota")
+    @operator_control("the quota")
     def set_quota(self, project_id: str, quota_type: str, quota: int) -> Quotas:
         """An operator sets one quota of a project of this region (-1: unlimited)."""
         if not project_id:

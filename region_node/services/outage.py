@@ -17,7 +17,7 @@ from datetime import datetime
 
 from csbs.errors import InvalidArgument, RegionOut
 from region_node.models import RegionOutage
-from region_node.parts import NodeParts, needs_space
+from region_node.parts import NodeParts, operator_control
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class OutageService:
         """Calls `listener(state)` after every change (e.g. health, at the gRPC edge)."""
         self._listeners.append(listener)
 
-    @needs_space("the region's outage state")
+    @operator_control("the region's outage state")
     def set(self, out: bool, reason: str) -> RegionOutage:
         """Puts the region out, or brings it back. Putting an out region out again changes only
         its reason (it stays out since it went out); bringing back a region in service does
