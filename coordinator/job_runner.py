@@ -144,7 +144,7 @@ class JobRunner:
         self._notifier = notifier
         self._stop = stop
         self._cleanups = cleanups
-        self._jobs = ThreadPoolExecutor(max_workers=config.job_workers, thread_name_prefix="job")
+        self._jobs = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="job")
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
 

@@ -75,7 +75,7 @@ class ReplicationService:
         self._stop = threading.Event()
         # The links between regions (issue 13), and what AdvanceClock steps through.
         self.links = Links(store, nodes.region_ids, config.links)
-        self.waits = SimulatedWaits(clock, config.job_workers)
+        self.waits = SimulatedWaits(clock, config.workers)
         self._cleanups = JobCleanups(config, clock, nodes, store, self.notifier, self._stop)
         self._runner = JobRunner(
             config,

@@ -49,3 +49,21 @@ def replicated(
     done = follow(stub, job.job_id)[-1]
     assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
     return done
+
+
+def advance_to_hour(channel: object, hour: int) -> None:
+    """Simulated clock: moves it to the next `hour`:00 UTC, so that a daily schedule's first
+    runs fall the same way whatever the time of day the test starts at (a policy made between
+    its backup hour and its replication hour would first replicate nothing)."""
+    from datetime import UTC, timedelta
+
+    from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub
+
+    coordinator = CoordinatorStub(channel)
+    now = coordinator.GetClock(cpb.GetClockRequest(), timeout=30).now.ToDatetime(tzinfo=UTC)
+    target = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if target <= now:
+        target += timedelta(days=1)
+    request = cpb.AdvanceClockRequest()
+    request.to.FromDatetime(target)
+    CoordinatorAdminStub(channel).AdvanceClock(request, timeout=600)

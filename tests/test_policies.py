@@ -30,7 +30,7 @@ from tests.node_helpers import (
     server_from_backup,
     write,
 )
-from tests.replication_helpers import follow, replicated
+from tests.replication_helpers import advance_to_hour, follow, replicated
 
 SOURCE = "cn-north-4"
 TARGET = "cn-east-3"
@@ -137,6 +137,7 @@ def test_m2_a_daily_policy_for_30_simulated_days(simulated: Cluster) -> None:
     coordinator, admin = _stubs(simulated)
     north = node(simulated.channel(SOURCE))
     server = make_server(north, [8])
+    advance_to_hour(simulated.coordinator_channel(), 4)
     policy = _create(coordinator, _policy([server.server_id], keep_count=7, replica_keep_count=5))
     expected: list[str] = []  # the disk's sha256 at each day's backup
     for day in range(30):

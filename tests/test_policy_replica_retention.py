@@ -15,6 +15,7 @@ from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
 from tests.harness import Cluster, write_cluster_config
 from tests.node_helpers import MIB, all_backups, make_server, node, seeded_bytes, write
+from tests.replication_helpers import advance_to_hour
 
 SOURCE = "cn-north-4"
 TARGET = "cn-east-3"
@@ -38,6 +39,7 @@ def test_replica_retention_keeps_n_replicas_of_each_protected_server(simulated: 
     coordinator, admin = CoordinatorStub(channel), CoordinatorAdminStub(channel)
     north = node(simulated.channel(SOURCE))
     servers = [make_server(north, [2]) for _ in range(SERVERS)]
+    advance_to_hour(channel, 4)
     policy = coordinator.CreatePolicy(
         cpb.CreatePolicyRequest(
             policy=cpb.Policy(
