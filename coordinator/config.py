@@ -33,6 +33,7 @@ class CoordinatorConfig:
     def workers(self) -> int:
         """Replication jobs copied at once."""
         return self.simulated_job_workers if self.simulated_clock else self.job_workers
+
     targets_timeout_seconds: float = TARGETS_TIMEOUT_SECONDS  # per region, listing targets
     runs_page_bytes: int = PAGE_BYTES  # the most bytes of runs one ListPolicyRuns page holds
     fault_rules: tuple[FaultSpec, ...] = ()  # the config's fault rules for the coordinator
