@@ -21,7 +21,7 @@ import grpc
 
 from csbs.credentials import Caller, ClusterSecrets, Role
 from csbs.errors import Unauthenticated
-from csbs.rpc import replaced, rewrite_calls
+from csbs.rpc import Behavior, replaced, rewrap, rewrite_calls
 
 AUTHORIZATION = "authorization"
 # The account the coordinator acts for on a node's user service (cluster credential only).
@@ -150,20 +150,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 def _wrapped(handler: Any, verdict: Caller | _Refusal, slots: _StreamSlots | None) -> Any:
-    if handler.request_streaming and handler.response_streaming:
-        inner, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        inner, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        inner, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        inner, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-
-    def refused(request: Any, context: grpc.ServicerContext) -> Any:
+    def refused(inner: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
         assert isinstance(verdict, _Refusal)
         context.abort(verdict.code, verdict.message)
 
-    def accepted(request: Any, context: grpc.ServicerContext) -> Any:
+    def accepted(inner: Behavior, request: Any, context: grpc.ServicerContext) -> Any:
         assert isinstance(verdict, Caller)
         if slots is not None and verdict.role is Role.USER:
             release = slots.take(verdict.account_id)
@@ -177,12 +168,7 @@ def _wrapped(handler: Any, verdict: Caller | _Refusal, slots: _StreamSlots | Non
                 release()
         return inner(request, CallerContext(context, verdict))
 
-    behavior = refused if isinstance(verdict, _Refusal) else accepted
-    return make(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return rewrap(handler, refused if isinstance(verdict, _Refusal) else accepted)
 
 
 # --- the client side ----------------------------------------------------------------------------
