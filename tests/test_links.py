@@ -6,6 +6,7 @@ refused to a user, kept across a coordinator crash, and the config file's `[[lin
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -87,6 +88,17 @@ def _set_link(admin: CoordinatorAdminStub, **fields: object) -> cpb.Link:
     return link
 
 
+@contextlib.contextmanager
+def _link_set(cluster: Cluster, **fields: object) -> Iterator[CoordinatorAdminStub]:
+    """The link SOURCE -> TARGET set for a test, and cleared after it whatever happens."""
+    admin = _operator(cluster)
+    _set_link(admin, **fields)
+    try:
+        yield admin
+    finally:
+        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
+
+
 def _backup_of(cluster: Cluster, seed: int, size: int = DATA) -> tuple[str, str]:
     """A backup of a server holding `size` seeded bytes, and the disk's SHA-256."""
     north = node(cluster.channel(SOURCE))
@@ -116,9 +128,7 @@ def _seconds(a: Timestamp, b: datetime) -> float:
 
 
 def test_a_transfer_takes_the_simulated_time_its_bytes_need_on_the_link(simulated: Cluster) -> None:
-    admin = _operator(simulated)
-    _set_link(admin, bandwidth_bytes_per_second=RATE)
-    try:
+    with _link_set(simulated, bandwidth_bytes_per_second=RATE) as admin:
         backup_id, sha256 = _backup_of(simulated, seed=1)
         coordinator = CoordinatorStub(simulated.coordinator_channel())
         started = _now(admin, simulated)
@@ -147,16 +157,12 @@ def test_a_transfer_takes_the_simulated_time_its_bytes_need_on_the_link(simulate
         took = _seconds(done.finished_at, started)
         assert DATA / RATE <= took <= DATA / RATE * 1.02, took
         _copy_is_identical(simulated, done, sha256)
-    finally:
-        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
 
 
 def test_a_cut_at_half_way_keeps_the_half_copy_and_resumes_when_restored(
     simulated: Cluster,
 ) -> None:
-    admin = _operator(simulated)
-    _set_link(admin, bandwidth_bytes_per_second=RATE)
-    try:
+    with _link_set(simulated, bandwidth_bytes_per_second=RATE) as admin:
         backup_id, sha256 = _backup_of(simulated, seed=2)
         coordinator = CoordinatorStub(simulated.coordinator_channel())
         job = replicate(coordinator, backup_id, SOURCE, TARGET)
@@ -179,16 +185,12 @@ def test_a_cut_at_half_way_keeps_the_half_copy_and_resumes_when_restored(
         assert _seconds(done.finished_at, restored_at) < DATA / RATE / 2 + 61
         assert done.progress.bytes_sent == DATA
         _copy_is_identical(simulated, done, sha256)
-    finally:
-        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
 
 
 def test_a_cut_longer_than_the_simulated_budget_fails_the_job_naming_the_link(
     simulated: Cluster,
 ) -> None:
-    admin = _operator(simulated)
-    _set_link(admin, bandwidth_bytes_per_second=RATE)
-    try:
+    with _link_set(simulated, bandwidth_bytes_per_second=RATE) as admin:
         backup_id, _ = _backup_of(simulated, seed=3)
         coordinator = CoordinatorStub(simulated.coordinator_channel())
         job = replicate(coordinator, backup_id, SOURCE, TARGET)
@@ -204,14 +206,10 @@ def test_a_cut_longer_than_the_simulated_budget_fails_the_job_naming_the_link(
         east = node(simulated.channel(TARGET))
         code, _ = refusal(lambda: east.GetBackup(pb.GetBackupRequest(backup_id=failed.replica_id)))
         assert code == grpc.StatusCode.NOT_FOUND
-    finally:
-        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
 
 
 def test_latency_adds_simulated_time_to_every_call_across_the_link(simulated: Cluster) -> None:
-    admin = _operator(simulated)
-    _set_link(admin, latency_ms=2000)
-    try:
+    with _link_set(simulated, latency_ms=2000) as admin:
         backup_id, sha256 = _backup_of(simulated, seed=4, size=MIB)
         coordinator = CoordinatorStub(simulated.coordinator_channel())
         started = _now(admin, simulated)
@@ -224,8 +222,6 @@ def test_latency_adds_simulated_time_to_every_call_across_the_link(simulated: Cl
         # Create the replica, find what it lacks, one batch, find again, complete: five calls.
         assert _seconds(done.finished_at, started) == pytest.approx(10.0, abs=0.01)
         _copy_is_identical(simulated, done, sha256)
-    finally:
-        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
 
 
 def test_links_are_set_listed_and_cleared_by_the_operator_only(simulated: Cluster) -> None:
@@ -347,9 +343,7 @@ def test_a_transfer_of_repeated_chunks_ends_when_its_distinct_bytes_have_crossed
 ) -> None:
     """4 MiB of one 64 KiB chunk repeated: one chunk crosses, and the job ends when it has
     (its end is not the 4 MiB the manifest names)."""
-    admin = _operator(simulated)
-    _set_link(admin, bandwidth_bytes_per_second=RATE)
-    try:
+    with _link_set(simulated, bandwidth_bytes_per_second=RATE) as admin:
         north = node(simulated.channel(SOURCE))
         server = make_server(north, [DATA // MIB])
         write(north, server.server_id, 0, 0, seeded_bytes(7, CHUNK) * (DATA // CHUNK))
@@ -363,8 +357,6 @@ def test_a_transfer_of_repeated_chunks_ends_when_its_distinct_bytes_have_crossed
         assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
         assert _seconds(done.finished_at, started) <= 2 * CHUNK / RATE
         _copy_is_identical(simulated, done, disk_sha256(north, server.server_id, 0))
-    finally:
-        admin.ClearLink(cpb.ClearLinkRequest(source_region_id=SOURCE, target_region_id=TARGET))
 
 
 def test_recovery_points_refuse_a_range_that_ends_before_it_starts(simulated: Cluster) -> None:
