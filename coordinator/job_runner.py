@@ -214,8 +214,7 @@ class JobRunner:
                 return
             # Deterministic on the cluster clock: 1, 2, 4 ... 60 simulated seconds.
             wait = min(2.0 ** (run.simulated_failures - 1), SIMULATED_RETRY_MAX)
-            run.transit.wait_for_retry(wait)
-            run.progressed_at = time.monotonic()  # waiting for the clock is not trying
+            run.transit.wait_for_retry(wait)  # not trying: its after_wait restarts the budget
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: is_transient(e) and not self._stop.is_set()),
