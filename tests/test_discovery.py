@@ -7,6 +7,7 @@ with no generated code builds its messages from the descriptors alone."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from tests.node_helpers import (
     write,
 )
 from tests.replication_helpers import replicated
+from tests.test_cli import _clean_env, csbs, csbs_json
 
 SOURCE, TARGET, NO_REPLICATION = "cn-north-4", "cn-east-3", "cn-south-1"
 
@@ -163,3 +165,18 @@ def test_each_account_sees_only_its_own_projects_in_the_catalog(coordinated: Clu
         assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     else:
         raise AssertionError("ListRegions answered a call with no token")
+
+
+def test_csbs_given_only_the_coordinator_finds_every_region_in_its_catalog(
+    coordinated: Cluster, tmp_path: Path
+) -> None:
+    """No config, no --address: `csbs --coordinator` reaches the nodes at the listed addresses."""
+    env = _clean_env(CSBS_TOKEN=ACCOUNT_TOKENS[DEFAULT_ACCOUNT])
+    where = ("--coordinator", coordinated.coordinator.address)
+    regions = csbs_json(env, *where, "region", "list")
+    assert [r["region_id"] for r in regions] == coordinated.region_ids
+    made = csbs_json(env, *where, "--region", TARGET, "server", "create", "--disk", "8MiB")
+    listed = csbs_json(env, *where, "--region", TARGET, "server", "list")
+    assert made["server_id"] in {s["server_id"] for s in listed}
+    refused = csbs(_clean_env(), *where, "region", "list", code=1)
+    assert "token" in refused.stderr.lower(), refused.stderr
