@@ -29,7 +29,7 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy csbs region_node coordinator tests bench
+	$(VENV)/bin/mypy csbs region_node coordinator tests bench examples
 
 test: install
 	$(VENV)/bin/pytest -q
