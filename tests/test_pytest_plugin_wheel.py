@@ -26,7 +26,7 @@ EXAMPLE_TESTS = 3
 PYTEST = "pytest==9.2.0"  # as pyproject.toml pins it
 INNER_TIMEOUT = 180.0
 # What the source tree copied to build from leaves out: state, caches, the repository's venv.
-NOT_SOURCE = (".git", ".venv", "var", "build", "*.egg-info", "*cache*", "__pycache__")
+NOT_SOURCE = (".git", ".venv", "var", "build", "*.egg-info", ".*_cache", "__pycache__")
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
