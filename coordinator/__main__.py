@@ -9,7 +9,7 @@ import sys
 from coordinator.config import CoordinatorConfig
 from coordinator.server import build_server
 from csbs import memory
-from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.config import SHIPPED_CONFIG, ConfigError, load_cluster_config, write_address_file
 from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
@@ -17,7 +17,7 @@ from csbs.tls import TlsError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-coordinator", description=__doc__)
-    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), help="cluster config file")
     parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
     memory.limit_arenas()  # before any thread allocates

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from csbs.auth import bearer
 from csbs.config import (
     ADDRESS_FILE,
+    SHIPPED_CONFIG,
     ClusterConfig,
     ConfigError,
     RegionConfig,
@@ -36,7 +37,7 @@ from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = Path("config/cluster.toml")
+DEFAULT_CONFIG = SHIPPED_CONFIG
 # A node is ready once its admin service serves: a region that starts out (a region outage,
 # issue 13) serves only that, and its other services say NOT_SERVING until brought back.
 REGION_NODE_READY_SERVICE = "csbs.v1.RegionNodeAdmin"

@@ -18,6 +18,8 @@ from csbs.v1 import coordinator_pb2, region_node_pb2
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
+# The shipped config, inside the package so that an installed csbs-sim has it too (issue 14).
+SHIPPED_CONFIG = Path(__file__).resolve().with_name("cluster.toml")
 SECRETS_FILE = "secrets.json"
 # A token given in the config: long and random enough to be a secret.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24,128}")

@@ -8,7 +8,7 @@ import sys
 
 from csbs import memory
 from csbs.clock import Clock, SimulatedClock, WallClock
-from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.config import SHIPPED_CONFIG, ConfigError, load_cluster_config, write_address_file
 from csbs.credentials import describe_issued, process_security
 from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
@@ -19,7 +19,7 @@ from region_node.server import build_server
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-region-node", description=__doc__)
-    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), help="cluster config file")
     parser.add_argument("--region", required=True, help="the region this node serves")
     parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
