@@ -29,7 +29,7 @@ from csbs.faults import (
 from csbs.metrics import ProcessMetrics
 from csbs.observed_calls import ObservedCalls
 from csbs.rpc import add_health_and_reflection, bind, new_server
-from csbs.tally import Tally
+from csbs.tally import COORDINATOR_COUNTS, Tally
 from csbs.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 REQUIRED_ROLES = {
@@ -80,7 +80,7 @@ def build_server(
     replication = ReplicationService(config, clock, nodes, store, tally)
     policies = PolicyService(store, clock, nodes, replication, config.runs_page_bytes)
     domain = Coordinator(store, nodes, clock, replication, policies)
-    metrics.count(tally)
+    metrics.count(tally, COORDINATOR_COUNTS)
     metrics.read(lambda: coordinator_figures(store))
     # Fault rules act after the credential is checked (issue 13); every call is observed,
     # those they refuse too (issue 14).

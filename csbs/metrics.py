@@ -56,23 +56,20 @@ COUNTED: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Replication jobs ended in this run of the coordinator, by status",
         ("status",),
     ),
-    tally.POLICY_RUNS_ENDED: (
-        "csbs_policy_runs_ended",
-        "Policy runs ended in this run of the coordinator, by kind and status",
-        ("kind", "status"),
-    ),
 }
 # Call latency buckets in seconds: unary calls take milliseconds, streams up to minutes.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class _TallyCollector(Collector):
-    def __init__(self, counts: tally.Tally) -> None:
+    def __init__(self, counts: tally.Tally, keys: Iterable[str]) -> None:
         self._tally = counts
+        self._keys = tuple(keys)
 
     def collect(self) -> Iterator[Metric]:
         counts = self._tally.counts()
-        for key, (name, meaning, label_names) in COUNTED.items():
+        for key in self._keys:
+            name, meaning, label_names = COUNTED[key]
             family = CounterMetricFamily(name, meaning, labels=label_names)
             if not label_names:
                 family.add_metric([], counts.get((key, ()), 0))
@@ -125,8 +122,9 @@ class ProcessMetrics:
         ProcessCollector(registry=self.registry)
         self._http: WSGIServer | None = None
 
-    def count(self, counts: tally.Tally) -> None:
-        self.registry.register(_TallyCollector(counts))
+    def count(self, counts: tally.Tally, keys: Iterable[str]) -> None:
+        """Shows the `keys` of what `counts` counts (csbs.tally.NODE_COUNTS, ...)."""
+        self.registry.register(_TallyCollector(counts, keys))
 
     def read(self, figures: Callable[[], Iterable[Figure]]) -> None:
         self.registry.register(_FigureCollector(figures))

@@ -16,7 +16,16 @@ REPLICATION_BYTES_SENT = "replication_bytes_sent"
 REPLICATION_BYTES_RECEIVED = "replication_bytes_received"
 REPLICATION_BYTES_STORED = "replication_bytes_stored"
 REPLICATION_JOBS_ENDED = "replication_jobs_ended"  # label status
-POLICY_RUNS_ENDED = "policy_runs_ended"  # labels kind, status
+
+# What each kind of process counts.
+NODE_COUNTS = (
+    BACKUP_BYTES_READ,
+    BACKUP_BYTES_STORED,
+    BACKUPS_ENDED,
+    REPLICATION_BYTES_RECEIVED,
+    REPLICATION_BYTES_STORED,
+)
+COORDINATOR_COUNTS = (REPLICATION_BYTES_SENT, REPLICATION_JOBS_ENDED)
 
 Labels = tuple[tuple[str, str], ...]
 

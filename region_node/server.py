@@ -13,6 +13,7 @@ from csbs.faults import FAULT_INJECTION_SERVICE, FaultInterceptor, FaultRules, m
 from csbs.metrics import ProcessMetrics
 from csbs.observed_calls import ObservedCalls
 from csbs.rpc import add_health_and_reflection, bind, new_server
+from csbs.tally import NODE_COUNTS
 from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
@@ -59,7 +60,7 @@ def build_server(
         config.region_id, methods_of(region_node_pb2.DESCRIPTOR), config.fault_rules
     )
     node = RegionNode(config, clock).start()
-    metrics.count(node.parts.tally)
+    metrics.count(node.parts.tally, NODE_COUNTS)
     metrics.read(node.figures)
     # An outage and fault rules act after the credential is checked (issue 13); every call
     # is observed, those they refuse too (issue 14).
