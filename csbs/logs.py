@@ -55,6 +55,7 @@ def configure(process: str, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python's warnings too, as JSON lines
     log = logging.getLogger("csbs.uncaught")
 
     def uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from csbs.config import METRICS_ADDRESS_FILE
 from csbs.v1 import coordinator_pb2 as cpb
-from csbs.v1 import quotas_pb2
+from csbs.v1 import faults_pb2, quotas_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
+from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
 from tests.harness import Cluster, ProcessHandle
 from tests.node_helpers import MIB, backup, make_server, node, refusal, seeded_bytes, write
@@ -113,6 +114,18 @@ def story(coordinated: Cluster) -> Story:
         )
     )
     assert code == grpc.StatusCode.UNAUTHENTICATED
+    # A fault rule's refusal (before the servicer) and a stream the servicer ends NOT_FOUND.
+    bystander = node(coordinated.channel(BYSTANDER))
+    FaultInjectionStub(coordinated.channel(BYSTANDER)).AddFaultRule(
+        faults_pb2.FaultRule(method="/csbs.v1.RegionNode/GetQuotas", code="UNAVAILABLE", count=1),
+        timeout=10,
+    )
+    code, _ = refusal(lambda: bystander.GetQuotas(quotas_pb2.GetQuotasRequest(), timeout=10))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    code, _ = refusal(
+        lambda: list(bystander.WatchBackup(pb.GetBackupRequest(backup_id="no-such"), timeout=10))
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
 
     processes = [*coordinated.nodes, coordinated.coordinator]
     return Story(
@@ -163,6 +176,10 @@ def test_calls_are_counted_by_their_final_status_code_refusals_too(story: Story)
     assert handled(coordinator, "Coordinator", "ReplicateBackup", "OK") == 1
     assert handled(coordinator, "Coordinator", "ReplicateBackup", "INVALID_ARGUMENT") == 1
     assert handled(source, "RegionNode", "GetRegionInfo", "UNAUTHENTICATED") == 1
+    bystander = story.scrapes[BYSTANDER]
+    assert handled(bystander, "RegionNode", "GetQuotas", "UNAVAILABLE") == 1
+    assert handled(bystander, "RegionNode", "WatchBackup", "NOT_FOUND") == 1
+    assert handled(bystander, "RegionNode", "WatchBackup", "OK") == 0
     assert handled(source, "RegionNodeInternal", "HoldBackup", "OK") >= 1
     assert handled(target, "RegionNodeInternal", "WriteChunks", "OK") >= 1
     assert handled(target, "RegionNodeInternal", "CompleteReplica", "OK") == 1
