@@ -23,7 +23,16 @@ from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
 from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
 from tests.harness import Cluster, ProcessHandle
-from tests.node_helpers import MIB, backup, make_server, node, refusal, seeded_bytes, write
+from tests.node_helpers import (
+    MIB,
+    backup,
+    make_server,
+    node,
+    refusal,
+    seeded_bytes,
+    wait_until,
+    write,
+)
 from tests.replication_helpers import follow
 
 SOURCE, TARGET, BYSTANDER = "cn-north-4", "cn-east-3", "cn-south-1"
@@ -245,3 +254,62 @@ def test_one_request_id_follows_the_replication_through_the_three_logs(
             assert "ReadChunks OK" in messages and "HoldBackup OK" in messages
         if process == "coordinator":
             assert story.job.job_id in messages
+
+
+# Last in the module: it restarts the coordinator (the story's scrapes were taken before).
+def test_a_job_resumed_after_a_coordinator_crash_still_carries_its_request_id(
+    coordinated: Cluster, story: Story
+) -> None:
+    source = node(coordinated.channel(SOURCE))
+    server = make_server(source, [2])
+    write(source, server.server_id, 0, 0, seeded_bytes(15, MIB))
+    backed_up = backup(source, server.server_id)
+    target_faults = FaultInjectionStub(coordinated.channel(TARGET))
+    target_faults.AddFaultRule(
+        faults_pb2.FaultRule(
+            method="/csbs.v1.RegionNodeInternal/CreateReplica", code="UNAVAILABLE"
+        ),
+        timeout=10,
+    )
+    request_id = f"test-resumed-{uuid.uuid4().hex}"
+    coordinator = CoordinatorStub(coordinated.coordinator_channel())
+    job = coordinator.ReplicateBackup(
+        cpb.ReplicateBackupRequest(
+            source_region_id=SOURCE, backup_id=backed_up.backup_id, target_region_id=TARGET
+        ),
+        timeout=30,
+        metadata=[("x-request-id", request_id)],
+    )
+    wait_until(
+        lambda: (
+            coordinator.GetReplicationJob(
+                cpb.GetReplicationJobRequest(job_id=job.job_id), timeout=10
+            ).attempts
+            >= 2
+        ),
+        30,
+        "retrying the replica the target refuses",
+    )
+    coordinated.coordinator.kill()
+    target_faults.ClearFaultRules(faults_pb2.ClearFaultRulesRequest(), timeout=10)
+    coordinated.coordinator.start()
+    coordinated.coordinator.wait_ready()
+
+    coordinator = CoordinatorStub(coordinated.coordinator_channel())
+    done = follow(coordinator, job.job_id)[-1]
+    assert done.status == cpb.REPLICATION_JOB_STATUS_SUCCESS, done.failure_reason
+    target_lines = [
+        str(e["message"])
+        for e in _log_lines(coordinated.node(TARGET).log_path)
+        if e["request_id"] == request_id
+    ]
+    # Refused before the crash, made by the resumed job after it: both under the request's ID.
+    assert any("CreateReplica UNAVAILABLE" in m for m in target_lines), target_lines
+    assert any("CreateReplica OK" in m for m in target_lines), target_lines
+    assert any("WriteChunks OK" in m for m in target_lines), target_lines
+    resumed = [
+        e
+        for e in _log_lines(coordinated.coordinator.log_path)
+        if e["request_id"] == request_id and "success" in str(e["message"])
+    ]
+    assert len(resumed) == 1 and job.job_id in str(resumed[0]["message"])
