@@ -6,6 +6,8 @@ with no generated code builds its messages from the descriptors alone."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -192,3 +194,20 @@ def test_the_public_client_given_only_the_coordinator_reaches_every_region(
         assert client.region_ids == coordinated.region_ids
         server = client.create_server(TARGET, [4 * MIB], name="public-client")
         assert client.region(TARGET).get_server("", server.server_id).name == "public-client"
+
+
+def test_every_call_of_one_csbs_command_carries_one_request_id(coordinated: Cluster) -> None:
+    """CSBS_REQUEST_ID (else a new ID per command) goes with every call the command makes: one
+    grep over the logs finds the coordinator's catalog call and the node's list alike."""
+    request_id = f"cli-{uuid.uuid4().hex[:12]}"
+    env = _clean_env(CSBS_TOKEN=ACCOUNT_TOKENS[DEFAULT_ACCOUNT], CSBS_REQUEST_ID=request_id)
+    csbs_json(
+        env, "--coordinator", coordinated.coordinator.address, "--region", TARGET, "server", "list"
+    )
+
+    def logged(path: Path) -> list[str]:
+        lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+        return [str(e["message"]) for e in lines if e["request_id"] == request_id]
+
+    assert any("Coordinator/ListRegions OK" in m for m in logged(coordinated.coordinator.log_path))
+    assert any("RegionNode/ListServers OK" in m for m in logged(coordinated.node(TARGET).log_path))

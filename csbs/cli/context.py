@@ -6,6 +6,7 @@ closed when the command ends."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from csbs.cli.errors import START_HINT, Unreachable, UsageError
 from csbs.cli.output import Printer
 from csbs.cluster import DEFAULT_CONFIG
 from csbs.config import ClusterConfig, ConfigError, load_cluster_config, resolve_address
+from csbs.request_ids import REQUEST_ID_METADATA, accepted
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
 
@@ -111,11 +113,15 @@ class Session:
         if options.coordinator:
             coordinator = _Place(options.coordinator)
         self._coordinator_place = coordinator
+        # One request ID for every call of the command (CSBS_REQUEST_ID, else a new one), so
+        # that one grep over the processes' logs finds all the command caused.
+        self.request_id = accepted(os.environ.get("CSBS_REQUEST_ID"))
+        traced = ((REQUEST_ID_METADATA, self.request_id),)
         self._metadata: tuple[tuple[str, str], ...] = (
-            (bearer(options.token),) if options.token else ()
+            (bearer(options.token), *traced) if options.token else traced
         )
         self._operator_metadata: tuple[tuple[str, str], ...] = (
-            (bearer(options.operator_token),) if options.operator_token else ()
+            (bearer(options.operator_token), *traced) if options.operator_token else traced
         )
         # TLS: with the CA given, or the cluster's own when its config says it runs with TLS.
         ca = options.ca
