@@ -1,0 +1,140 @@
+"""What every page handler shares: the signed-in user (or a redirect to log in), the CSRF check
+of a posted form, the page's region and project, and rendering a template in the user's
+language with the top bar's switchers filled in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from console import i18n
+from console.gateway import CliError, Gateway, UserApi
+from console.sessions import COOKIE, Session, SessionStore
+from csbs.v1 import common_pb2
+
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+
+class LoginRequired(Exception):
+    """Raised by a handler whose visitor is not signed in: answered with the login page."""
+
+
+@dataclass
+class Console:
+    """The console's state, on `app.state.console`."""
+
+    gateway: Gateway
+    sessions: SessionStore
+    templates: Jinja2Templates
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def language(request: Request) -> str:
+    return i18n.language_of(request.cookies.get(i18n.LANG_COOKIE))
+
+
+def session_of(request: Request) -> Session | None:
+    return console_of(request).sessions.get(request.cookies.get(COOKIE))
+
+
+@dataclass
+class User:
+    """The signed-in user of one request: their session and the API with their token."""
+
+    session: Session
+    api: UserApi
+
+    @property
+    def region_id(self) -> str:
+        return self.session.region_id
+
+    @property
+    def project_id(self) -> str:
+        """Empty: the user's main project in the region (as every call of the API takes it)."""
+        return self.session.project_id
+
+
+def user_of(request: Request) -> User:
+    session = session_of(request)
+    if session is None or not session.signed_in:
+        raise LoginRequired
+    console = console_of(request)
+    if not session.region_id:
+        session.region_id = console.gateway.regions[0].region_id
+    return User(session, console.gateway.as_user(session.token))
+
+
+async def checked_form(request: Request) -> tuple[Session | None, FormData]:
+    """The posted form, once its CSRF token matches the session's (from the form field or the
+    header htmx sends); anything else is 403 and nothing is done."""
+    form = await request.form()
+    session = session_of(request)
+    given = str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or "")
+    if session is None or not session.csrf_ok(given):
+        raise HTTPException(403, i18n.translate(language(request), "csrf"))
+    return session, form
+
+
+def set_session_cookie(response: Response, session: Session) -> None:
+    response.set_cookie(
+        COOKIE, session.session_id, httponly=True, samesite="strict", path="/", max_age=None
+    )
+
+
+def redirect(request: Request, url: str) -> Response:
+    """To another page: a plain redirect, or htmx's own header for a request htmx made."""
+    if request.headers.get("hx-request"):
+        return Response(status_code=200, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def region_info(user: User, region_id: str | None = None) -> common_pb2.RegionInfo | None:
+    try:
+        return user.api.region(region_id or user.region_id).region_info()
+    except CliError:
+        return None
+
+
+def current_project(info: common_pb2.RegionInfo | None, project_id: str) -> str:
+    """The project the page shows: the chosen one, else the user's main project there."""
+    if project_id or info is None:
+        return project_id
+    return next((p.project_id for p in info.projects if p.main), "")
+
+
+def render(
+    request: Request,
+    template: str,
+    user: User | None = None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    console = console_of(request)
+    lang = language(request)
+    session = user.session if user is not None else session_of(request)
+    common: dict[str, Any] = {
+        "request": request,
+        "lang": lang,
+        "t": lambda key: i18n.translate(lang, key),
+        "csrf_token": session.csrf_token if session is not None else "",
+        "user": user,
+        "regions": console.gateway.regions,
+        "region_name": console.gateway.region_name,
+    }
+    if user is not None and "info" not in context:
+        info = region_info(user)
+        common["info"] = info
+        common["project_id"] = current_project(info, user.project_id)
+    common.update(context)
+    return console.templates.TemplateResponse(request, template, common, status_code=status_code)
