@@ -10,10 +10,14 @@ console and one browser for the module; a screenshot of every step under the mod
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.support.ui import Select
@@ -25,6 +29,8 @@ from tests.browser import Page, chromium
 from tests.harness import (
     ACCOUNT_TOKENS,
     DEFAULT_ACCOUNT,
+    DEFAULT_REGIONS,
+    REPO_ROOT,
     SECOND_ACCOUNT,
     Cluster,
     write_cluster_config,
@@ -293,3 +299,31 @@ def test_a_form_posted_without_its_csrf_token_is_refused(world: World) -> None:
     session = next(c for c in page.driver.get_cookies() if c["name"] == "csbs_console_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
     assert ACCOUNT_TOKENS[DEFAULT_ACCOUNT] not in json.dumps(page.driver.get_cookies())
+
+
+def test_csbs_cluster_starts_the_console_prints_its_address_and_stops_it(tmp_path: Path) -> None:
+    config = write_cluster_config(tmp_path, regions=[DEFAULT_REGIONS[0]])
+    cluster = subprocess.Popen(
+        [str(Path(sys.executable).parent / "csbs-cluster"), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert cluster.stdout is not None
+    seen = ""
+    try:
+        while "Ctrl-C stops the cluster." not in seen:
+            line = cluster.stdout.readline()
+            assert line, f"csbs-cluster ended early:\n{seen}"
+            seen += line
+        url = next(line.split()[-1] for line in seen.splitlines() if line.startswith("console "))
+        assert url.startswith("http://127.0.0.1:"), seen
+        with urllib.request.urlopen(f"{url}/login", timeout=10) as login:
+            assert login.status == 200
+            assert "登录管理控制台" in login.read().decode()  # Chinese unless the user picks
+    finally:
+        cluster.send_signal(signal.SIGINT)
+        cluster.wait(timeout=30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/healthz", timeout=2)
