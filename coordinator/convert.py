@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,6 +12,7 @@ from coordinator.links import Link
 from coordinator.recovery_points import PointFilter, RecoveryPoint
 from coordinator.schedule import Schedule
 from csbs.errors import InvalidArgument
+from csbs.node_views import ProjectSummary
 from csbs.timestamps import instant, timestamp
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as pb
@@ -23,18 +25,35 @@ def _instant(message: pb.ListReplicationJobsRequest, field: str) -> datetime | N
     return instant(ts, field)
 
 
+def _projects_to_proto(projects: Iterable[ProjectSummary]) -> list[common_pb2.Project]:
+    return [
+        common_pb2.Project(
+            project_id=p.project_id, name=p.name, account_id=p.account_id, main=p.main
+        )
+        for p in projects
+    ]
+
+
 def target_to_proto(target: models.ReplicationTarget) -> pb.ReplicationTarget:
     return pb.ReplicationTarget(
         region_id=target.region_id,
         display_name=target.display_name,
-        projects=[
-            common_pb2.Project(
-                project_id=p.project_id, name=p.name, account_id=p.account_id, main=p.main
-            )
-            for p in target.projects
-        ],
+        projects=_projects_to_proto(target.projects),
         unreachable=target.unreachable,
         unreachable_reason=target.unreachable_reason,
+    )
+
+
+def region_to_proto(region: models.RegionListing) -> pb.Region:
+    return pb.Region(
+        region_id=region.region_id,
+        display_name=region.display_name,
+        accepts_replication=region.accepts_replication,
+        projects=_projects_to_proto(region.projects),
+        node_address=region.node_address,
+        tls=region.tls,
+        unreachable=region.unreachable,
+        unreachable_reason=region.unreachable_reason,
     )
 
 

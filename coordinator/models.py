@@ -87,6 +87,25 @@ class ReplicationTarget:
 
 
 @dataclass(frozen=True)
+class RegionListing:
+    """A region of the cluster as a user finds it (the regional endpoint catalog): what its node
+    says of itself, the caller's projects there, and where its node listens; or, for a region
+    that did not answer in time, why (as it last said, if it ever did)."""
+
+    region_id: str
+    display_name: str
+    accepts_replication: bool
+    projects: tuple[ProjectSummary, ...]
+    node_address: str  # host:port; empty if the node has not published where it listens
+    tls: bool
+    unreachable_reason: str = ""  # empty: the region answered
+
+    @property
+    def unreachable(self) -> bool:
+        return bool(self.unreachable_reason)
+
+
+@dataclass(frozen=True)
 class ReplicateRequest:
     """M1: what a user asks for."""
 

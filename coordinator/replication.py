@@ -10,7 +10,7 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from coordinator.config import CoordinatorConfig
 from coordinator.job_cleanups import JobCleanups, node_client
@@ -22,6 +22,7 @@ from coordinator.models import (
     JobStatus,
     Page,
     Progress,
+    RegionListing,
     ReplicateRequest,
     ReplicationJob,
     ReplicationTarget,
@@ -115,6 +116,11 @@ class ReplicationService:
         (R5), with the caller's projects there (P3); one that does not answer within a short
         deadline is listed as unreachable (coordinator/targets.py)."""
         return self._targets.list(account_id, source_region_id)
+
+    def list_regions(self, account_id: str) -> Sequence[RegionListing]:
+        """Every region of the cluster with the caller's projects there and where its node
+        listens (coordinator/targets.py)."""
+        return self._targets.regions(account_id)
 
     # -- M1: replicate one backup ----------------------------------------------------------------
     def replicate(self, request: ReplicateRequest) -> ReplicationJob:

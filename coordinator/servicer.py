@@ -43,6 +43,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._points = points
 
     @rpc_method
+    def ListRegions(
+        self, request: pb.ListRegionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRegionsResponse:
+        regions = self._replication.list_regions(_account(context))
+        return pb.ListRegionsResponse(regions=[convert.region_to_proto(r) for r in regions])
+
+    @rpc_method
     def ListReplicationTargets(
         self, request: pb.ListReplicationTargetsRequest, context: grpc.ServicerContext
     ) -> pb.ListReplicationTargetsResponse:

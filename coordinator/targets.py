@@ -1,5 +1,6 @@
-"""Where a region can replicate to (R5, P3), as each region says it itself at the call, without
-one hung region stalling the list (issue 12). What it keeps:
+"""Where a region can replicate to (R5, P3), and the catalog of every region with where its node
+listens (ListRegions), as each region says it itself at the call, without one hung region
+stalling the list (issue 12). What it keeps:
 
 - Every other region is asked at once, each with a short deadline (`targets_timeout_seconds`,
   2 s by default); the list waits about that long at most, whatever the regions do.
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
-from coordinator.models import ReplicationTarget
+from coordinator.models import RegionListing, ReplicationTarget
 from csbs.clients import NodeError, RegionNodes
 from csbs.errors import CsbsError, InvalidArgument, RegionNotFound
+from csbs.node_views import ProjectSummary
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +36,31 @@ WAIT_GRACE = 0.25
 Key = tuple[str, str]  # (region, account)
 
 
+@dataclass(frozen=True)
+class Heard:
+    """What a region said of itself to an account: its name, whether it accepts replication
+    (R5) and the account's projects there (P3)."""
+
+    region_id: str
+    display_name: str
+    accepts_replication: bool
+    projects: tuple[ProjectSummary, ...]
+
+    @property
+    def is_target(self) -> bool:
+        return self.accepts_replication and bool(self.projects)
+
+
 class TargetFinder:
     def __init__(self, nodes: RegionNodes, timeout: float) -> None:
         self._nodes = nodes
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=ASKING_THREADS, thread_name_prefix="ask")
         self._lock = threading.Lock()
-        self._pending: dict[Key, Future[ReplicationTarget | None]] = {}
-        # The last answer of each region for each account: the target it was, or None for
-        # no target. A region never heard from since the start is not in it.
-        self._last: dict[Key, ReplicationTarget | None] = {}
+        self._pending: dict[Key, Future[Heard]] = {}
+        # The last answer of each region for each account. A region never heard from since the
+        # start is not in it.
+        self._last: dict[Key, Heard] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -54,62 +73,103 @@ class TargetFinder:
             raise InvalidArgument("source_region_id is required")
         if source_region_id not in self._nodes:
             raise RegionNotFound(source_region_id)
-        asked = {
-            region_id: self._ask(region_id, account_id)
-            for region_id in self._nodes.region_ids
-            if region_id != source_region_id
-        }
-        wait(asked.values(), timeout=self._timeout + WAIT_GRACE)
-        listed = (self._listed(r, account_id, answer) for r, answer in asked.items())
+        asked = self._ask_all(
+            account_id, [r for r in self._nodes.region_ids if r != source_region_id]
+        )
+        listed = (self._target(r, account_id, answer) for r, answer in asked.items())
         return [t for t in listed if t is not None]
 
-    def _ask(self, region_id: str, account_id: str) -> Future[ReplicationTarget | None]:
+    def regions(self, account_id: str) -> Sequence[RegionListing]:
+        """Every region of the cluster, in the cluster's order, as it says itself now, with the
+        account's projects there and where its node listens; one that does not answer within
+        the deadline is listed as unreachable, with what it said last."""
+        asked = self._ask_all(account_id, self._nodes.region_ids)
+        return [self._listing(r, account_id, answer) for r, answer in asked.items()]
+
+    def _ask_all(self, account_id: str, region_ids: Iterable[str]) -> dict[str, Future[Heard]]:
+        asked = {region_id: self._ask(region_id, account_id) for region_id in region_ids}
+        wait(asked.values(), timeout=self._timeout + WAIT_GRACE)
+        return asked
+
+    def _ask(self, region_id: str, account_id: str) -> Future[Heard]:
         key = (region_id, account_id)
         with self._lock:
             pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[key] = self._pool.submit(self._target, key)
+                pending = self._pending[key] = self._pool.submit(self._hear, key)
             return pending
 
-    def _target(self, key: Key) -> ReplicationTarget | None:
-        """The region's target for the account as it says now; None if it is none."""
+    def _hear(self, key: Key) -> Heard:
+        """What the region says to the account now."""
         region_id, account_id = key
         try:
             info = self._nodes.client(region_id, account_id).region_info(timeout=self._timeout)
-            projects = tuple(p for p in info.projects if p.account_id == account_id)
-            target = (
-                ReplicationTarget(info.region_id or region_id, info.display_name, projects)
-                if info.accepts_replication and projects
-                else None
+            heard = Heard(
+                info.region_id or region_id,
+                info.display_name,
+                info.accepts_replication,
+                tuple(p for p in info.projects if p.account_id == account_id),
             )
             with self._lock:
-                self._last[key] = target
-            return target
+                self._last[key] = heard
+            return heard
         finally:
             with self._lock:
                 self._pending.pop(key, None)
 
-    def _listed(
-        self, region_id: str, account_id: str, answer: Future[ReplicationTarget | None]
-    ) -> ReplicationTarget | None:
-        """What the list shows of a region: its answer, or unreachable, or nothing."""
+    def _answer(self, answer: Future[Heard]) -> Heard | str:
+        """The region's answer, or why there is none."""
         if not answer.done() or answer.cancelled():
-            reason = f"did not answer within {self._timeout:g}s"
-        else:
-            exc = answer.exception()
-            if exc is None:
-                return answer.result()
-            if not isinstance(exc, CsbsError):
-                raise exc
-            reason = _reason(exc, self._timeout)
-        key = (region_id, account_id)
+            return f"did not answer within {self._timeout:g}s"
+        exc = answer.exception()
+        if exc is None:
+            return answer.result()
+        if not isinstance(exc, CsbsError):
+            raise exc
+        return _reason(exc, self._timeout)
+
+    def _last_heard(self, region_id: str, account_id: str) -> Heard | None:
         with self._lock:
-            heard, last = key in self._last, self._last.get(key)
-        if heard and last is None:
+            return self._last.get((region_id, account_id))
+
+    def _target(
+        self, region_id: str, account_id: str, answer: Future[Heard]
+    ) -> ReplicationTarget | None:
+        """What the target list shows of a region: its answer, or unreachable, or nothing."""
+        heard = self._answer(answer)
+        if isinstance(heard, Heard):
+            if not heard.is_target:
+                return None
+            return ReplicationTarget(heard.region_id, heard.display_name, heard.projects)
+        last = self._last_heard(region_id, account_id)
+        if last is not None and not last.is_target:
             return None  # the last it said: no target; it has said nothing new since
-        log.info("region %s listed as an unreachable replication target: %s", region_id, reason)
+        log.info("region %s listed as an unreachable replication target: %s", region_id, heard)
         name = "" if last is None else last.display_name
-        return ReplicationTarget(region_id, name, (), unreachable_reason=reason)
+        return ReplicationTarget(region_id, name, (), unreachable_reason=heard)
+
+    def _listing(self, region_id: str, account_id: str, answer: Future[Heard]) -> RegionListing:
+        address, tls = self._nodes.published_address(region_id)
+        heard = self._answer(answer)
+        if isinstance(heard, Heard):
+            return RegionListing(
+                heard.region_id,
+                heard.display_name,
+                heard.accepts_replication,
+                heard.projects,
+                address,
+                tls,
+            )
+        last = self._last_heard(region_id, account_id)
+        return RegionListing(
+            region_id,
+            "" if last is None else last.display_name,
+            False if last is None else last.accepts_replication,
+            (),
+            address,
+            tls,
+            unreachable_reason=heard,
+        )
 
 
 def _reason(exc: CsbsError, timeout: float) -> str:

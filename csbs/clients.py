@@ -538,6 +538,16 @@ class RegionNodes:
     def __contains__(self, region_id: object) -> bool:
         return region_id in self._endpoints
 
+    def published_address(self, region_id: str) -> tuple[str, bool]:
+        """Where the region's node listens now ("" if it has not published it) and whether it
+        speaks TLS; KeyError for a region not in the cluster."""
+        endpoint = self._endpoints[region_id]
+        try:
+            address = resolve_address(endpoint.listen, endpoint.data_dir)
+        except ConfigError:
+            address = ""
+        return address, self._ca_pem is not None
+
     def client(self, region_id: str, account_id: str = "") -> RegionNodeClient:
         """The client of a region's node, acting for `account_id` (empty: for no account);
         KeyError for a region not in the cluster; NodeError (UNAVAILABLE) if the node has not

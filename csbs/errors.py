@@ -36,6 +36,14 @@ class InvalidArgument(CsbsError):
     kind = ErrorKind.INVALID_ARGUMENT
 
 
+def required(value: str, field: str) -> str:
+    """`value` of a field a call cannot do without; an empty one is refused naming the field
+    (not looked up and answered NOT_FOUND for '')."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value
+
+
 class NotFound(CsbsError):
     kind = ErrorKind.NOT_FOUND
 

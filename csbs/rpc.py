@@ -15,9 +15,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from csbs import memory
+from csbs import memory, reflection_v1
 from csbs.client_core import SIMULATED_FAILURE
 from csbs.errors import CsbsError, ErrorKind
 from csbs.tls import ProcessTls, channel_credentials, server_credentials
@@ -151,9 +150,7 @@ def add_health_and_reflection(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection_v1.enable_server_reflection([*names, health.SERVICE_NAME], server)
     return health_servicer
 
 

@@ -7,7 +7,7 @@ from collections.abc import Generator, Iterator
 import grpc
 
 from csbs.auth import caller_of
-from csbs.errors import InvalidArgument
+from csbs.errors import InvalidArgument, required
 from csbs.memory import StreamSlots
 from csbs.rpc import rpc_method
 from csbs.timestamps import instant, timestamp
@@ -55,7 +55,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     @rpc_method
     def GetServer(self, request: pb.GetServerRequest, context: grpc.ServicerContext) -> pb.Server:
         return convert.server_to_proto(
-            self._node.servers.get(self._project(context, request.project_id), request.server_id)
+            self._node.servers.get(
+                self._project(context, request.project_id), required(request.server_id, "server_id")
+            )
         )
 
     @rpc_method
@@ -75,7 +77,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.DeleteServerRequest, context: grpc.ServicerContext
     ) -> pb.Server:
         return convert.server_to_proto(
-            self._node.servers.delete(self._project(context, request.project_id), request.server_id)
+            self._node.servers.delete(
+                self._project(context, request.project_id), required(request.server_id, "server_id")
+            )
         )
 
     @rpc_method
@@ -83,7 +87,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.GetServerRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Server]:
         for server in self._node.servers.watch(
-            self._project(context, request.project_id), request.server_id, context.is_active
+            self._project(context, request.project_id),
+            required(request.server_id, "server_id"),
+            context.is_active,
         ):
             yield convert.server_to_proto(server)
 
@@ -129,7 +135,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     ) -> Iterator[pb.ReadDiskResponse]:
         for offset, data in self._node.servers.read_disk(
             self._project(context, request.project_id),
-            request.server_id,
+            required(request.server_id, "server_id"),
             request.disk_index,
             request.offset,
             request.length,
@@ -143,7 +149,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         backup = self._node.backups.create(
             NewBackup(
                 project_id=self._project(context, request.project_id),
-                server_id=request.server_id,
+                server_id=required(request.server_id, "server_id"),
                 name=request.name,
                 description=request.description,
                 disk_indexes=tuple(request.disk_indexes),
@@ -155,7 +161,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     @rpc_method
     def GetBackup(self, request: pb.GetBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
         return convert.backup_to_proto(
-            self._node.backups.get(self._project(context, request.project_id), request.backup_id)
+            self._node.backups.get(
+                self._project(context, request.project_id), required(request.backup_id, "backup_id")
+            )
         )
 
     @rpc_method
@@ -180,7 +188,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.DeleteBackupRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBackupResponse:
         freed = self._node.backups.delete(
-            self._project(context, request.project_id), request.backup_id
+            self._project(context, request.project_id), required(request.backup_id, "backup_id")
         )
         return pb.DeleteBackupResponse(bytes_freed=freed)
 
@@ -189,7 +197,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.GetBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Backup]:
         for backup in self._node.backups.watch(
-            self._project(context, request.project_id), request.backup_id, context.is_active
+            self._project(context, request.project_id),
+            required(request.backup_id, "backup_id"),
+            context.is_active,
         ):
             yield convert.backup_to_proto(backup)
 
@@ -199,7 +209,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     ) -> pb.Server:
         return convert.server_to_proto(
             self._node.backups.restore(
-                self._project(context, request.project_id), request.backup_id
+                self._project(context, request.project_id), required(request.backup_id, "backup_id")
             )
         )
 
@@ -208,7 +218,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         self, request: pb.VerifyBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.VerifyBackupProgress]:
         for progress in self._node.backups.verify(
-            self._project(context, request.project_id), request.backup_id
+            self._project(context, request.project_id), required(request.backup_id, "backup_id")
         ):
             yield convert.verify_progress_to_proto(progress)
 
@@ -219,7 +229,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
         image = self._node.images.create(
             NewImage(
                 project_id=self._project(context, request.project_id),
-                backup_id=request.backup_id,
+                backup_id=required(request.backup_id, "backup_id"),
                 name=request.name,
                 description=request.description,
                 request_id=request.request_id,
@@ -230,7 +240,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     @rpc_method
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.Image:
         return convert.image_to_proto(
-            self._node.images.get(self._project(context, request.project_id), request.image_id)
+            self._node.images.get(
+                self._project(context, request.project_id), required(request.image_id, "image_id")
+            )
         )
 
     @rpc_method
@@ -249,7 +261,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
     def DeleteImage(
         self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
     ) -> pb.DeleteImageResponse:
-        self._node.images.delete(self._project(context, request.project_id), request.image_id)
+        self._node.images.delete(
+            self._project(context, request.project_id), required(request.image_id, "image_id")
+        )
         return pb.DeleteImageResponse()
 
     @rpc_method
@@ -319,7 +333,7 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def GetBackupManifest(
         self, request: pb.GetBackupManifestRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ManifestPart]:
-        for part in self._node.replicas.manifest(request.backup_id):
+        for part in self._node.replicas.manifest(required(request.backup_id, "backup_id")):
             yield convert.manifest_part_to_proto(part)
 
     @rpc_method
@@ -374,7 +388,7 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         self, request: pb.FindMissingChunksRequest, context: grpc.ServicerContext
     ) -> pb.FindMissingChunksResponse:
         found = self._node.replicas.find_missing_chunks(
-            request.replica_id, request.page_token, request.page_size
+            required(request.replica_id, "replica_id"), request.page_token, request.page_size
         )
         return pb.FindMissingChunksResponse(
             missing=found.missing,
@@ -389,7 +403,9 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
     def CompleteReplica(
         self, request: pb.CompleteReplicaRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
-        return convert.backup_to_proto(self._node.replicas.complete(request.replica_id))
+        return convert.backup_to_proto(
+            self._node.replicas.complete(required(request.replica_id, "replica_id"))
+        )
 
     @rpc_method
     def RemoveReplica(
@@ -403,18 +419,22 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         self, request: pb.RecordReplicationRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         record = convert.record_from_proto(request.record)
-        return convert.backup_to_proto(self._node.replicas.record(request.backup_id, record))
+        return convert.backup_to_proto(
+            self._node.replicas.record(required(request.backup_id, "backup_id"), record)
+        )
 
     @rpc_method
     def HoldBackup(self, request: pb.HoldBackupRequest, context: grpc.ServicerContext) -> pb.Backup:
-        return convert.backup_to_proto(self._node.replicas.hold(request.backup_id, request.job_id))
+        return convert.backup_to_proto(
+            self._node.replicas.hold(required(request.backup_id, "backup_id"), request.job_id)
+        )
 
     @rpc_method
     def ReleaseBackup(
         self, request: pb.HoldBackupRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         return convert.backup_to_proto(
-            self._node.replicas.release(request.backup_id, request.job_id)
+            self._node.replicas.release(required(request.backup_id, "backup_id"), request.job_id)
         )
 
     @rpc_method

@@ -354,6 +354,11 @@ class CoordinatorClient:
         self._stub = CoordinatorStub(endpoint.channel)
         self._admin = CoordinatorAdminStub(endpoint.channel)
 
+    def list_regions(self) -> list[cpb.Region]:
+        """Every region of the cluster with its node's address (the catalog of endpoints)."""
+        answer = self.endpoint.unary(self._stub.ListRegions, cpb.ListRegionsRequest(), retry=True)
+        return list(answer.regions)
+
     def list_targets(self, source_region_id: str) -> list[cpb.ReplicationTarget]:
         request = cpb.ListReplicationTargetsRequest(source_region_id=source_region_id)
         answer = self.endpoint.unary(self._stub.ListReplicationTargets, request, retry=True)

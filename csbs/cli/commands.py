@@ -134,7 +134,8 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             str | None,
             None,
             "--coordinator",
-            "Where the coordinator listens, instead of the config's",
+            "Where the coordinator listens, instead of the config's; given alone (no --config, no "
+            "--address), the regions are found in its catalog (ListRegions)",
             metavar="HOST:PORT",
         ),
         option("opt_json", bool, False, "--json", "Print exactly the resource or list as JSON"),

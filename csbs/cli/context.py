@@ -54,6 +54,8 @@ class _Place:
     data_dir: Path | None = None
 
     def address(self, what: str) -> str:
+        if not self.listen:
+            raise Unreachable(f"cannot reach {what}: the coordinator lists no address for it")
         if self.data_dir is None:
             return self.listen
         try:
@@ -90,10 +92,10 @@ class Session:
         self.options = options
         self.out = Printer(options.json)
         # Explicit addresses alone name the whole cluster; with a config given too, they
-        # override its addresses.
-        self.config_path = (
-            find_config(options.config) if options.config or not options.addresses else None
-        )
+        # override its addresses. The coordinator's address alone names it too: the regions
+        # are then found in its catalog (ListRegions).
+        explicit = options.addresses or options.coordinator
+        self.config_path = find_config(options.config) if options.config or not explicit else None
         self.config: ClusterConfig | None = None
         if self.config_path is not None:
             try:
@@ -112,21 +114,6 @@ class Session:
         if options.coordinator:
             coordinator = _Place(options.coordinator)
         self._coordinator_place = coordinator
-        if not self._regions:
-            raise UsageError(
-                "no cluster config found (looked for ./config/cluster.toml and "
-                f"{REPO_ROOT / DEFAULT_CONFIG}); give --config FILE (or CSBS_CONFIG) or "
-                "--address REGION=HOST:PORT"
-            )
-        self.region_id = options.region or next(iter(self._regions))
-        self.region_given = options.region or ""  # a filter where no region means every one
-        if self.region_id not in self._regions:
-            raise UsageError(
-                f"--region: no region {self.region_id!r} in the cluster "
-                f"(it has {', '.join(self._regions)})"
-            )
-        # Empty: the caller's main project in the region, as every call of the contract takes it.
-        self.project_id = options.project or ""
         self._metadata: tuple[tuple[str, str], ...] = (
             (bearer(options.token),) if options.token else ()
         )
@@ -146,6 +133,28 @@ class Session:
         self._region_clients: dict[str, RegionClient] = {}
         self._coordinator_client: CoordinatorClient | None = None
         self._endpoints: list[Endpoint] = []
+        if not self._regions and options.coordinator:
+            try:
+                listed = self.coordinator().list_regions()
+            except BaseException:
+                self.close()
+                raise
+            self._regions = {r.region_id: _Place(r.node_address) for r in listed}
+        if not self._regions:
+            raise UsageError(
+                "no cluster config found (looked for ./config/cluster.toml and "
+                f"{REPO_ROOT / DEFAULT_CONFIG}); give --config FILE (or CSBS_CONFIG) or "
+                "--address REGION=HOST:PORT"
+            )
+        self.region_id = options.region or next(iter(self._regions))
+        self.region_given = options.region or ""  # a filter where no region means every one
+        if self.region_id not in self._regions:
+            raise UsageError(
+                f"--region: no region {self.region_id!r} in the cluster "
+                f"(it has {', '.join(self._regions)})"
+            )
+        # Empty: the caller's main project in the region, as every call of the contract takes it.
+        self.project_id = options.project or ""
 
     def __enter__(self) -> Session:
         return self
