@@ -3,13 +3,13 @@ carries the signed-in user's token, so it can do nothing that user could not. Ca
 the command line's clients (csbs.cli.client, over the one client core): the same deadlines,
 retries and one-line refusals in product words. One channel per process, shared by every user.
 
-Node addresses come from the cluster config (a process on port 0 publishes the address it got
-beside its data), as `csbs` finds them."""
+Only the coordinator's address comes from the cluster config: the regions, their nodes'
+addresses and the user's projects in each come from the coordinator's catalog (ListRegions),
+asked once per request with the user's token."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,8 +18,9 @@ from console.config import ConsoleConfig
 from csbs.auth import bearer
 from csbs.cli.client import CoordinatorClient, Endpoint, RegionClient
 from csbs.cli.errors import CliError
-from csbs.config import ConfigError, RegionConfig, resolve_address
+from csbs.config import ConfigError, resolve_address
 from csbs.rpc import open_channel
+from csbs.v1 import coordinator_pb2 as cpb
 
 __all__ = ["CliError", "Gateway", "UserApi"]
 
@@ -31,16 +32,6 @@ class Gateway:
         self.config = config
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
-
-    @property
-    def regions(self) -> tuple[RegionConfig, ...]:
-        return self.config.cluster.regions
-
-    def region_name(self, region_id: str) -> str:
-        try:
-            return self.config.cluster.region(region_id).display_name
-        except KeyError:
-            return region_id
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -65,12 +56,23 @@ class Gateway:
             self._channels.clear()
 
 
-@dataclass(frozen=True)
 class UserApi:
-    """The cluster's user API with one user's token on every call."""
+    """The cluster's user API with one user's token on every call (one page's worth: the
+    regions are asked once)."""
 
-    gateway: Gateway
-    token: str
+    def __init__(self, gateway: Gateway, token: str) -> None:
+        self.gateway = gateway
+        self.token = token
+        self._regions: list[cpb.Region] | None = None
+
+    def regions(self) -> list[cpb.Region]:
+        """Every region, with the user's projects there and its node's address (ListRegions)."""
+        if self._regions is None:
+            self._regions = self.coordinator().list_regions()
+        return self._regions
+
+    def region_entry(self, region_id: str) -> cpb.Region | None:
+        return next((r for r in self.regions() if r.region_id == region_id), None)
 
     def _endpoint(self, what: str, address: str) -> Endpoint:
         channel = self.gateway.channel(address)
@@ -83,13 +85,14 @@ class UserApi:
         )
 
     def region(self, region_id: str) -> RegionClient:
-        try:
-            region = self.gateway.config.cluster.region(region_id)
-        except KeyError:
-            raise CliError(f"no region {region_id!r} in the cluster") from None
+        """The client of a region's node, at the address the catalog gives."""
+        region = self.region_entry(region_id)
+        if region is None:
+            raise CliError(f"no region {region_id!r} in the cluster")
         what = f"region {region_id}"
-        address = self.gateway.address(what, region.listen, region.data_dir)
-        return RegionClient(region_id, self._endpoint(what, address))
+        if not region.node_address:
+            raise CliError(f"cannot reach {what}: {region.unreachable_reason or 'not running'}")
+        return RegionClient(region_id, self._endpoint(what, region.node_address))
 
     def coordinator(self) -> CoordinatorClient:
         coordinator = self.gateway.config.cluster.coordinator

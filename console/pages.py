@@ -44,8 +44,8 @@ async def login(request: Request) -> Response:
     token = str(form.get("token") or "").strip()
     console = console_of(request)
     try:
-        # The token is good if a node answers the user's own call with it.
-        console.gateway.as_user(token).region(console.gateway.regions[0].region_id).region_info()
+        # The token is good if the cluster answers the user's own call with it.
+        console.gateway.as_user(token).regions()
     except CliError as exc:
         refused = i18n.translate(language(request), "login.refused")
         message = refused if exc.status == "UNAUTHENTICATED" else exc.message
@@ -68,7 +68,7 @@ async def switch_context(request: Request) -> Response:
     _, form = await checked_form(request)
     user = user_of(request)
     region_id = str(form.get("region") or "")
-    if region_id in {r.region_id for r in console_of(request).gateway.regions}:
+    if region_id in {r.region_id for r in user.api.regions()}:
         if region_id != user.session.region_id:
             user.session.project_id = ""
         user.session.region_id = region_id

@@ -16,7 +16,7 @@ from starlette.templating import Jinja2Templates
 from console import i18n
 from console.gateway import CliError, Gateway, UserApi
 from console.sessions import COOKIE, Session, SessionStore
-from csbs.v1 import common_pb2
+from csbs.v1 import coordinator_pb2 as cpb
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
@@ -69,10 +69,14 @@ def user_of(request: Request) -> User:
     session = session_of(request)
     if session is None or not session.signed_in:
         raise LoginRequired
-    console = console_of(request)
+    api = console_of(request).gateway.as_user(session.token)
     if not session.region_id:
-        session.region_id = console.gateway.regions[0].region_id
-    return User(session, console.gateway.as_user(session.token))
+        try:
+            regions = api.regions()
+        except CliError:
+            regions = []
+        session.region_id = regions[0].region_id if regions else ""
+    return User(session, api)
 
 
 async def checked_form(request: Request) -> tuple[Session | None, FormData]:
@@ -99,14 +103,24 @@ def redirect(request: Request, url: str) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-def region_info(user: User, region_id: str | None = None) -> common_pb2.RegionInfo | None:
+def region_info(user: User, region_id: str | None = None) -> cpb.Region | None:
+    """A region as the catalog shows it to the user (their projects there, main marked)."""
     try:
-        return user.api.region(region_id or user.region_id).region_info()
+        return user.api.region_entry(region_id or user.region_id)
     except CliError:
         return None
 
 
-def current_project(info: common_pb2.RegionInfo | None, project_id: str) -> str:
+def user_regions(user: User | None) -> list[cpb.Region]:
+    if user is None:
+        return []
+    try:
+        return user.api.regions()
+    except CliError:
+        return []
+
+
+def current_project(info: cpb.Region | None, project_id: str) -> str:
     """The project the page shows: the chosen one, else the user's main project there."""
     if project_id or info is None:
         return project_id
@@ -123,14 +137,16 @@ def render(
     console = console_of(request)
     lang = language(request)
     session = user.session if user is not None else session_of(request)
+    regions = user_regions(user)
+    names = {r.region_id: r.display_name for r in regions}
     common: dict[str, Any] = {
         "request": request,
         "lang": lang,
         "t": lambda key: i18n.translate(lang, key),
         "csrf_token": session.csrf_token if session is not None else "",
         "user": user,
-        "regions": console.gateway.regions,
-        "region_name": console.gateway.region_name,
+        "regions": regions,
+        "region_name": lambda region_id: names.get(region_id) or region_id,
     }
     if user is not None and "info" not in context:
         info = region_info(user)
