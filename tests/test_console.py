@@ -170,11 +170,15 @@ def test_page_steps_replicate_then_image_then_server_with_the_sources_sha256(
     page.find("#replicate-ok").click()
     page.until(lambda: page.path.startswith("/jobs/"), why="the job's page")
     # The job's progress, live, until it succeeds.
-    seen = {page.find("#job-progress").get_attribute("data-status")}
-    _step(page, lang, 6, "job-progress")
+    seen: set[str | None] = set()
+    live: list[Path] = []  # the screenshot of the job part done
 
     def ended() -> bool:
-        seen.add(page.find("#job-progress").get_attribute("data-status"))
+        progress = page.find("#job-progress")
+        status = progress.get_attribute("data-status")
+        if status == "replicating" and not live and page.find("#job-percent").text != "0%":
+            live.append(page.shot(f"{lang}-6-job-progress-live"))
+        seen.add(status)
         return bool(seen & {"success", "failed"})
 
     page.until(ended, why="the job to end")
