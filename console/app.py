@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from console import backup_pages, formats, pages, resource_pages
+from console import backup_pages, formats, pages, policy_pages, resource_pages
 from console.config import ConsoleConfig
 from console.gateway import Gateway
 from console.sessions import SessionStore
@@ -37,6 +37,9 @@ def _templates() -> Jinja2Templates:
     env.globals["server_state"] = lambda v: formats.state(pb.ServerStatus, v)
     env.globals["record_state"] = lambda v: formats.state(pb.ReplicationRecordStatus, v)
     env.globals["way"] = lambda v: formats.state(common_pb2.ReplicationWay, v)
+    env.globals["run_kind"] = lambda v: formats.state(cpb.PolicyRunKind, v)
+    env.globals["run_trigger"] = lambda v: formats.state(cpb.PolicyRunTrigger, v)
+    env.globals["run_state"] = lambda v: formats.state(cpb.PolicyRunStatus, v)
     env.globals["pb"] = pb
     env.globals["cpb"] = cpb
     return templates
@@ -67,6 +70,13 @@ ROUTES = [
     Route("/servers", resource_pages.servers),
     Route("/servers/{id}", resource_pages.server_detail),
     Route("/servers/{id}/disks/{disk:int}/sha256", resource_pages.disk_sha256, methods=["POST"]),
+    Route("/policies", policy_pages.policies, methods=["GET"]),
+    Route("/policies", policy_pages.save_policy, methods=["POST"]),
+    Route("/policies/new", policy_pages.new_policy),
+    Route("/policies/{id}", policy_pages.policy_detail, methods=["GET"]),
+    Route("/policies/{id}", policy_pages.save_policy, methods=["POST"]),
+    Route("/policies/{id}/edit", policy_pages.edit_policy),
+    Route("/policies/{id}/execute", policy_pages.execute_policy, methods=["POST"]),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]
 

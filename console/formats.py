@@ -35,6 +35,9 @@ def state(enum: Any, value: int) -> str:
         "REPLICATION_RECORD_STATUS_",
         "REPLICATION_WAY_",
         "IMAGE_STATUS_",
+        "POLICY_RUN_KIND_",
+        "POLICY_RUN_TRIGGER_",
+        "POLICY_RUN_STATUS_",
     ):
         if name.startswith(prefix):
             return name[len(prefix) :].lower()
