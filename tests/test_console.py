@@ -36,6 +36,7 @@ from tests.harness import (
     write_cluster_config,
 )
 from tests.node_helpers import MIB, backup, disk_sha256, make_server, node, seeded_bytes, write
+from tests.replication_helpers import replicated
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -290,6 +291,22 @@ def test_policy_with_a_replication_rule_backs_up_now_then_replicates_now_m3(worl
     page.find("#policy-ok").click()
     page.until(lambda: page.find("#policy-replication").text.strip() == "-")
     assert not page.find("#replicate-now").is_enabled()
+
+
+def test_recovery_points_show_the_replicated_server_and_a_chart_of_its_age(world: World) -> None:
+    source = world.source(6)
+    coordinator = CoordinatorStub(world.cluster.coordinator_channel())
+    replicated(coordinator, source.backup_id, SOURCE, TARGET)
+    page = world.page
+    world.log_in(DEFAULT_ACCOUNT, "en")
+    page.find("#tab-rpo").click()
+    row = page.find(
+        f"tr.recovery-point[data-server-id='{source.server_id}'][data-target='{TARGET}']"
+    )
+    assert row.find_element("css selector", ".rpo-now").text not in ("", "-")
+    lines = page.all("#rpo-chart polyline.rpo-line")
+    assert lines and all(line.get_attribute("points") for line in lines)
+    page.shot("recovery-points")
 
 
 def test_second_account_never_sees_the_first_accounts_resources(world: World) -> None:
