@@ -14,7 +14,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from console import backup_pages, formats, pages, policy_pages, resource_pages, rpo_pages
+from console import (
+    backup_pages,
+    formats,
+    operator_pages,
+    pages,
+    policy_pages,
+    resource_pages,
+    rpo_pages,
+)
 from console.config import ConsoleConfig
 from console.gateway import Gateway
 from console.sessions import SessionStore
@@ -78,6 +86,8 @@ ROUTES = [
     Route("/policies/{id}/edit", policy_pages.edit_policy),
     Route("/policies/{id}/execute", policy_pages.execute_policy, methods=["POST"]),
     Route("/recovery-points", rpo_pages.recovery_points),
+    Route("/operator", operator_pages.operator_page, methods=["GET"]),
+    Route("/operator", operator_pages.operator_action, methods=["POST"]),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]
 

@@ -46,8 +46,8 @@ class Gateway:
         except ConfigError:
             raise CliError(f"cannot reach {what}: it has published no address") from None
 
-    def as_user(self, token: str) -> UserApi:
-        return UserApi(self, token)
+    def as_user(self, token: str, operator_token: str = "") -> UserApi:
+        return UserApi(self, token, operator_token)
 
     def close(self) -> None:
         with self._lock:
@@ -60,9 +60,11 @@ class UserApi:
     """The cluster's user API with one user's token on every call (one page's worth: the
     regions are asked once)."""
 
-    def __init__(self, gateway: Gateway, token: str) -> None:
+    def __init__(self, gateway: Gateway, token: str, operator_token: str = "") -> None:
         self.gateway = gateway
         self.token = token
+        # The operator credential, when the user gave one: only operator calls carry it.
+        self.operator_token = operator_token
         self._regions: list[cpb.Region] | None = None
 
     def regions(self) -> list[cpb.Region]:
@@ -81,6 +83,7 @@ class UserApi:
             address,
             channel,
             (bearer(self.token),),
+            operator_metadata=(bearer(self.operator_token),) if self.operator_token else (),
             tls=self.gateway.config.ca_pem is not None,
         )
 
@@ -93,6 +96,10 @@ class UserApi:
         if not region.node_address:
             raise CliError(f"cannot reach {what}: {region.unreachable_reason or 'not running'}")
         return RegionClient(region_id, self._endpoint(what, region.node_address))
+
+    def endpoint(self, region_id: str) -> Endpoint:
+        """The raw endpoint of a region's node (for its operator calls)."""
+        return self.region(region_id).endpoint
 
     def coordinator(self) -> CoordinatorClient:
         coordinator = self.gateway.config.cluster.coordinator

@@ -42,15 +42,22 @@ async def login(request: Request) -> Response:
     session, form = await checked_form(request)
     assert session is not None
     token = str(form.get("token") or "").strip()
+    operator_token = str(form.get("operator_token") or "").strip()
     console = console_of(request)
     try:
-        # The token is good if the cluster answers the user's own call with it.
-        console.gateway.as_user(token).regions()
+        # The token is good if the cluster answers the user's own call with it; the operator
+        # credential if it answers an operator call.
+        api = console.gateway.as_user(token, operator_token)
+        api.regions()
+        if operator_token:
+            api.coordinator().list_links()
     except CliError as exc:
         refused = i18n.translate(language(request), "login.refused")
-        message = refused if exc.status == "UNAUTHENTICATED" else exc.message
-        return render(request, "login.html", status_code=401, error=message)
-    signed_in = console.sessions.sign_in(session, token)
+        denied = exc.status in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+        return render(
+            request, "login.html", status_code=401, error=refused if denied else exc.message
+        )
+    signed_in = console.sessions.sign_in(session, token, operator_token)
     response = RedirectResponse("/backups", status_code=303)
     set_session_cookie(response, signed_in)
     return response

@@ -20,6 +20,7 @@ class Session:
     session_id: str
     csrf_token: str
     token: str = ""  # the user's API token; empty until signed in
+    operator_token: str = ""  # the operator credential, if the user gave it: operator pages
     region_id: str = ""
     project_id: str = ""
     last_seen: float = field(default_factory=time.monotonic)
@@ -65,12 +66,13 @@ class SessionStore:
             self._sessions[session.session_id] = session
         return session
 
-    def sign_in(self, old: Session, token: str) -> Session:
+    def sign_in(self, old: Session, token: str, operator_token: str = "") -> Session:
         """A new session (new ID and CSRF token) holding `token`; the old one is dropped, so
         an ID known before signing in is worth nothing after."""
         self.drop(old.session_id)
         session = self.new()
         session.token = token
+        session.operator_token = operator_token
         return session
 
     def drop(self, session_id: str) -> None:

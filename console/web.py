@@ -69,7 +69,7 @@ def user_of(request: Request) -> User:
     session = session_of(request)
     if session is None or not session.signed_in:
         raise LoginRequired
-    api = console_of(request).gateway.as_user(session.token)
+    api = console_of(request).gateway.as_user(session.token, session.operator_token)
     if not session.region_id:
         try:
             regions = api.regions()

@@ -24,12 +24,15 @@ from selenium.webdriver.support.ui import Select
 
 from console.process import ConsoleProcess, console_process
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
 from tests.browser import Page, chromium
 from tests.harness import (
     ACCOUNT_TOKENS,
     DEFAULT_ACCOUNT,
     DEFAULT_REGIONS,
+    OPERATOR_TOKEN,
     REPO_ROOT,
     SECOND_ACCOUNT,
     Cluster,
@@ -82,13 +85,15 @@ class World:
         hashes = tuple(disk_sha256(stub, server.server_id, i) for i in range(len(DISKS_MIB)))
         return Source(server.server_id, taken.backup_id, hashes)
 
-    def log_in(self, account: str, lang: str) -> None:
+    def log_in(self, account: str, lang: str, operator_token: str = "") -> None:
         page = self.page
         page.driver.delete_all_cookies()
         page.open("/login")
         page.find(f"#lang-{lang}").click()  # a no-op click on the language already shown
         page.until(lambda: (page.find("html").get_attribute("lang") or "").startswith(lang[:2]))
         page.find("#token").send_keys(ACCOUNT_TOKENS[account])
+        if operator_token:
+            page.find("#operator-token").send_keys(operator_token)
         page.find("#login").click()
         page.until(lambda: page.path.startswith("/backups"), why="the Backups tab after login")
 
@@ -307,6 +312,71 @@ def test_recovery_points_show_the_replicated_server_and_a_chart_of_its_age(world
     lines = page.all("#rpo-chart polyline.rpo-line")
     assert lines and all(line.get_attribute("points") for line in lines)
     page.shot("recovery-points")
+
+
+def _set_capability(cluster: Cluster, region_id: str, accepts: bool) -> None:
+    admin = RegionNodeAdminStub(cluster.channel(region_id))
+    request = pb.SetReplicationCapabilityRequest(accepts_replication=accepts)
+    admin.SetReplicationCapability(request, timeout=10)
+
+
+def test_operator_pages_switch_r5_capability_set_a_link_and_add_a_fault_rule(world: World) -> None:
+    source = world.source(7)
+    page = world.page
+    # Without the operator credential: no operator tab, and the page is refused.
+    world.log_in(DEFAULT_ACCOUNT, "en")
+    assert not page.all("#tab-operator")
+    page.open("/operator")
+    assert page.find("#message").text == "operator only"
+    # A wrong operator credential does not sign in.
+    page.open("/login")
+    page.find("#token").send_keys(ACCOUNT_TOKENS[DEFAULT_ACCOUNT])
+    page.find("#operator-token").send_keys("csbsop_not_the_operator_credential_0")
+    page.find("#login").click()
+    assert page.find("#login-error").text == "This token is not valid"
+    world.log_in(DEFAULT_ACCOUNT, "en", OPERATOR_TOKEN)
+    page.find("#tab-operator").click()
+    row = f"tr.op-region[data-region-id='{TARGET}']"
+    assert page.find(row).get_attribute("data-accepts") == "yes"
+    try:
+        # R5: the target region stops accepting replication; the dialog no longer offers it.
+        page.find(f"{row} button.toggle-capability").click()
+        page.until(lambda: page.find(row).get_attribute("data-accepts") == "no")
+        page.shot("operator-r5-off")
+        page.open("/backups")
+        backup_row = page.find(f"tr.backup[data-backup-id='{source.backup_id}']")
+        backup_row.find_element("css selector", "summary.more-button").click()
+        backup_row.find_element("css selector", "button.create-replication").click()
+        assert page.find("#no-targets").text == "No region accepts replication."
+        page.find("#replicate-cancel").click()
+        page.open("/operator")
+        page.find(f"{row} button.toggle-capability").click()
+        page.until(lambda: page.find(row).get_attribute("data-accepts") == "yes")
+    finally:
+        _set_capability(world.cluster, TARGET, True)
+    # A link, set and cleared.
+    link = page.find("#link-form")
+    Select(link.find_element("css selector", "select[name=source]")).select_by_value(TARGET)
+    Select(link.find_element("css selector", "select[name=target]")).select_by_value(SOURCE)
+    link.find_element("css selector", "input[name=latency_ms]").send_keys("25")
+    link.find_element("css selector", "button").click()
+    pair = f"tr.op-link[data-pair='{TARGET}>{SOURCE}']"
+    assert "25 ms" in page.find(pair).text
+    page.find(f"{pair} button").click()
+    page.until(lambda: not page.all(pair), why="the link cleared")
+    # A fault rule on the coordinator, added and cleared.
+    faults = page.find("#fault-form")
+    faults.find_element("css selector", "input[name=method]").send_keys("*/GetPolicy")
+    faults.find_element("css selector", "input[name=code]").send_keys("UNAVAILABLE")
+    faults.find_element("css selector", "input[name=count]").send_keys("1")
+    faults.find_element("css selector", "button").click()
+    rule = page.until(
+        lambda: next(r for r in page.all("tr.op-fault") if "*/GetPolicy" in r.text), why="the rule"
+    )
+    page.shot("operator")
+    rule_id = rule.get_attribute("data-rule-id")
+    rule.find_element("css selector", "button").click()
+    page.until(lambda: not page.all(f"tr.op-fault[data-rule-id='{rule_id}']"))
 
 
 def test_second_account_never_sees_the_first_accounts_resources(world: World) -> None:
