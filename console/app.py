@@ -8,6 +8,8 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -103,10 +105,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return HTMLResponse(f"<p class='refused'>{exc.detail}</p>", status_code=exc.status_code)
 
 
+# Never framed by another site (clickjacking), no sniffing, no full URLs sent elsewhere.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+async def _security_headers(request: Request, call_next: RequestResponseEndpoint) -> Response:
+    response = await call_next(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def build_app(config: ConsoleConfig) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         exception_handlers={LoginRequired: _login_required, HTTPException: _http_error},
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=_security_headers)],
     )
     app.state.console = Console(Gateway(config), SessionStore(), _templates())
     return app

@@ -10,13 +10,16 @@ console and one browser for the module; a screenshot of every step under the mod
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,9 @@ def test_page_steps_replicate_then_image_then_server_with_the_sources_sha256(
     ) in page.text()
     _step(page, lang, 1, "backups")
     # 2. The Backups tab: find the backup.
+    page.find("#filter-name").send_keys("no-such-backup\n")  # filters: nothing matches
+    page.until(lambda: "no-such-backup" in page.path and not page.all("tr.backup"))
+    page.open("/backups")
     row = page.find(f"tr.backup[data-backup-id='{source.backup_id}']")
     assert row.get_attribute("data-status") == "available"
     # 3. More › Create Replication.
@@ -192,6 +198,17 @@ def test_page_steps_replicate_then_image_then_server_with_the_sources_sha256(
     assert seen & {"waiting", "replicating"}, f"no progress seen live: {seen}"
     assert page.find("#job-percent").text == "100%"
     _step(page, lang, 7, "job-success")
+    # The source backup's page lists the replication record.
+    job_path = page.path
+    record_css = f"tr.record[data-target='{TARGET}']"
+
+    def recorded() -> bool:  # the job's outcome reaches the source backup just after it ends
+        page.open(f"/backups/{source.backup_id}")
+        return page.find(record_css, timeout=2).get_attribute("data-status") == "success"
+
+    page.until(recorded, why="the replication record on the source backup")
+    assert (target_project or TARGET_MAIN) in page.find(record_css).text
+    page.open(job_path)
     # 6. Switch to the target region and project: the replica is there.
     page.find("#view-in-target").click()
     page.until(lambda: page.path.startswith("/backups"))
@@ -438,10 +455,15 @@ def test_a_form_posted_without_its_csrf_token_is_refused(world: World) -> None:
     assert ACCOUNT_TOKENS[DEFAULT_ACCOUNT] not in json.dumps(page.driver.get_cookies())
 
 
-def test_csbs_cluster_starts_the_console_prints_its_address_and_stops_it(tmp_path: Path) -> None:
+def test_csbs_cluster_starts_the_console_over_tls_prints_its_address_and_stops_it(
+    tmp_path: Path,
+) -> None:
+    """`csbs-cluster --tls`: the console is started with the others and its address printed; a
+    user logs in (plain HTTP client, cookies, the form's CSRF token) and sees the regions the
+    coordinator's catalog gives over TLS; the console stops with the cluster."""
     config = write_cluster_config(tmp_path, regions=[DEFAULT_REGIONS[0]])
     cluster = subprocess.Popen(
-        [str(Path(sys.executable).parent / "csbs-cluster"), "--config", str(config)],
+        [str(Path(sys.executable).parent / "csbs-cluster"), "--config", str(config), "--tls"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -456,9 +478,18 @@ def test_csbs_cluster_starts_the_console_prints_its_address_and_stops_it(tmp_pat
             seen += line
         url = next(line.split()[-1] for line in seen.splitlines() if line.startswith("console "))
         assert url.startswith("http://127.0.0.1:"), seen
-        with urllib.request.urlopen(f"{url}/login", timeout=10) as login:
-            assert login.status == 200
-            assert "登录管理控制台" in login.read().decode()  # Chinese unless the user picks
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        with browser.open(f"{url}/login", timeout=10) as login:
+            page = login.read().decode()
+            assert login.headers["X-Frame-Options"] == "DENY"
+        assert "登录管理控制台" in page  # Chinese unless the user picks English
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert found is not None
+        form = {"csrf_token": found.group(1), "token": ACCOUNT_TOKENS[DEFAULT_ACCOUNT]}
+        data = urllib.parse.urlencode(form).encode()
+        with browser.open(f"{url}/login", data=data, timeout=30) as backups:
+            assert backups.url == f"{url}/backups"
+            assert "CN North-Beijing4" in backups.read().decode()
     finally:
         cluster.send_signal(signal.SIGINT)
         cluster.wait(timeout=30)
