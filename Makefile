@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/csbs/v1/*.proto)
 GEN_STAMP := csbs/v1/.generated
-CONFIG ?= config/cluster.toml
+CONFIG ?= csbs/cluster.toml
 
 .PHONY: install proto lint test cluster bench bench-scale demo clean soak soak-cluster browser
 
@@ -29,7 +29,7 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy csbs region_node coordinator console tests bench
+	$(VENV)/bin/mypy csbs region_node coordinator console tests bench examples
 
 test: install browser
 	$(VENV)/bin/pytest -q

@@ -13,7 +13,7 @@ import uvicorn
 
 from console.app import build_app
 from console.config import DEFAULT_LISTEN, ConsoleConfig
-from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.config import SHIPPED_CONFIG, ConfigError, load_cluster_config, write_address_file
 from csbs.tls import TlsError
 
 
@@ -30,7 +30,7 @@ def _bind(listen: str) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-console", description=__doc__)
-    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), help="cluster config file")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free)")
     parser.add_argument("--tls", action="store_true", help="the cluster runs TLS (as cluster.tls)")
     args = parser.parse_args(argv)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from coordinator.store import Store
 from csbs.clients import RegionNodes
 from csbs.clock import SimulatedClock, WallClock
 from csbs.errors import CsbsError, FailedPrecondition, InvalidArgument
+from csbs.request_ids import CarryingExecutor
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class ClusterClock:
                 return None
 
         regions = self._nodes.region_ids
-        with ThreadPoolExecutor(max_workers=max(len(regions), 1)) as pool:
+        # The calls carry the request ID of what moves the clock (issue 14).
+        with CarryingExecutor(max_workers=max(len(regions), 1)) as pool:
             answers = [a for a in pool.map(tell, regions) if a is not None]
         # A node a little ahead (it kept its own time while starting) moves this clock; one far
         # ahead is a fault, never a way to skip the runs in between.

@@ -40,6 +40,7 @@ class CoordinatorConfig:
     links: tuple[Link, ...] = ()  # the config file's links between regions (issue 13)
     # Simulated mode: how long, on the cluster clock, a job keeps retrying a cut link.
     simulated_retry_budget_seconds: float = 3600.0
+    metrics_listen: str = "127.0.0.1:0"  # issue 14: where Prometheus metrics are served
 
     @property
     def ca_pem(self) -> bytes | None:
@@ -63,4 +64,5 @@ class CoordinatorConfig:
             fault_rules=cluster.faults.rules_for(COORDINATOR_PROCESS),
             links=cluster.links,
             simulated_retry_budget_seconds=cluster.coordinator.simulated_retry_budget_seconds,
+            metrics_listen=cluster.coordinator.metrics_listen,
         )

@@ -16,6 +16,7 @@ import time
 from coordinator.config import CoordinatorConfig
 from coordinator.models import CleanupKind, JobStatus, ReplicationJob
 from coordinator.store import Store
+from csbs import request_ids
 from csbs.clients import RegionNodeClient, RegionNodes, is_transient
 from csbs.clock import Clock
 from csbs.errors import CsbsError, NotFound, RegionNotFound
@@ -165,37 +166,41 @@ class JobCleanups:
         for cleanup in self._store.cleanups(due_at=time.time()):
             if self._stop.is_set():
                 break
-            job = self._store.get_job(cleanup.job_id)
-            if cleanup.kind == CleanupKind.HOLD:
-                error = self.release_hold(cleanup.region_id, cleanup.resource_id, cleanup.job_id)
-            elif job is None:
-                error = None
-            elif cleanup.kind == CleanupKind.SOURCE:
-                error = self.finish_source(job)
-            else:
-                error = self.remove_replica(job)
-            if error is None:
-                self._store.cleanup_done(cleanup.kind, cleanup.job_id)
-                log.info("clean-up %s of job %s done", cleanup.kind, cleanup.job_id)
-                self._notifier.changed(cleanup.job_id)
-                continue
-            left += 1
-            delay = 0.0
-            if not is_transient(error):
-                delay = min(
-                    self._config.cleanup_interval_seconds * 2 ** min(cleanup.attempts, 10),
-                    CLEANUP_BACKOFF_MAX,
+            # Its calls carry the request ID of the job's request (issue 14).
+            with request_ids.bound(self._store.job_request_id(cleanup.job_id)):
+                job = self._store.get_job(cleanup.job_id)
+                if cleanup.kind == CleanupKind.HOLD:
+                    error = self.release_hold(
+                        cleanup.region_id, cleanup.resource_id, cleanup.job_id
+                    )
+                elif job is None:
+                    error = None
+                elif cleanup.kind == CleanupKind.SOURCE:
+                    error = self.finish_source(job)
+                else:
+                    error = self.remove_replica(job)
+                if error is None:
+                    self._store.cleanup_done(cleanup.kind, cleanup.job_id)
+                    log.info("clean-up %s of job %s done", cleanup.kind, cleanup.job_id)
+                    self._notifier.changed(cleanup.job_id)
+                    continue
+                left += 1
+                delay = 0.0
+                if not is_transient(error):
+                    delay = min(
+                        self._config.cleanup_interval_seconds * 2 ** min(cleanup.attempts, 10),
+                        CLEANUP_BACKOFF_MAX,
+                    )
+                log.warning(
+                    "clean-up %s of job %s failed (attempt %d), trying again in %.0fs: %s",
+                    cleanup.kind,
+                    cleanup.job_id,
+                    cleanup.attempts + 1,
+                    max(delay, self._config.cleanup_interval_seconds),
+                    error.message,
                 )
-            log.warning(
-                "clean-up %s of job %s failed (attempt %d), trying again in %.0fs: %s",
-                cleanup.kind,
-                cleanup.job_id,
-                cleanup.attempts + 1,
-                max(delay, self._config.cleanup_interval_seconds),
-                error.message,
-            )
-            self._store.cleanup_failed(
-                cleanup.kind, cleanup.job_id, error.message, time.time() + delay
-            )
-            self._notifier.changed(cleanup.job_id)
+                self._store.cleanup_failed(
+                    cleanup.kind, cleanup.job_id, error.message, time.time() + delay
+                )
+                self._notifier.changed(cleanup.job_id)
         return left

@@ -26,6 +26,7 @@ from coordinator.models import CleanupKind, JobStatus, Progress, ReplicationJob
 from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
 from coordinator.transit import LinkPipes, Transit
+from csbs import request_ids, tally
 from csbs.clients import RegionNodeClient, RegionNodes, incomplete_copy, is_transient
 from csbs.clock import Clock
 from csbs.errors import CsbsError, ReplicationJobNotFound
@@ -133,8 +134,10 @@ class JobRunner:
         cleanups: JobCleanups,
         links: Links,
         waits: SimulatedWaits,
+        counts: tally.Tally,
     ) -> None:
         self._config = config
+        self._tally = counts
         self._links = links
         self._pipes = LinkPipes()
         self._waits = waits
@@ -172,8 +175,11 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         self._waits.job_working(job_id)
+        # Every call the job makes carries the ID of the request that made it (issue 14).
+        request_id = self._store.job_request_id(job_id) or request_ids.new_request_id()
         try:
-            self._run_attempts(job_id)
+            with request_ids.bound(request_id):
+                self._run_attempts(job_id)
         except Exception:
             log.exception("replication job %s: unexpected error", job_id)
         finally:
@@ -397,6 +403,8 @@ class JobRunner:
                 page = target.find_missing_chunks(replica_id, page.next_page_token)
         finally:
             tracker.flush()
+            sent = tracker.progress.bytes_sent - start.bytes_sent
+            self._tally.add(tally.REPLICATION_BYTES_SENT, sent)
 
         run.step = f"completing replica {replica_id} in region {tgt}"
         transit.call()
@@ -432,6 +440,7 @@ class JobRunner:
             else [(CleanupKind.SOURCE, job.source_region_id, job.source_backup_id)]
         )
         self._store.finish(job_id, JobStatus.SUCCESS, "", ended_at, pending)
+        self._tally.add(tally.REPLICATION_JOBS_ENDED, status="success")
         self._notifier.changed(job_id)
         log.info("replication job %s: success, replica %s", job_id, job.replica_id)
 
@@ -451,4 +460,5 @@ class JobRunner:
             log.warning("replication job %s: replica not removed yet: %s", job_id, removal)
             pending.append((CleanupKind.TARGET, job.target_region_id, job.replica_id))
         self._store.finish(job_id, JobStatus.FAILED, reason, self._clock.now(), pending)
+        self._tally.add(tally.REPLICATION_JOBS_ENDED, status="failed")
         self._notifier.changed(job_id)

@@ -52,6 +52,7 @@ from coordinator.replication import ReplicationService
 from coordinator.retention import server_of_replica
 from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
+from csbs import request_ids
 from csbs.clients import RegionNodeClient, RegionNodes
 from csbs.errors import CsbsError, RegionRefusesReplication
 from csbs.node_views import BackupStatus, BackupSummary, ReplicationWay
@@ -68,6 +69,12 @@ class _Work:
 
     backups: list[tuple[str, str]] = field(default_factory=list)  # (server_id, backup_id)
     jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (backup, server, job)
+
+
+def run_request_id(run: PolicyRun) -> str:
+    """A policy run's request ID (issue 14): its own ID's hex, so that a resumed run keeps it
+    and every call its backups and jobs make carries it."""
+    return uuid.UUID(run.run_id).hex
 
 
 def _run_token(run_id: str, backup_id: str) -> str:
@@ -131,6 +138,17 @@ class PolicyRunner:
         its end follows in the background. Answers with the run as it is then."""
         if run.status != RUNNING:
             return run
+        log.info(
+            "policy %s: %s run %s, request ID %s",
+            policy.policy_id,
+            KIND_NAMES[run.kind],
+            run.run_id,
+            run_request_id(run),
+        )
+        with request_ids.bound(run_request_id(run)):
+            return self._carry_out(policy, run, wait)
+
+    def _carry_out(self, policy: Policy, run: PolicyRun, wait: bool) -> PolicyRun:
         run, work = self._start(policy, run)
         if run.status != RUNNING:
             return run
@@ -158,7 +176,8 @@ class PolicyRunner:
 
         def finish() -> None:
             try:
-                self._finish_safely(policy, run, work)
+                with request_ids.bound(run_request_id(run)):
+                    self._finish_safely(policy, run, work)
             finally:
                 if advance_waits:
                     self._waits.run_done(run.run_id)
@@ -222,7 +241,8 @@ class PolicyRunner:
                         )
                     )
                     continue
-                run, work = self._start(policy, run)
+                with request_ids.bound(run_request_id(run)):
+                    run, work = self._start(policy, run)
                 if run.status == RUNNING:
                     thread = self._finish_in_background(policy, run, work, advance_waits=True)
                     if not self._waits_for_clock(run):

@@ -248,6 +248,15 @@ class PolicyStore:
         )
         return None if row is None else str(row["run_id"])
 
+    def run_counts(self) -> dict[tuple[int, int], int]:
+        """How many runs there are of each (kind, status), for the metrics."""
+        with self._db.read() as conn:
+            rows = _rows(
+                conn,
+                "SELECT kind, status, COUNT(*) AS runs FROM policy_runs GROUP BY kind, status",
+            )
+        return {(r["kind"], r["status"]): int(r["runs"]) for r in rows}
+
     def running(self) -> list[PolicyRun]:
         """Every run left RUNNING, oldest first (what the recovery at start ends)."""
         with self._db.read() as conn:

@@ -37,6 +37,7 @@ from coordinator.replication_rules import (
 from coordinator.sim_waits import SimulatedWaits
 from coordinator.store import Store
 from coordinator.targets import TargetFinder
+from csbs import request_ids
 from csbs.clients import RegionNodeClient, RegionNodes, is_transient
 from csbs.clock import Clock
 from csbs.errors import (
@@ -54,6 +55,7 @@ from csbs.names import validate_description, validate_name, validate_request_id
 from csbs.node_views import RegionSummary
 from csbs.notifier import Notifier
 from csbs.paging import PageTokens, page_size
+from csbs.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,12 @@ CLEANUP_BACKOFF_MAX = 60.0  # seconds between two tries of a clean-up a node ref
 
 class ReplicationService:
     def __init__(
-        self, config: CoordinatorConfig, clock: Clock, nodes: RegionNodes, store: Store
+        self,
+        config: CoordinatorConfig,
+        clock: Clock,
+        nodes: RegionNodes,
+        store: Store,
+        tally: Tally | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -88,6 +95,7 @@ class ReplicationService:
             self._cleanups,
             self.links,
             self.waits,
+            tally or Tally(),
         )
         self._targets = TargetFinder(nodes, config.targets_timeout_seconds)
         for job_id in self._store.active_job_ids():
@@ -289,7 +297,8 @@ class ReplicationService:
                     if j.job_id not in known_gone and not j.replica_deleted
                 ]
                 if not to_check:
-                    self._store.insert_job(conn, job, token)
+                    # The job's calls carry this request's ID, a resumed job's too (issue 14).
+                    self._store.insert_job(conn, job, token, request_ids.current())
                     return job
             for earlier in to_check:
                 if self._replica_exists(target, earlier):

@@ -9,6 +9,7 @@ from grpc_health.v1 import health
 
 from coordinator.cluster_clock import ClusterClock
 from coordinator.config import CoordinatorConfig
+from coordinator.figures import coordinator_figures
 from coordinator.policies import PolicyService
 from coordinator.recovery_points import RecoveryPoints
 from coordinator.replication import ReplicationService
@@ -25,7 +26,10 @@ from csbs.faults import (
     FaultRules,
     methods_of,
 )
+from csbs.metrics import ProcessMetrics
+from csbs.observed_calls import ObservedCalls
 from csbs.rpc import add_health_and_reflection, bind, new_server
+from csbs.tally import COORDINATOR_COUNTS, Tally
 from csbs.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 REQUIRED_ROLES = {
@@ -56,10 +60,12 @@ class Coordinator:
 
 
 def build_server(
-    config: CoordinatorConfig,
+    config: CoordinatorConfig, metrics: ProcessMetrics | None = None
 ) -> tuple[grpc.Server, str, Coordinator, health.HealthServicer]:
     """The server, bound (not started), with the address it got and its domain (which has
-    resumed its unfinished jobs)."""
+    resumed its unfinished jobs); `metrics` count its calls and show its jobs (issue 14)."""
+    metrics = metrics or ProcessMetrics()
+    tally = Tally()
     faults = FaultRules(
         COORDINATOR_PROCESS, methods_of(coordinator_pb2.DESCRIPTOR), config.fault_rules
     )
@@ -71,12 +77,19 @@ def build_server(
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.data_dir / "coordinator.db")
     clock = ClusterClock(config.simulated_clock, store, nodes)
-    replication = ReplicationService(config, clock, nodes, store)
+    replication = ReplicationService(config, clock, nodes, store, tally)
     policies = PolicyService(store, clock, nodes, replication, config.runs_page_bytes)
     domain = Coordinator(store, nodes, clock, replication, policies)
-    # Fault rules act after the credential is checked (issue 13).
+    metrics.count(tally, COORDINATOR_COUNTS)
+    metrics.read(lambda: coordinator_figures(store))
+    # Fault rules act after the credential is checked (issue 13); every call is observed,
+    # those they refuse too (issue 14).
     server = new_server(
-        interceptors=[AuthInterceptor(config.secrets, REQUIRED_ROLES), FaultInterceptor(faults)]
+        interceptors=[
+            ObservedCalls(metrics),
+            AuthInterceptor(config.secrets, REQUIRED_ROLES),
+            FaultInterceptor(faults),
+        ]
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorServicer(replication, policies, clock, RecoveryPoints(store, clock)), server

@@ -150,6 +150,11 @@ _MIGRATIONS: dict[int, str] = {
     -- Issue 13: when the source backup was taken, for the recovery point its replica gives.
     ALTER TABLE jobs ADD COLUMN source_backup_at REAL
     """,
+    10: """
+    -- Issue 14: the request ID of the call that made the job, carried on every call the job
+    -- makes to the nodes (a resumed job too), so that one grep of the logs follows it.
+    ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''
+    """,
 }
 
 _JOB_COLUMNS = (
@@ -315,12 +320,14 @@ class Store(Database):
         return [_job(r) for r in rows]
 
     # -- jobs: writes ----------------------------------------------------------------------------
-    def insert_job(self, conn: sqlite3.Connection, job: ReplicationJob, token: str) -> None:
+    def insert_job(
+        self, conn: sqlite3.Connection, job: ReplicationJob, token: str, request_id: str = ""
+    ) -> None:
         seq = self.next_seq(conn, "jobs")
         p = job.progress
         conn.execute(
-            f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token) "
-            f"VALUES ({', '.join('?' * 30)})",
+            f"INSERT INTO jobs({_JOB_COLUMNS}, seq, idempotency_token, request_id) "
+            f"VALUES ({', '.join('?' * 31)})",
             (
                 job.job_id,
                 int(job.way),
@@ -352,8 +359,21 @@ class Store(Database):
                 _ts(job.source_backup_at),
                 seq,
                 token,
+                request_id,
             ),
         )
+
+    def job_request_id(self, job_id: str) -> str:
+        """The request ID the job was made under ('' for a job made before issue 14)."""
+        with self.read() as conn:
+            row = conn.execute("SELECT request_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return "" if row is None else str(row[0])
+
+    def job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs there are in each status (every account's), for the metrics."""
+        with self.read() as conn:
+            rows = conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {JobStatus(status): int(count) for status, count in rows}
 
     def withdraw_job(self, job_id: str, hold: tuple[str, str] | None, now: datetime) -> None:
         """Removes a job that was never answered (its source backup could not be held), with a

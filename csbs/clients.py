@@ -21,7 +21,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from csbs.auth import ACTING_ACCOUNT, bearer, with_metadata
+from csbs import request_ids
+from csbs.auth import ACTING_ACCOUNT, Metadata, bearer, with_metadata
 from csbs.client_core import ClientCore, Failure, Retries
 from csbs.config import ConfigError, resolve_address
 from csbs.errors import CsbsError, NotFound
@@ -569,10 +570,15 @@ class RegionNodes:
                 metadata = [bearer(self._credential)]
                 if account_id:
                     metadata.append((ACTING_ACCOUNT, account_id))
-                channel = with_metadata(current[1], lambda _method: metadata)
+                channel = with_metadata(current[1], self._with_request_id(metadata))
                 client = RegionNodeClient(region_id, channel, **self._client_options)
                 self._clients[(region_id, account_id)] = client
             return client
+
+    @staticmethod
+    def _with_request_id(metadata: Metadata) -> Callable[[str], Metadata]:
+        """Each call carries the request ID of the work that makes it (issue 14)."""
+        return lambda _method: [*metadata, *request_ids.outgoing()]
 
     def close(self) -> None:
         with self._lock:

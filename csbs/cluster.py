@@ -25,6 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from csbs.auth import bearer
 from csbs.config import (
     ADDRESS_FILE,
+    METRICS_ADDRESS_FILE,
+    METRICS_LISTEN,
+    SHIPPED_CONFIG,
     ClusterConfig,
     ConfigError,
     RegionConfig,
@@ -32,11 +35,12 @@ from csbs.config import (
     resolve_address,
 )
 from csbs.credentials import ClusterSecrets, IssuedTokens, ensure_cluster_secrets
+from csbs.logs import json_line
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = Path("config/cluster.toml")
+DEFAULT_CONFIG = SHIPPED_CONFIG
 # A node is ready once its admin service serves: a region that starts out (a region outage,
 # issue 13) serves only that, and its other services say NOT_SERVING until brought back.
 REGION_NODE_READY_SERVICE = "csbs.v1.RegionNodeAdmin"
@@ -90,8 +94,10 @@ class ChildProcess:
         cwd: Path = REPO_ROOT,
         env: Mapping[str, str] | None = None,
         tls_ca: Path | None = None,
+        metrics_listen: str = METRICS_LISTEN,
     ) -> None:
         self.name = name
+        self.metrics_listen = metrics_listen
         # With TLS: the CA to verify the process with (made by the first process to start).
         self.tls_ca = tls_ca
         self.argv = list(argv)
@@ -132,17 +138,28 @@ class ChildProcess:
         """Where the process can be reached: the address it published, for port 0."""
         return resolve_address(self.listen, self.data_dir)
 
+    @property
+    def metrics_address(self) -> str:
+        """Where the process serves its Prometheus metrics (HTTP): published, for port 0."""
+        return resolve_address(self.metrics_listen, self.data_dir, METRICS_ADDRESS_FILE)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_address}/metrics"
+
     def start(self) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # A stale address file from an earlier run would make waiting succeed on the old port.
         (self.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+        (self.data_dir / METRICS_ADDRESS_FILE).unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- {stamp} starting {self.name}: {' '.join(self.argv)}\n".encode())
+            # A JSON line, as the process's own (issue 14).
+            mark = json_line(self.name, "csbs.cluster", f"starting {' '.join(self.argv)}")
+            log.write(f"{mark}\n".encode())
             log.flush()
             # A session of its own: Ctrl-C in a terminal reaches only the parent, which then
             # stops its children in order instead of racing them.
@@ -323,6 +340,7 @@ def region_node_process(
         listen=region.listen,
         health_service=REGION_NODE_READY_SERVICE,
         tls_ca=ca_path(config.tls_dir) if tls else None,
+        metrics_listen=region.metrics_listen,
     )
 
 
@@ -339,6 +357,7 @@ def coordinator_process(
         listen=coordinator.listen,
         health_service=COORDINATOR_SERVICE,
         tls_ca=ca_path(config.tls_dir) if tls else None,
+        metrics_listen=coordinator.metrics_listen,
     )
 
 
@@ -391,20 +410,24 @@ def _print_table(
     coordinator: ChildProcess | None,
     console: ChildProcess | None = None,
 ) -> None:
-    rows = [("REGION", "NAME", "ACCEPTS REPLICATION", "ADDRESS")]
+    # The gRPC address stays the last column (scripts read it there).
+    rows = [("REGION", "NAME", "ACCEPTS REPLICATION", "METRICS", "ADDRESS")]
     for node in nodes:
         region = config.region(node.name)
         capability = _advertised_capability(node, secrets, region.accepts_replication)
-        rows.append((region.region_id, region.display_name, capability, node.address))
+        rows.append(
+            (region.region_id, region.display_name, capability, node.metrics_address, node.address)
+        )
     if coordinator is not None:
-        rows.append(("coordinator", "", "", coordinator.address))
+        rows.append(("coordinator", "", "", coordinator.metrics_address, coordinator.address))
     if console is not None:
-        rows.append(("console", "", "", f"http://{console.address}"))
+        rows.append(("console", "", "", "", f"http://{console.address}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]))
-    print(f"\ndata and logs under {config.data_dir} (<region>/node.log)")
+    print(f"\ndata and logs under {config.data_dir} (<region>/node.log, JSON lines)")
+    print("Prometheus metrics: http://<METRICS>/metrics")
     if coordinator is None:
         print("coordinator not started")
     if nodes and nodes[0].tls_ca is not None:
@@ -485,6 +508,8 @@ def addresses_in_use(config: ClusterConfig) -> list[str]:
     """The fixed listen addresses of the config that something already listens on."""
     fixed = [(f"region {r.region_id}", r.listen) for r in config.regions]
     fixed.append(("the coordinator", config.coordinator.listen))
+    fixed += [(f"region {r.region_id}'s metrics", r.metrics_listen) for r in config.regions]
+    fixed.append(("the coordinator's metrics", config.coordinator.metrics_listen))
     taken = []
     for what, listen in fixed:
         host, _, port = listen.rpartition(":")

@@ -18,6 +18,10 @@ from csbs.v1 import coordinator_pb2, region_node_pb2
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 ADDRESS_FILE = "address"
+# The shipped config, inside the package so that an installed csbs-sim has it too (issue 14).
+SHIPPED_CONFIG = Path(__file__).resolve().with_name("cluster.toml")
+METRICS_ADDRESS_FILE = "metrics_address"  # where the process serves Prometheus metrics (HTTP)
+METRICS_LISTEN = "127.0.0.1:0"
 SECRETS_FILE = "secrets.json"
 # A token given in the config: long and random enough to be a secret.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{24,128}")
@@ -59,6 +63,7 @@ class RegionConfig:
     # quotas. Start values: an operator call changes them live (region_node: which wins).
     capacity_bytes: int = 0
     quotas: tuple[QuotaConfig, ...] = ()
+    metrics_listen: str = METRICS_LISTEN  # issue 14: Prometheus metrics over HTTP
 
     def main_project(self, account_id: str) -> ProjectConfig:
         return next(p for p in self.projects if p.account_id == account_id and p.main)
@@ -78,6 +83,7 @@ class CoordinatorConfig:
     runs_page_bytes: int = PAGE_BYTES
     # Simulated mode: how long (on the cluster clock) a job keeps retrying a cut link.
     simulated_retry_budget_seconds: float = 3600.0
+    metrics_listen: str = METRICS_LISTEN  # issue 14: Prometheus metrics over HTTP
 
 
 @dataclass(frozen=True)
@@ -398,6 +404,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
                     "a whole number of bytes, 0 (unlimited) or more",
                 ),
                 quotas=_quotas(r.get("quotas", []), where, projects),
+                metrics_listen=str(r.get("metrics_listen", METRICS_LISTEN)),
             )
         )
     if len({r.region_id for r in regions}) != len(regions):
@@ -429,6 +436,7 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
             simulated_retry_budget_seconds=_positive_seconds(
                 coordinator, "simulated_retry_budget_seconds", 3600.0
             ),
+            metrics_listen=str(coordinator.get("metrics_listen", METRICS_LISTEN)),
         ),
     )
 
@@ -474,17 +482,18 @@ def _links(tables: object, region_ids: set[str]) -> tuple[LinkConfig, ...]:
     return tuple(links.values())
 
 
-def write_address_file(data_dir: Path, address: str) -> None:
-    """Publishes the address a process actually bound (atomically), for ports chosen as 0."""
+def write_address_file(data_dir: Path, address: str, name: str = ADDRESS_FILE) -> None:
+    """Publishes the address a process actually bound (atomically), for ports chosen as 0;
+    `name`: METRICS_ADDRESS_FILE for its metrics."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(data_dir / ADDRESS_FILE, address.encode())
+    write_atomic(data_dir / name, address.encode())
 
 
-def resolve_address(listen: str, data_dir: Path) -> str:
+def resolve_address(listen: str, data_dir: Path, name: str = ADDRESS_FILE) -> str:
     """Where to reach a process: its configured address, or the one it published if port 0."""
     if not listen.endswith(":0"):
         return listen
     try:
-        return (data_dir / ADDRESS_FILE).read_text().strip()
+        return (data_dir / name).read_text().strip()
     except FileNotFoundError as exc:
         raise ConfigError(f"no address published in {data_dir}: is the process running?") from exc

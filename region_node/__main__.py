@@ -6,10 +6,17 @@ import argparse
 import logging
 import sys
 
-from csbs import memory
+from csbs import logs, memory
 from csbs.clock import Clock, SimulatedClock, WallClock
-from csbs.config import ConfigError, load_cluster_config, write_address_file
+from csbs.config import (
+    METRICS_ADDRESS_FILE,
+    SHIPPED_CONFIG,
+    ConfigError,
+    load_cluster_config,
+    write_address_file,
+)
 from csbs.credentials import describe_issued, process_security
+from csbs.metrics import ProcessMetrics
 from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
 from region_node.config import NodeConfig
@@ -19,14 +26,12 @@ from region_node.server import build_server
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csbs-region-node", description=__doc__)
-    parser.add_argument("--config", default="config/cluster.toml", help="cluster config file")
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), help="cluster config file")
     parser.add_argument("--region", required=True, help="the region this node serves")
     parser.add_argument("--tls", action="store_true", help="serve with TLS (as cluster.tls)")
     args = parser.parse_args(argv)
     memory.limit_arenas()  # before any thread allocates
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.region)
     try:
         cluster = load_cluster_config(args.config)
         region = cluster.region(args.region)
@@ -43,19 +48,32 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("region_node")
     for line in describe_issued(security.issued):
         log.warning("issued (shown once): %s", line)
+    metrics = ProcessMetrics()
     try:
         server, address, node, health_servicer = build_server(
-            config, clock, security.secrets, security.tls
+            config, clock, security.secrets, security.tls, metrics
         )
     except ChunkSizeMismatch as exc:
         print(f"error: region {config.region_id}: {exc}", file=sys.stderr)
         return 2
     server.start()
+    # Published before the gRPC address, which tells that the process is ready.
+    metrics_address = metrics.serve(config.metrics_listen)
+    write_address_file(config.data_dir, metrics_address, METRICS_ADDRESS_FILE)
     write_address_file(config.data_dir, address)
     log.info(
-        "region %s serving on %s%s", config.region_id, address, " (TLS)" if security.tls else ""
+        "region %s serving on %s%s, metrics on http://%s/metrics",
+        config.region_id,
+        address,
+        " (TLS)" if security.tls else "",
+        metrics_address,
     )
-    serve_until_signal(server, health_servicer, on_stop=node.close)
+
+    def stop() -> None:
+        metrics.close()
+        node.close()
+
+    serve_until_signal(server, health_servicer, on_stop=stop)
     return 0
 
 

@@ -25,6 +25,7 @@ class NodeConfig:
     # quotas; operator calls change them live (region_node.services.limits: which wins).
     capacity_bytes: int = 0
     quotas: tuple[QuotaConfig, ...] = ()
+    metrics_listen: str = "127.0.0.1:0"  # issue 14: where Prometheus metrics are served
 
     @classmethod
     def from_cluster(cls, cluster: ClusterConfig, region: RegionConfig) -> NodeConfig:
@@ -40,4 +41,5 @@ class NodeConfig:
             starts_out=region.region_id in cluster.faults.outages,
             capacity_bytes=region.capacity_bytes,
             quotas=region.quotas,
+            metrics_listen=region.metrics_listen,
         )

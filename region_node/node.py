@@ -46,6 +46,7 @@ import logging
 from datetime import datetime
 
 from csbs.clock import Clock, SimulatedClock
+from csbs.tally import Figure
 from region_node.catalog import Catalog
 from region_node.catalog import backups as backup_rows
 from region_node.catalog import images as image_rows
@@ -150,6 +151,31 @@ class RegionNode:
         parts.close_disks()
         parts.store.close()
         parts.catalog.close()
+
+    def figures(self) -> list[Figure]:
+        """The node's storage as its metrics show it when scraped (issue 14)."""
+        parts = self.parts
+        limit, used = parts.store.capacity.usage()
+        chunks, data = parts.store.indexed()
+        with parts.catalog.read() as conn:
+            disks, disk_bytes = server_rows.disk_totals(conn)
+        return [
+            Figure(
+                "csbs_chunk_store_bytes",
+                "Bytes of chunk records the region's chunk store holds (data and headers), as "
+                "GetRegionCapacity's used_bytes",
+                used,
+            ),
+            Figure(
+                "csbs_chunk_store_capacity_bytes",
+                "The chunk store's capacity (0: unlimited)",
+                limit,
+            ),
+            Figure("csbs_chunk_store_chunks", "Chunks the chunk store holds (indexed)", chunks),
+            Figure("csbs_chunk_store_data_bytes", "Bytes of data of the chunks held", data),
+            Figure("csbs_disks", "Server disks the region holds", disks),
+            Figure("csbs_disk_bytes", "Bytes of the server disks the region holds", disk_bytes),
+        ]
 
     def stored_bytes(self) -> int:
         """Bytes the chunk store takes on disk, for tests and reports."""

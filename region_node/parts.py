@@ -19,6 +19,8 @@ from csbs.clock import Clock
 from csbs.errors import ServerNotFound, StorageFull
 from csbs.notifier import Notifier
 from csbs.paging import PageTokens
+from csbs.request_ids import CarryingExecutor
+from csbs.tally import Tally
 from region_node.catalog import Catalog
 from region_node.catalog import servers as server_rows
 from region_node.config import NodeConfig
@@ -77,7 +79,9 @@ class NodeParts:
         )
         self.progress: dict[str, Progress] = {}  # by backup or server ID, while work runs
         self.closing = threading.Event()
-        self.jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
+        # Background work (a backup, a fill) goes on under the request ID that started it.
+        self.jobs = CarryingExecutor(max_workers=16, thread_name_prefix="job")
+        self.tally = Tally()  # what the node's metrics count (csbs.metrics)
         self.workers = ThreadPoolExecutor(
             max_workers=config.workers * 4, thread_name_prefix="chunk"
         )

@@ -10,7 +10,10 @@ from csbs.clock import Clock
 from csbs.credentials import ClusterSecrets, Role
 from csbs.fault_servicer import add_fault_injection
 from csbs.faults import FAULT_INJECTION_SERVICE, FaultInterceptor, FaultRules, methods_of
+from csbs.metrics import ProcessMetrics
+from csbs.observed_calls import ObservedCalls
 from csbs.rpc import add_health_and_reflection, bind, new_server
+from csbs.tally import NODE_COUNTS
 from csbs.tls import ProcessTls
 from csbs.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.config import NodeConfig
@@ -44,16 +47,26 @@ OUTAGE_SERVICES = [
 
 
 def build_server(
-    config: NodeConfig, clock: Clock, secrets: ClusterSecrets, tls: ProcessTls | None = None
+    config: NodeConfig,
+    clock: Clock,
+    secrets: ClusterSecrets,
+    tls: ProcessTls | None = None,
+    metrics: ProcessMetrics | None = None,
 ) -> tuple[grpc.Server, str, RegionNode, health.HealthServicer]:
-    """The server, bound (not started), with the address it got and the node it serves."""
+    """The server, bound (not started), with the address it got and the node it serves;
+    `metrics` count its calls and show its node (issue 14)."""
+    metrics = metrics or ProcessMetrics()
     faults = FaultRules(
         config.region_id, methods_of(region_node_pb2.DESCRIPTOR), config.fault_rules
     )
     node = RegionNode(config, clock).start()
-    # An outage and fault rules act after the credential is checked (issue 13).
+    metrics.count(node.parts.tally, NODE_COUNTS)
+    metrics.read(node.figures)
+    # An outage and fault rules act after the credential is checked (issue 13); every call
+    # is observed, those they refuse too (issue 14).
     server = new_server(
         interceptors=[
+            ObservedCalls(metrics),
             AuthInterceptor(secrets, REQUIRED_ROLES, coordinator_acts=True),
             OutageGate(node.outage, OUTAGE_SERVICES),
             FaultInterceptor(faults),

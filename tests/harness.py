@@ -31,7 +31,7 @@ from csbs.rpc import open_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The accounts of config/cluster.toml, with tokens the tests know (a real cluster issues its
+# The accounts of csbs/cluster.toml, with tokens the tests know (a real cluster issues its
 # own at first start and keeps only their hashes).
 DEFAULT_ACCOUNT = "default"
 SECOND_ACCOUNT = "acme"
@@ -76,7 +76,7 @@ def _with_every_account(region: dict[str, Any]) -> dict[str, Any]:
     return {**region, "projects": projects}
 
 
-# The regions of config/cluster.toml, on port 0: two accept replication and one does not (R5);
+# The regions of csbs/cluster.toml, on port 0: two accept replication and one does not (R5);
 # every account has a main project in each; cn-east-3 holds a second project of the default
 # account besides its main one (P3).
 DEFAULT_REGIONS: tuple[dict[str, Any], ...] = (

@@ -698,7 +698,7 @@ def _log_excerpt(log: Path, lines: int = 40) -> str:
         text = log.read_text(errors="replace").splitlines()
     except OSError as exc:
         return f"(no node log: {exc})"
-    marks = [i for i, t in enumerate(text) if " ERROR " in t]
+    marks = [i for i, t in enumerate(text) if '"level": "ERROR"' in t]  # JSON lines (issue 14)
     first = next((i for i in marks if "unexpected error" in text[i]), marks[0] if marks else None)
     head = [] if first is None else ["--- first error in it ---", *text[first : first + lines]]
     return "\n".join([*head, "--- its last lines ---", *text[-15:]])

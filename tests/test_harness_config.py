@@ -43,9 +43,12 @@ def test_written_config_takes_chunk_size_and_simulated_clock(tmp_path: Path) -> 
 
 
 def test_default_regions_mirror_the_shipped_config() -> None:
-    shipped = tomllib.loads((REPO_ROOT / "config" / "cluster.toml").read_text(encoding="utf-8"))
+    shipped = tomllib.loads((REPO_ROOT / "csbs" / "cluster.toml").read_text(encoding="utf-8"))
 
-    without_listen = [{k: v for k, v in r.items() if k != "listen"} for r in shipped["regions"]]
+    without_listen = [
+        {k: v for k, v in r.items() if k not in ("listen", "metrics_listen")}
+        for r in shipped["regions"]
+    ]
     assert without_listen == list(DEFAULT_REGIONS)
 
 

@@ -108,7 +108,7 @@ def test_csbs_with_a_ca_against_a_plaintext_cluster_says_so(coordinated: Cluster
 
 def test_the_demo_passes_over_tls() -> None:
     env = _clean_env()
-    config = str(REPO_ROOT / "config" / "cluster.toml")
+    config = str(REPO_ROOT / "csbs" / "cluster.toml")
     done = csbs(env, "--config", config, "demo", "--fresh-cluster", "--tls", "--data-mib", "4")
     assert "TLS on every channel" in done.stdout
     assert "byte-for-byte the same" in done.stdout, done.stdout[-2000:]

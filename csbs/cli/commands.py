@@ -69,7 +69,7 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             Path | None,
             None,
             "--config",
-            "The cluster config file (default: ./config/cluster.toml, else the repository's)",
+            "The cluster config file (default: the shipped one, csbs/cluster.toml)",
             "CSBS_CONFIG",
             "FILE",
         ),

@@ -15,7 +15,7 @@ from csbs.auth import bearer
 from csbs.cli.client import CoordinatorClient, Endpoint, RegionClient
 from csbs.cli.errors import START_HINT, Unreachable, UsageError
 from csbs.cli.output import Printer
-from csbs.cluster import DEFAULT_CONFIG, REPO_ROOT
+from csbs.cluster import DEFAULT_CONFIG
 from csbs.config import ClusterConfig, ConfigError, load_cluster_config, resolve_address
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
@@ -67,14 +67,11 @@ class _Place:
 
 
 def find_config(explicit: Path | None) -> Path | None:
-    """The cluster config to use: the one given, else config/cluster.toml under the current
-    directory, else the repository's; None if there is none."""
+    """The cluster config to use: the one given, else the shipped one (in the package); None if
+    there is none."""
     if explicit is not None:
         return explicit
-    for candidate in (Path.cwd() / DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return candidate
-    return None
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
 def _parse_address(text: str) -> tuple[str, str]:
@@ -142,9 +139,8 @@ class Session:
             self._regions = {r.region_id: _Place(r.node_address) for r in listed}
         if not self._regions:
             raise UsageError(
-                "no cluster config found (looked for ./config/cluster.toml and "
-                f"{REPO_ROOT / DEFAULT_CONFIG}); give --config FILE (or CSBS_CONFIG) or "
-                "--address REGION=HOST:PORT"
+                f"no cluster config found (looked for {DEFAULT_CONFIG}); give --config FILE "
+                "(or CSBS_CONFIG), --coordinator HOST:PORT or --address REGION=HOST:PORT"
             )
         self.region_id = options.region or next(iter(self._regions))
         self.region_given = options.region or ""  # a filter where no region means every one

@@ -1,18 +1,22 @@
-"""A fresh cluster for `csbs demo --fresh-cluster` (`make demo`): the regions, projects and
-accounts of a config, every process on an ephemeral port with its data in a temp dir, run by
-`csbs-cluster` in the background and stopped (SIGTERM, which stops its children in order) when
-the demo is done. Ephemeral ports, so that it never collides with a `make cluster` that runs."""
+"""A fresh cluster for `csbs demo --fresh-cluster` (`make demo`) and the pytest plugin's
+`csbs_cluster` (csbs.testing): a copy of a config, every process on an ephemeral port with its
+data in a temp dir, run by `csbs-cluster` in the background and stopped (SIGTERM, which stops
+its children in order) when the block ends. Ephemeral ports, so that it never collides with a
+`make cluster` that runs."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from csbs.cli.errors import Unreachable
 from csbs.cluster import COORDINATOR_SERVICE, REGION_NODE_READY_SERVICE, check_health
@@ -30,55 +34,50 @@ class ClusterDidNotStart(Unreachable):
     """The demo's own cluster exited or was not ready in time (exit 3, as when unreachable)."""
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+def _ephemeral(table: dict[str, Any]) -> None:
+    """Every listen address in `table` and the tables under it (`listen`, `*_listen`) on port
+    0 of the loopback: a fresh cluster never collides with one that runs."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _ephemeral(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    _ephemeral(item)
+        elif key == "listen" or key.endswith("_listen"):
+            table[key] = ANY_PORT
 
 
 def write_fresh_config(
-    base: ClusterConfig, directory: Path, tokens: Mapping[str, str], tls: bool = False
+    base: ClusterConfig,
+    directory: Path,
+    tokens: Mapping[str, str],
+    tls: bool = False,
+    *,
+    operator_token: str | None = None,
+    clock: str | None = None,
 ) -> Path:
-    """`base` with every process on an ephemeral port and its data under `directory`, each
-    account with the token `tokens` gives it (else one issued at first start), TLS on every
-    channel if `base` or `tls` asks for it."""
-    c = base.coordinator
-    lines = [
-        "[cluster]",
-        f"data_dir = {_toml(directory / 'data')}",
-        f"chunk_size = {_toml(base.chunk_size)}",
-        f"clock = {_toml('simulated' if base.simulated_clock else 'wall')}",
-        f"tls = {_toml(tls or base.tls)}",
-        "",
-        "[coordinator]",
-        f"listen = {_toml(ANY_PORT)}",
-        f"retry_budget_seconds = {_toml(c.retry_budget_seconds)}",
-        f"cleanup_interval_seconds = {_toml(c.cleanup_interval_seconds)}",
-    ]
-    for account in base.accounts:
-        lines += ["", "[[accounts]]", f"id = {_toml(account.account_id)}"]
-        lines.append(f"name = {_toml(account.name)}")
-        if account.account_id in tokens:
-            lines.append(f"tokens = [{_toml(tokens[account.account_id])}]")
-    for region in base.regions:
-        projects = ", ".join(
-            f"{{ id = {_toml(p.project_id)}, name = {_toml(p.name)}, "
-            f"account = {_toml(p.account_id)}, main = {_toml(p.main)} }}"
-            for p in region.projects
-        )
-        lines += [
-            "",
-            "[[regions]]",
-            f"id = {_toml(region.region_id)}",
-            f"name = {_toml(region.display_name)}",
-            f"listen = {_toml(ANY_PORT)}",
-            f"accepts_replication = {_toml(region.accepts_replication)}",
-            f"projects = [{projects}]",
-        ]
+    """`base`'s config file as it is (regions, accounts, links, faults, capacity, quotas)
+    with every process on an ephemeral port and its data under `directory`, each account with
+    the token `tokens` gives it (else one issued at first start), the operator with
+    `operator_token` (else one issued), TLS on every channel if `base` or `tls` asks for it, and
+    the clock `clock` ("wall" or "simulated") if given."""
+    raw = tomllib.loads(base.path.read_text(encoding="utf-8"))
+    cluster = raw.setdefault("cluster", {})
+    cluster["data_dir"] = str(directory / "data")
+    cluster["tls"] = tls or base.tls
+    if clock is not None:
+        cluster["clock"] = clock
+    _ephemeral(raw)
+    raw.setdefault("coordinator", {})["listen"] = ANY_PORT
+    accounts = raw.setdefault("accounts", [{"id": base.default_account.account_id}])
+    for account in accounts:
+        if account.get("id") in tokens:
+            account["tokens"] = [tokens[account["id"]]]
+    if operator_token is not None:
+        raw.setdefault("operator", {})["tokens"] = [operator_token]
     path = directory / "cluster.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(tomli_w.dumps(raw), encoding="utf-8")
     return path
 
 
@@ -114,17 +113,27 @@ def _wait_ready(config: ClusterConfig, process: subprocess.Popen[bytes], log: Pa
 
 @contextlib.contextmanager
 def fresh_cluster(
-    base: ClusterConfig, tokens: Mapping[str, str], tls: bool = False
+    base: ClusterConfig,
+    tokens: Mapping[str, str],
+    tls: bool = False,
+    *,
+    operator_token: str | None = None,
+    clock: str | None = None,
+    prefix: str = "csbs-demo-cluster-",
 ) -> Iterator[Path]:
     """Runs a fresh copy of `base`'s cluster until the block ends; yields its config's path.
-    The temp dir is the user's alone (0700), as the tokens in its config are secrets."""
-    with tempfile.TemporaryDirectory(prefix="csbs-demo-cluster-") as tmp:
-        path = write_fresh_config(base, Path(tmp), tokens, tls)
+    The temp dir is the user's alone (0700), as the tokens in its config are secrets; it is
+    removed after every process has stopped."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = write_fresh_config(
+            base, Path(tmp), tokens, tls, operator_token=operator_token, clock=clock
+        )
         log = Path(tmp) / "cluster.log"
         with log.open("wb") as out:
             # A session of its own: Ctrl-C reaches only the demo, which then stops the cluster.
+            # No console: the demo and the csbs_cluster fixture speak gRPC only.
             process = subprocess.Popen(
-                [sys.executable, "-m", "csbs.cluster", "--config", str(path)],
+                [sys.executable, "-m", "csbs.cluster", "--config", str(path), "--no-console"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

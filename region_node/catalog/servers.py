@@ -99,6 +99,14 @@ def all_disk_ids(conn: sqlite3.Connection) -> set[str]:
     return {r["disk_id"] for r in conn.execute("SELECT disk_id FROM disks")}
 
 
+def disk_totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(the servers' disks the region holds, their bytes)."""
+    row = conn.execute(
+        "SELECT COUNT(*) AS disks, COALESCE(SUM(size_bytes), 0) AS size FROM disks"
+    ).fetchone()
+    return int(row["disks"]), int(row["size"])
+
+
 def set_status(
     conn: sqlite3.Connection,
     server_id: str,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from csbs import tally
 from csbs.errors import ChunkCorrupted, FailedPrecondition
 from region_node.catalog import Row, manifests, requests
 from region_node.catalog import backups as backup_rows
@@ -230,6 +231,9 @@ class BackupEngine:
                 if plan.session.failure is not None:
                     raise plan.session.failure
             self._commit(backup_id, captures, progress)
+            parts.tally.add(tally.BACKUP_BYTES_READ, progress.done)
+            parts.tally.add(tally.BACKUP_BYTES_STORED, captures.stored)
+            parts.tally.add(tally.BACKUPS_ENDED, status="available")
         except Exception as exc:
             log.exception("backup %s failed", backup_id)
             failure = exc
@@ -243,6 +247,7 @@ class BackupEngine:
                 if plan.session is not None:
                     plan.session.wait_for_captures()
         if failure is not None:
+            parts.tally.add(tally.BACKUPS_ENDED, status="error")
             reason = f"backup failed: {failure}"
             if out_of_space(failure):
                 reason = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Iterator
 
+from csbs import tally
 from csbs.errors import ChunkCorrupted, FailedPrecondition, InvalidArgument, NotFound
 from region_node.catalog import backups as backup_rows
 from region_node.catalog import manifests
@@ -125,7 +126,7 @@ class ChunkTransfer:
         # query (issue 12: never the whole manifest in memory); one that is not fails the call
         # and what it wrote is abandoned.
         arrived: list[tuple[bytes, int]] = []
-        arrived_bytes = 0
+        arrived_bytes = received = 0
         try:
             for group in _groups(chunks, GROUP_BYTES):
                 # The chunks before a bad one are stored, as when they came one by one.
@@ -138,6 +139,7 @@ class ChunkTransfer:
                     else:
                         present += 1
                     arrived_bytes += len(data)
+                    received += len(data)
                 if bad is not None:
                     raise bad
                 if arrived_bytes >= COMMIT_EVERY_BYTES:
@@ -149,6 +151,8 @@ class ChunkTransfer:
         finally:
             # Even when the stream is cut: what arrived whole is kept, indexed and recorded.
             self._commit(replica_id, arrived)
+            parts.tally.add(tally.REPLICATION_BYTES_RECEIVED, received)
+            parts.tally.add(tally.REPLICATION_BYTES_STORED, written_bytes)
         return written, written_bytes, present
 
     def _verified(

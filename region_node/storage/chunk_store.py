@@ -496,6 +496,11 @@ class ChunkStore:
                 os.close(fd)
         return freed
 
+    def indexed(self) -> tuple[int, int]:
+        """(chunks indexed, their bytes of data)."""
+        with self._catalog.read() as conn:
+            return index_of_chunks.totals(conn)
+
     def stored_bytes(self) -> int:
         """Bytes the packs take on disk (allocated blocks), for tests and reports."""
         total = 0
