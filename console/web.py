@@ -112,11 +112,16 @@ def region_info(user: User, region_id: str | None = None) -> cpb.Region | None:
 
 
 def user_regions(user: User | None) -> list[cpb.Region]:
+    """The regions for the switcher. A token the cluster no longer takes (its secrets were
+    issued anew) ends the session: the user logs in again."""
     if user is None:
         return []
     try:
         return user.api.regions()
-    except CliError:
+    except CliError as exc:
+        if exc.status == "UNAUTHENTICATED":
+            user.session.token = ""
+            raise LoginRequired from None
         return []
 
 

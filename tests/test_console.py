@@ -23,6 +23,7 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select
 
 from console.process import ConsoleProcess, console_process
@@ -209,13 +210,28 @@ def test_page_steps_replicate_then_image_then_server_with_the_sources_sha256(
     page.until(recorded, why="the replication record on the source backup")
     assert (target_project or TARGET_MAIN) in page.find(record_css).text
     page.open(job_path)
-    # 6. Switch to the target region and project: the replica is there.
-    page.find("#view-in-target").click()
+    # 6. Switch to the target region and project: the replica is there. In Chinese with the
+    # job's own button, in English with the switcher at the top, as the page says.
+    expected_project = target_project or TARGET_MAIN
+    if lang == "zh":
+        page.find("#view-in-target").click()
+    else:
+        page.open("/backups")
+        Select(page.find("#region-select")).select_by_value(TARGET)
+        page.until(  # the region's projects, swapped in
+            lambda: (
+                {o.get_attribute("value") for o in Select(page.find("#project-select")).options}
+                == {TARGET_MAIN, TARGET_DR}
+            )
+        )
+        Select(page.find("#project-select")).select_by_value(expected_project)
+        switch = page.find("#switch")
+        switch.click()
+        page.until(lambda: staleness_of(switch)(page.driver), why="the switched page")
     page.until(lambda: page.path.startswith("/backups"))
     assert Select(page.find("#region-select")).first_selected_option.get_attribute("value") == (
         TARGET
     )
-    expected_project = target_project or TARGET_MAIN
     chosen = Select(page.find("#project-select")).first_selected_option.get_attribute("value")
     assert chosen == expected_project
     replica_row = page.until(
