@@ -28,8 +28,10 @@ from selenium.webdriver.support.ui import Select
 
 from console.process import ConsoleProcess, console_process
 from csbs.v1 import coordinator_pb2 as cpb
+from csbs.v1 import faults_pb2 as fpb
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
+from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
 from tests.browser import Page, chromium
 from tests.harness import (
@@ -80,8 +82,8 @@ class World:
     console: ConsoleProcess
     page: Page
 
-    def source(self, seed: int) -> Source:
-        stub = node(self.cluster.channel(SOURCE))
+    def source(self, seed: int, account: str = DEFAULT_ACCOUNT) -> Source:
+        stub = node(self.cluster.channel(SOURCE, account))
         server = make_server(stub, DISKS_MIB, name=f"console-source-{seed}")
         for index, size in enumerate(DISKS_MIB):
             write(stub, server.server_id, index, 0, seeded_bytes(seed * 10 + index, size * MIB))
@@ -412,6 +414,32 @@ def test_operator_pages_switch_r5_capability_set_a_link_and_add_a_fault_rule(wor
     page.until(lambda: not page.all(f"tr.op-fault[data-rule-id='{rule_id}']"))
 
 
+def _open_dialog(page: Page, backup_id: str) -> None:
+    row = page.find(f"tr.backup[data-backup-id='{backup_id}']")
+    row.find_element("css selector", "summary.more-button").click()
+    row.find_element("css selector", "button.create-replication").click()
+    page.find("#replicate-dialog")
+
+
+def test_a_failed_job_shows_its_failure_reason(world: World) -> None:
+    source = world.source(8)
+    page = world.page
+    # The target node refuses to take the replica, once: the job fails, naming why.
+    rule = fpb.FaultRule(
+        method="*/CreateReplica", code="FAILED_PRECONDITION", message="disk on fire", count=1
+    )
+    FaultInjectionStub(world.cluster.channel(TARGET)).AddFaultRule(rule, timeout=10)
+    world.log_in(DEFAULT_ACCOUNT, "en")
+    _open_dialog(page, source.backup_id)
+    page.find("#replicate-ok").click()
+    page.until(
+        lambda: page.find("#job-progress").get_attribute("data-status") == "failed",
+        why="the job to fail",
+    )
+    assert "disk on fire" in page.find("#job-failure").text
+    page.shot("job-failed")
+
+
 def test_second_account_never_sees_the_first_accounts_resources(world: World) -> None:
     first = world.source(3)
     page = world.page
@@ -421,6 +449,14 @@ def test_second_account_never_sees_the_first_accounts_resources(world: World) ->
     # Its projects only: none of the first account's in the switcher.
     projects = [o.get_attribute("value") for o in Select(page.find("#project-select")).options]
     assert projects == [f"{SOURCE}_acme"], projects
+    # A region where the account has one project: picking the region is enough (P3).
+    own = world.source(9, SECOND_ACCOUNT)
+    page.open("/backups")
+    _open_dialog(page, own.backup_id)
+    assert not page.all("#target-project")
+    hidden = page.find("#target-project-field input[name=target_project]")
+    assert hidden.get_attribute("value") == f"{TARGET}_acme"
+    page.find("#replicate-cancel").click()
     page.open(f"/backups/{first.backup_id}")
     assert first.backup_id in page.find("#message").text  # NOT_FOUND, as if it never existed
     page.open(f"/servers/{first.server_id}")
