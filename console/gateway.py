@@ -10,6 +10,7 @@ asked once per request with the user's token."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -46,8 +47,10 @@ class Gateway:
         except ConfigError:
             raise CliError(f"cannot reach {what}: it has published no address") from None
 
-    def as_user(self, token: str, operator_token: str = "") -> UserApi:
-        return UserApi(self, token, operator_token)
+    def as_user(
+        self, token: str, operator_token: str = "", catalog: RegionCatalog | None = None
+    ) -> UserApi:
+        return UserApi(self, token, operator_token, catalog)
 
     def close(self) -> None:
         with self._lock:
@@ -56,12 +59,44 @@ class Gateway:
             self._channels.clear()
 
 
+CATALOG_SECONDS = 3.0
+
+
+class RegionCatalog:
+    """One session's last answer of ListRegions, kept a few seconds: a page that refreshes
+    itself every half second does not ask every region each time. Any form the user posts
+    clears it (a change they make shows at once)."""
+
+    def __init__(self, seconds: float = CATALOG_SECONDS) -> None:
+        self._seconds = seconds
+        self._regions: list[cpb.Region] | None = None
+        self._at = 0.0
+
+    def get(self) -> list[cpb.Region] | None:
+        if self._regions is not None and time.monotonic() - self._at <= self._seconds:
+            return self._regions
+        return None
+
+    def put(self, regions: list[cpb.Region]) -> None:
+        self._regions, self._at = regions, time.monotonic()
+
+    def clear(self) -> None:
+        self._regions = None
+
+
 class UserApi:
     """The cluster's user API with one user's token on every call (one page's worth: the
     regions are asked once)."""
 
-    def __init__(self, gateway: Gateway, token: str, operator_token: str = "") -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        token: str,
+        operator_token: str = "",
+        catalog: RegionCatalog | None = None,
+    ) -> None:
         self.gateway = gateway
+        self._catalog = catalog if catalog is not None else RegionCatalog(seconds=0.0)
         self.token = token
         # The operator credential, when the user gave one: only operator calls carry it.
         self.operator_token = operator_token
@@ -70,7 +105,10 @@ class UserApi:
     def regions(self) -> list[cpb.Region]:
         """Every region, with the user's projects there and its node's address (ListRegions)."""
         if self._regions is None:
+            self._regions = self._catalog.get()
+        if self._regions is None:
             self._regions = self.coordinator().list_regions()
+            self._catalog.put(self._regions)
         return self._regions
 
     def region_entry(self, region_id: str) -> cpb.Region | None:

@@ -142,4 +142,6 @@ async def operator_action(request: Request) -> Response:
         await run_in_threadpool(_act, form, user, action, target)
     except CliError as exc:
         return render(request, "message.html", user, status_code=409, message=exc.message)
+    finally:
+        user.session.catalog.clear()  # a region's capability may have changed
     return redirect(request, "/operator")

@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from console.gateway import RegionCatalog
+
 COOKIE = "csbs_console_session"
 IDLE_SECONDS = 8 * 3600.0
 
@@ -24,6 +26,7 @@ class Session:
     region_id: str = ""
     project_id: str = ""
     last_seen: float = field(default_factory=time.monotonic)
+    catalog: RegionCatalog = field(default_factory=RegionCatalog)  # the regions, a moment
 
     @property
     def signed_in(self) -> bool:

@@ -69,7 +69,8 @@ def user_of(request: Request) -> User:
     session = session_of(request)
     if session is None or not session.signed_in:
         raise LoginRequired
-    api = console_of(request).gateway.as_user(session.token, session.operator_token)
+    gateway = console_of(request).gateway
+    api = gateway.as_user(session.token, session.operator_token, session.catalog)
     if not session.region_id:
         try:
             regions = api.regions()
@@ -87,6 +88,7 @@ async def checked_form(request: Request) -> tuple[Session | None, FormData]:
     given = str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or "")
     if session is None or not session.csrf_ok(given):
         raise HTTPException(403, i18n.translate(language(request), "csrf"))
+    session.catalog.clear()  # the catalog as it is now, for what the form does
     return session, form
 
 
