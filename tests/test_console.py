@@ -308,6 +308,7 @@ def test_policy_with_a_replication_rule_backs_up_now_then_replicates_now_m3(worl
     name.send_keys("策略_m3")
     page.find("#policy-ok").click()
     assert "CN East-Shanghai1" in page.find("#policy-replication").text
+    assert source.server_id in page.find("#policy-servers").text
     page.shot("policy-created")
     # Back up now, then Replicate now (M3): the policy's backup goes to the target region.
     page.find("#backup-now").click()
@@ -324,13 +325,15 @@ def test_policy_with_a_replication_rule_backs_up_now_then_replicates_now_m3(worl
         why="the policy's replication job to succeed",
     )
     assert "策略复制" in page.text() or "立即执行复制策略" in page.text()
-    # Edit: the replication rule off; Replicate now is then not offered.
+    # Edit: the replication rule off and the server out; Replicate now is then not offered.
     page.driver.back()
     page.find("#edit-policy").click()
     page.find("#replication-enabled").click()
+    page.find(f"input[name='server_ids'][value='{source.server_id}']").click()
     page.find("#policy-ok").click()
     page.until(lambda: page.find("#policy-replication").text.strip() == "-")
     assert not page.find("#replicate-now").is_enabled()
+    assert source.server_id not in page.find("#policy-servers").text
 
 
 def test_recovery_points_show_the_replicated_server_and_a_chart_of_its_age(world: World) -> None:
