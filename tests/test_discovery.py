@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from csbs.auth import with_metadata
+from csbs.client import Client
 from csbs.rpc import open_channel
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import server_reflection_v1_pb2 as v1
@@ -180,3 +181,14 @@ def test_csbs_given_only_the_coordinator_finds_every_region_in_its_catalog(
     assert made["server_id"] in {s["server_id"] for s in listed}
     refused = csbs(_clean_env(), *where, "region", "list", code=1)
     assert "token" in refused.stderr.lower(), refused.stderr
+
+
+def test_the_public_client_given_only_the_coordinator_reaches_every_region(
+    coordinated: Cluster,
+) -> None:
+    with Client(
+        coordinator=coordinated.coordinator.address, token=ACCOUNT_TOKENS[DEFAULT_ACCOUNT]
+    ) as client:
+        assert client.region_ids == coordinated.region_ids
+        server = client.create_server(TARGET, [4 * MIB], name="public-client")
+        assert client.region(TARGET).get_server("", server.server_id).name == "public-client"
