@@ -8,14 +8,15 @@ from __future__ import annotations
 import secrets
 from urllib.parse import urlencode
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from console.gateway import CliError
 from console.web import (
     User,
-    checked_form,
     current_project,
+    posted,
     redirect,
     region_info,
     render,
@@ -166,8 +167,8 @@ def check_name(request: Request) -> Response:
     return HTMLResponse("")
 
 
-async def replicate(request: Request) -> Response:
-    _, form = await checked_form(request)
+@posted
+def replicate(request: Request, form: FormData) -> Response:
     user = user_of(request)
     backup_id = request.path_params["id"]
     values = {
@@ -177,7 +178,7 @@ async def replicate(request: Request) -> Response:
         "target_project": str(form.get("target_project") or ""),
     }
     project_id = current_project(region_info(user), user.project_id)
-    request_ = cpb.ReplicateBackupRequest(
+    wanted = cpb.ReplicateBackupRequest(
         source_region_id=user.region_id,
         source_project_id=project_id,
         backup_id=backup_id,
@@ -188,7 +189,7 @@ async def replicate(request: Request) -> Response:
         idempotency_token=secrets.token_urlsafe(24),
     )
     try:
-        job = user.api.coordinator().replicate(request_)
+        job = user.api.coordinator().replicate(wanted)
     except CliError as exc:
         return _dialog(request, user, backup_id, error=exc.message, **values)
     return redirect(request, f"/jobs/{job.job_id}")

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from console.gateway import CliError
-from console.web import User, checked_form, redirect, render, user_of
+from console.web import User, posted, redirect, render, user_of
 from csbs.cli.operator_client import FaultClient, OutageClient
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
@@ -131,15 +130,15 @@ def _act(form: FormData, user: User, action: str, target: str) -> None:
         raise CliError(f"unknown operator action {action!r}")
 
 
-async def operator_action(request: Request) -> Response:
-    _, form = await checked_form(request)
+@posted
+def operator_action(request: Request, form: FormData) -> Response:
     user = _operator(request)
     if isinstance(user, Response):
         return user
     action = str(form.get("action") or "")
     target = str(form.get("target") or "")
     try:
-        await run_in_threadpool(_act, form, user, action, target)
+        _act(form, user, action, target)
     except CliError as exc:
         return render(request, "message.html", user, status_code=409, message=exc.message)
     finally:

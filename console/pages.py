@@ -3,15 +3,16 @@ language switch, and the health check the cluster runner waits on."""
 
 from __future__ import annotations
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from console import i18n
 from console.gateway import CliError
 from console.web import (
-    checked_form,
     console_of,
     language,
+    posted,
     redirect,
     region_info,
     render,
@@ -38,9 +39,10 @@ def login_page(request: Request) -> Response:
     return response
 
 
-async def login(request: Request) -> Response:
-    session, form = await checked_form(request)
-    assert session is not None
+@posted
+def login(request: Request, form: FormData) -> Response:
+    session = session_of(request)
+    assert session is not None  # the CSRF check found it
     token = str(form.get("token") or "").strip()
     operator_token = str(form.get("operator_token") or "").strip()
     console = console_of(request)
@@ -63,16 +65,17 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(request: Request) -> Response:
-    session, _ = await checked_form(request)
+@posted
+def logout(request: Request, form: FormData) -> Response:
+    session = session_of(request)
     assert session is not None
     console_of(request).sessions.drop(session.session_id)
     return RedirectResponse("/login", status_code=303)
 
 
-async def switch_context(request: Request) -> Response:
+@posted
+def switch_context(request: Request, form: FormData) -> Response:
     """The region and project switcher: the page then shows that region's, that project's."""
-    _, form = await checked_form(request)
     user = user_of(request)
     region_id = str(form.get("region") or "")
     if region_id in {r.region_id for r in user.api.regions()}:
@@ -93,8 +96,8 @@ def project_choices(request: Request) -> Response:
     return render(request, "_project_select.html", user, info=info, project_id="")
 
 
-async def switch_language(request: Request) -> Response:
-    _, form = await checked_form(request)
+@posted
+def switch_language(request: Request, form: FormData) -> Response:
     lang = i18n.language_of(str(form.get("lang") or ""))
     response = redirect(request, _local(str(form.get("next") or "/backups")))
     response.set_cookie(i18n.LANG_COOKIE, lang, samesite="strict", max_age=365 * 24 * 3600)

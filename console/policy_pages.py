@@ -7,13 +7,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from console.gateway import CliError
-from console.web import User, checked_form, current_project, redirect, region_info, render, user_of
+from console.web import User, current_project, posted, redirect, region_info, render, user_of
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 
@@ -129,52 +128,52 @@ def _policy_of(form: FormData, user: User, project_id: str) -> cpb.Policy:
     return policy
 
 
-async def save_policy(request: Request) -> Response:
-    """Creates a policy (no ID in the path) or changes one: its fields, then its servers."""
-    _, form = await checked_form(request)
+def _save(form: FormData, user: User, policy_id: str) -> cpb.Policy:
+    """Creates a policy (no ID) or changes one: its fields, then its servers."""
+    coordinator = user.api.coordinator()
+    if not policy_id:
+        project_id = current_project(region_info(user), user.project_id)
+        wanted = _policy_of(form, user, project_id)
+        create = cpb.CreatePolicyRequest(policy=wanted, request_id=secrets.token_urlsafe(24))
+        return coordinator.create_policy(create)
+    old = coordinator.get_policy(policy_id)
+    wanted = _policy_of(form, user, old.project_id)
+    wanted.policy_id = policy_id
+    # Replication absent from the form: the policy replicates no more.
+    updated = coordinator.update_policy(wanted, EDITABLE)
+    added = [s for s in wanted.server_ids if s not in old.server_ids]
+    removed = [s for s in old.server_ids if s not in wanted.server_ids]
+    if added:
+        updated = coordinator.add_policy_servers(policy_id, added)
+    if removed:
+        updated = coordinator.remove_policy_servers(policy_id, removed)
+    return updated
+
+
+@posted
+def save_policy(request: Request, form: FormData) -> Response:
     user = user_of(request)
     policy_id = request.path_params.get("id", "")
-
-    def save() -> cpb.Policy:
-        coordinator = user.api.coordinator()
-        if not policy_id:
-            project_id = current_project(region_info(user), user.project_id)
-            wanted = _policy_of(form, user, project_id)
-            create = cpb.CreatePolicyRequest(policy=wanted, request_id=secrets.token_urlsafe(24))
-            return coordinator.create_policy(create)
-        old = coordinator.get_policy(policy_id)
-        wanted = _policy_of(form, user, old.project_id)
-        wanted.policy_id = policy_id
-        # Replication absent from the form: the policy replicates no more.
-        updated = coordinator.update_policy(wanted, EDITABLE)
-        added = [s for s in wanted.server_ids if s not in old.server_ids]
-        removed = [s for s in old.server_ids if s not in wanted.server_ids]
-        if added:
-            updated = coordinator.add_policy_servers(policy_id, added)
-        if removed:
-            updated = coordinator.remove_policy_servers(policy_id, removed)
-        return updated
-
     try:
-        saved = await run_in_threadpool(save)
+        saved = _save(form, user, policy_id)
     except CliError as exc:
         project_id = current_project(region_info(user), user.project_id)
         shown = _policy_of(form, user, project_id)
         shown.policy_id = policy_id
-        context = await run_in_threadpool(_form_context, user, shown)
+        context = _form_context(user, shown)
         return render(request, "policy_form.html", user, policy=shown, error=exc.message, **context)
     return redirect(request, f"/policies/{saved.policy_id}")
 
 
-async def execute_policy(request: Request) -> Response:
+@posted
+def execute_policy(request: Request, form: FormData) -> Response:
     """Back up now, or Replicate now (M3): the run starts at once; its record shows on the
     policy's page."""
-    _, form = await checked_form(request)
     user = user_of(request)
     policy_id = request.path_params["id"]
     kind = RUN_KINDS.get(str(form.get("kind") or ""), cpb.POLICY_RUN_KIND_BACKUP)
     try:
-        await run_in_threadpool(user.api.coordinator().execute_policy, policy_id, kind)
+        user.api.coordinator().execute_policy(policy_id, kind)
     except CliError as exc:
         return render(request, "message.html", user, status_code=409, message=exc.message)
     return redirect(request, f"/policies/{policy_id}")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from console.gateway import CliError
-from console.web import User, checked_form, current_project, redirect, region_info, render, user_of
+from console.web import User, current_project, posted, redirect, region_info, render, user_of
 from csbs.v1 import region_node_pb2 as pb
 
 BUSY_SERVER = (pb.SERVER_STATUS_CREATING, pb.SERVER_STATUS_RESTORING, pb.SERVER_STATUS_DELETING)
@@ -37,23 +37,19 @@ def image_dialog(request: Request) -> Response:
     )
 
 
-async def create_image(request: Request) -> Response:
-    _, form = await checked_form(request)
+@posted
+def create_image(request: Request, form: FormData) -> Response:
     user = user_of(request)
     backup_id = request.path_params["id"]
     name = str(form.get("name") or "")
-
-    def create() -> pb.Image:
-        create_request = pb.CreateImageRequest(
-            project_id=_project(user),
-            backup_id=backup_id,
-            name=name,
-            request_id=secrets.token_urlsafe(24),
-        )
-        return user.api.region(user.region_id).create_image(create_request)
-
+    create = pb.CreateImageRequest(
+        project_id=_project(user),
+        backup_id=backup_id,
+        name=name,
+        request_id=secrets.token_urlsafe(24),
+    )
     try:
-        image = await run_in_threadpool(create)
+        image = user.api.region(user.region_id).create_image(create)
     except CliError as exc:
         return render(
             request,
@@ -99,23 +95,19 @@ def server_dialog(request: Request) -> Response:
     )
 
 
-async def create_server(request: Request) -> Response:
-    _, form = await checked_form(request)
+@posted
+def create_server(request: Request, form: FormData) -> Response:
     user = user_of(request)
     image_id = request.path_params["id"]
     name = str(form.get("name") or "")
-
-    def create() -> pb.Server:
-        create_request = pb.CreateServerRequest(
-            project_id=_project(user),
-            name=name,
-            image_id=image_id,
-            request_id=secrets.token_urlsafe(24),
-        )
-        return user.api.region(user.region_id).create_server(create_request)
-
+    create = pb.CreateServerRequest(
+        project_id=_project(user),
+        name=name,
+        image_id=image_id,
+        request_id=secrets.token_urlsafe(24),
+    )
     try:
-        server = await run_in_threadpool(create)
+        server = user.api.region(user.region_id).create_server(create)
     except CliError as exc:
         return render(
             request,
@@ -166,24 +158,20 @@ def server_detail(request: Request) -> Response:
     )
 
 
-async def disk_sha256(request: Request) -> Response:
+@posted
+def disk_sha256(request: Request, form: FormData) -> Response:
     """The SHA-256 of a whole disk, over the bytes the node streams (ReadDisk)."""
-    await checked_form(request)
     user = user_of(request)
-    server_id = request.path_params["id"]
-    disk_index = int(request.path_params["disk"])
-
-    def digest() -> str:
-        read = pb.ReadDiskRequest(
-            project_id=_project(user), server_id=server_id, disk_index=disk_index
-        )
-        sha = hashlib.sha256()
+    read = pb.ReadDiskRequest(
+        project_id=_project(user),
+        server_id=request.path_params["id"],
+        disk_index=int(request.path_params["disk"]),
+    )
+    sha = hashlib.sha256()
+    try:
         for part in user.api.region(user.region_id).read_disk(read):
             sha.update(part.data)
-        return sha.hexdigest()
-
-    try:
-        value, error = await run_in_threadpool(digest), ""
+        value, error = sha.hexdigest(), ""
     except CliError as exc:
         value, error = "", exc.message
     return render(request, "_sha256.html", user, info=None, value=value, error=error)

@@ -4,9 +4,12 @@ language with the top bar's switchers filled in."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -80,7 +83,7 @@ def user_of(request: Request) -> User:
     return User(session, api)
 
 
-async def checked_form(request: Request) -> tuple[Session | None, FormData]:
+async def checked_form(request: Request) -> FormData:
     """The posted form, once its CSRF token matches the session's (from the form field or the
     header htmx sends); anything else is 403 and nothing is done."""
     form = await request.form()
@@ -89,7 +92,22 @@ async def checked_form(request: Request) -> tuple[Session | None, FormData]:
     if session is None or not session.csrf_ok(given):
         raise HTTPException(403, i18n.translate(language(request), "csrf"))
     session.catalog.clear()  # the catalog as it is now, for what the form does
-    return session, form
+    return form
+
+
+FormHandler = Callable[[Request, FormData], Response]
+
+
+def posted(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A POST endpoint: the form is read and its CSRF token checked on the event loop, then the
+    handler, which calls the cluster (blocking gRPC), runs in the thread pool like a GET's."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        form = await checked_form(request)
+        return await run_in_threadpool(handler, request, form)
+
+    return endpoint
 
 
 def set_session_cookie(response: Response, session: Session) -> None:
