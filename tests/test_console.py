@@ -26,6 +26,7 @@ import pytest
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select
 
+from console.backup_pages import PAGE_SIZE
 from console.process import ConsoleProcess, console_process
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
@@ -460,6 +461,17 @@ def test_second_account_never_sees_the_first_accounts_resources(world: World) ->
     hidden = page.find("#target-project-field input[name=target_project]")
     assert hidden.get_attribute("value") == f"{TARGET}_acme"
     page.find("#replicate-cancel").click()
+    # Paging: twenty backups a page, the newest first.
+    stub = node(world.cluster.channel(SOURCE, SECOND_ACCOUNT))
+    for _ in range(PAGE_SIZE):
+        backup(stub, own.server_id)
+    page.open("/backups")
+    assert page.find("#page-of").text == "1 / 2"
+    assert len(page.all("tr.backup")) == PAGE_SIZE
+    assert not page.all(f"tr.backup[data-backup-id='{own.backup_id}']")  # the oldest
+    page.find("#page-next").click()
+    page.find(f"tr.backup[data-backup-id='{own.backup_id}']")
+    assert page.find("#page-of").text == "2 / 2" and len(page.all("tr.backup")) == 1
     page.open(f"/backups/{first.backup_id}")
     assert first.backup_id in page.find("#message").text  # NOT_FOUND, as if it never existed
     page.open(f"/servers/{first.server_id}")
