@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/csbs/v1/*.proto)
 GEN_STAMP := csbs/v1/.generated
 CONFIG ?= csbs/cluster.toml
 
-.PHONY: install proto lint test cluster bench bench-scale demo clean soak soak-cluster
+.PHONY: install proto lint test cluster bench bench-scale demo clean soak soak-cluster browser
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -29,10 +29,17 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy csbs region_node coordinator tests bench examples
+	$(VENV)/bin/mypy csbs region_node coordinator console tests bench examples
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q
+
+# The console's browser tests (tests/test_console.py) need Debian's Chromium, its driver and a CJK
+# font (nothing else can be downloaded here); installed once, as root, skipped when present.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver fonts-wqy-microhei; }
 
 # TLS=1: TLS on every channel (a local CA and per-process certificates, made at first start).
 TLS_FLAG := $(if $(filter 1 yes true,$(TLS)),--tls,)

@@ -408,6 +408,7 @@ def _print_table(
     secrets: ClusterSecrets,
     nodes: Sequence[ChildProcess],
     coordinator: ChildProcess | None,
+    console: ChildProcess | None = None,
 ) -> None:
     # The gRPC address stays the last column (scripts read it there).
     rows = [("REGION", "NAME", "ACCEPTS REPLICATION", "METRICS", "ADDRESS")]
@@ -419,6 +420,8 @@ def _print_table(
         )
     if coordinator is not None:
         rows.append(("coordinator", "", "", coordinator.metrics_address, coordinator.address))
+    if console is not None:
+        rows.append(("console", "", "", "", f"http://{console.address}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -487,6 +490,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="TLS on every channel (a local CA and per-process certificates, made at first "
         "start), as cluster.tls = true in the config",
     )
+    parser.add_argument(
+        "--console",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the console too, the cluster in a browser (default: yes)",
+    )
+    parser.add_argument(
+        "--console-listen", default="127.0.0.1:0", metavar="HOST:PORT", help="the console's address"
+    )
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT, metavar="SECONDS")
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS")
     return parser.parse_args(argv)
@@ -538,7 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     coordinator = (
         coordinator_process(config, ChildProcess, tls=args.tls) if with_coordinator else None
     )
-    children = [*nodes, *([coordinator] if coordinator is not None else [])]
+    console = None
+    if args.console and coordinator is not None:
+        from console.process import ConsoleProcess, console_process  # it builds on this module
+
+        console = console_process(config, ConsoleProcess, tls=args.tls, listen=args.console_listen)
+    children = [*nodes, *(c for c in (coordinator, console) if c is not None)]
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         signal.signal(signal.SIGINT, _request_stop)
@@ -551,8 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if coordinator is not None:
             coordinator.start()
             coordinator.wait_ready(args.ready_timeout)
+        if console is not None:
+            console.start()
+            console.wait_ready(args.ready_timeout)
         _print_issued(config, issued)
-        _print_table(config, secrets, nodes, coordinator)
+        _print_table(config, secrets, nodes, coordinator, console)
         return _supervise(children)
     except _StopRequested as exc:
         print(f"\ncsbs-cluster: {exc}, stopping", file=sys.stderr)

@@ -131,8 +131,9 @@ def fresh_cluster(
         log = Path(tmp) / "cluster.log"
         with log.open("wb") as out:
             # A session of its own: Ctrl-C reaches only the demo, which then stops the cluster.
+            # No console: the demo and the csbs_cluster fixture speak gRPC only.
             process = subprocess.Popen(
-                [sys.executable, "-m", "csbs.cluster", "--config", str(path)],
+                [sys.executable, "-m", "csbs.cluster", "--config", str(path), "--no-console"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
