@@ -175,9 +175,10 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         self._waits.job_working(job_id)
-        # Every call the job makes carries the ID of the request that made it (issue 14).
-        request_id = self._store.job_request_id(job_id) or request_ids.new_request_id()
         try:
+            # Every call the job makes carries the ID of the request that made it (issue 14).
+            # Read inside the try: a failed read must still end the job's turn (finally).
+            request_id = self._store.job_request_id(job_id) or request_ids.new_request_id()
             with request_ids.bound(request_id):
                 self._run_attempts(job_id)
         except Exception:

@@ -371,9 +371,11 @@ class Store(Database):
 
     def job_counts(self) -> dict[JobStatus, int]:
         """How many jobs there are in each status (every account's), for the metrics."""
-        with self.read() as conn:
-            rows = conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        return {JobStatus(status): int(count) for status, count in rows}
+        with self.snapshot() as conn:
+            rows = conn.execute(
+                "SELECT status, COUNT(*) AS jobs FROM jobs GROUP BY status"
+            ).fetchall()
+        return {JobStatus(row["status"]): int(row["jobs"]) for row in rows}
 
     def withdraw_job(self, job_id: str, hold: tuple[str, str] | None, now: datetime) -> None:
         """Removes a job that was never answered (its source backup could not be held), with a

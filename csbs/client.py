@@ -65,7 +65,10 @@ class Client:
         ca: Path | str | None = None,
         regions: Mapping[str, str] | None = None,
         coordinator: str | None = None,
+        request_id: str | None = None,
     ) -> None:
+        # request_id: sent as x-request-id with every call of this client (one grep over the
+        # logs then finds all it caused); None: each call gets its own.
         self._session = Session(
             Options(
                 config=Path(config) if config is not None else None,
@@ -74,6 +77,7 @@ class Client:
                 ca=Path(ca) if ca is not None else None,
                 addresses=tuple(f"{r}={a}" for r, a in (regions or {}).items()),
                 coordinator=coordinator,
+                request_id=request_id,
             )
         )
 

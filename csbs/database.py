@@ -1,6 +1,8 @@
 """The SQLite database every process keeps its state in: WAL, full sync, one connection under
 one lock, a schema version (PRAGMA user_version) migrated on start, and one transaction per
-logical step."""
+logical step. Figures read for the metrics when they are scraped (issue 14) come from a
+snapshot: a read-only connection of their own, which under WAL neither waits for the lock nor
+holds up a writer, however long its scan takes."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class Database:
 
     def __init__(self, path: Path, migrations: Mapping[int, str], what: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -69,6 +72,17 @@ class Database:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own (rows by column name), closed after the block:
+        for scans that must not hold the lock (metrics). It sees the last committed state."""
+        conn = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -56,7 +57,7 @@ class ObservedCalls(grpc.ServerInterceptor):  # type: ignore[misc]
         streaming = handler.response_streaming
 
         def ended(context: grpc.ServicerContext, start: float, fallback: grpc.StatusCode) -> None:
-            code = context.code() or fallback
+            code = context.code() or _left(context, fallback)
             code_name = getattr(code, "name", str(code))
             seconds = time.perf_counter() - start
             self._metrics.call_ended(service, name, code_name, seconds)
@@ -79,9 +80,32 @@ class ObservedCalls(grpc.ServerInterceptor):  # type: ignore[misc]
                 if not streaming:
                     ended(context, start, grpc.StatusCode.OK)
                     return answer
-            return _stream(answer, request_id, lambda fallback: ended(context, start, fallback))
+            counted = threading.Lock()  # a stream is counted once: at its end, or if it never
+            # started (the caller left before its first message), when the call terminates
+
+            def stream_ended(fallback: grpc.StatusCode) -> None:
+                if counted.acquire(blocking=False):
+                    ended(context, start, fallback)
+
+            def terminated() -> None:
+                with request_ids.bound(request_id):
+                    stream_ended(grpc.StatusCode.CANCELLED)
+
+            context.add_callback(terminated)
+            return _stream(answer, request_id, stream_ended)
 
         return rewrap(handler, observed)
+
+
+def _left(context: grpc.ServicerContext, fallback: grpc.StatusCode) -> grpc.StatusCode:
+    """What a call that set no code ended with: `fallback`, unless the caller is gone (it saw
+    DEADLINE_EXCEEDED if the deadline passed, else CANCELLED), whatever the servicer returned."""
+    if fallback != grpc.StatusCode.OK or context.is_active():
+        return fallback
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _text(details: str | bytes | None) -> str:

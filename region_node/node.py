@@ -157,7 +157,7 @@ class RegionNode:
         parts = self.parts
         limit, used = parts.store.capacity.usage()
         chunks, data = parts.store.indexed()
-        with parts.catalog.read() as conn:
+        with parts.catalog.snapshot() as conn:
             disks, disk_bytes = server_rows.disk_totals(conn)
         return [
             Figure(

@@ -194,6 +194,16 @@ def test_the_public_client_given_only_the_coordinator_reaches_every_region(
         assert client.region_ids == coordinated.region_ids
         server = client.create_server(TARGET, [4 * MIB], name="public-client")
         assert client.region(TARGET).get_server("", server.server_id).name == "public-client"
+    # Without a request ID of its own, each call of the client got one of its own.
+    creates = _logged(coordinated.node(TARGET).log_path, "RegionNode/CreateServer OK")
+    gets = _logged(coordinated.node(TARGET).log_path, "RegionNode/GetServer OK")
+    assert creates and gets and not set(creates) & set(gets)
+
+
+def _logged(path: Path, message: str) -> list[str]:
+    """The request IDs of a process's log lines that hold `message`."""
+    lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return [str(e["request_id"]) for e in lines if message in str(e["message"])]
 
 
 def test_every_call_of_one_csbs_command_carries_one_request_id(coordinated: Cluster) -> None:

@@ -201,6 +201,40 @@ def test_calls_are_counted_by_their_final_status_code_refusals_too(story: Story)
     assert seconds == 2
 
 
+def test_a_call_its_caller_gave_up_on_is_counted_as_the_caller_saw_it(
+    coordinated: Cluster, story: Story
+) -> None:
+    """The servicer answers OK after the deadline has passed (a delay rule holds it back): the
+    caller saw DEADLINE_EXCEEDED, and so do the metrics; and a stream the caller closes after its
+    first message counts CANCELLED, not OK."""
+    process = coordinated.node(BYSTANDER)
+    ok_before = handled(scrape(process), "RegionNode", "GetRegionInfo", "OK")
+    FaultInjectionStub(coordinated.channel(BYSTANDER)).AddFaultRule(
+        faults_pb2.FaultRule(method="/csbs.v1.RegionNode/GetRegionInfo", delay_ms=1500, count=1),
+        timeout=10,
+    )
+    bystander = node(coordinated.channel(BYSTANDER))
+    code, _ = refusal(lambda: bystander.GetRegionInfo(pb.GetRegionInfoRequest(), timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(
+        lambda: handled(scrape(process), "RegionNode", "GetRegionInfo", "DEADLINE_EXCEEDED") == 1,
+        15,
+        "the late answer counted",
+    )
+    assert handled(scrape(process), "RegionNode", "GetRegionInfo", "OK") == ok_before
+
+    server = make_server(bystander, [256], name="read-in-part")
+    reading = bystander.ReadDisk(pb.ReadDiskRequest(server_id=server.server_id), timeout=30)
+    next(reading)
+    reading.cancel()
+    wait_until(
+        lambda: handled(scrape(process), "RegionNode", "ReadDisk", "CANCELLED") == 1,
+        15,
+        "the stream its caller closed counted",
+    )
+    assert handled(scrape(process), "RegionNode", "ReadDisk", "OK") == 0
+
+
 def test_chunk_store_gauges_match_the_nodes_own_figures(coordinated: Cluster, story: Story) -> None:
     for region_id in (SOURCE, TARGET, BYSTANDER):
         admin = RegionNodeAdminStub(coordinated.channel(region_id))

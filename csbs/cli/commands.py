@@ -12,6 +12,7 @@ one line (`error: ...`) and ends the command with the error's exit code."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sys
@@ -23,6 +24,7 @@ import typer
 
 from csbs.cli.context import Options, Session
 from csbs.cli.errors import CliError, Interrupted
+from csbs.request_ids import accepted
 
 PANEL = "Cluster options"
 
@@ -36,6 +38,7 @@ _FIELDS = {
     "opt_address": "addresses",
     "opt_coordinator": "coordinator",
     "opt_json": "json",
+    "opt_request_id": "request_id",
 }
 
 
@@ -139,6 +142,16 @@ def _parameters(root: bool) -> list[inspect.Parameter]:
             metavar="HOST:PORT",
         ),
         option("opt_json", bool, False, "--json", "Print exactly the resource or list as JSON"),
+        option(
+            "opt_request_id",
+            str | None,
+            None,
+            "--request-id",
+            "The request ID every call of the command carries (x-request-id; default: a new one "
+            "per command), so that one grep over the logs finds what it caused",
+            "CSBS_REQUEST_ID",
+            "ID",
+        ),
     ]
 
 
@@ -167,6 +180,8 @@ def fail(error: CliError, json_mode: bool = False) -> typer.Exit:
 
 def run(options: Options, body: Callable[[Session], None]) -> None:
     """Runs a command's body with a Session of the options; a CliError ends it with its line."""
+    # One request ID for every call of the command (issue 14: one grep follows it).
+    options = dataclasses.replace(options, request_id=accepted(options.request_id))
     try:
         with Session(options) as session:
             body(session)

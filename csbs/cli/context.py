@@ -6,7 +6,6 @@ closed when the command ends."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from csbs.cli.errors import START_HINT, Unreachable, UsageError
 from csbs.cli.output import Printer
 from csbs.cluster import DEFAULT_CONFIG
 from csbs.config import ClusterConfig, ConfigError, load_cluster_config, resolve_address
-from csbs.request_ids import REQUEST_ID_METADATA, accepted
+from csbs.request_ids import REQUEST_ID_METADATA
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
 
@@ -36,6 +35,9 @@ class Options:
     addresses: tuple[str, ...] = ()
     coordinator: str | None = None
     json: bool = False
+    # Sent as x-request-id with every call (the command line gives one per command); None:
+    # none is sent, and each call gets its own from the process that serves it.
+    request_id: str | None = None
 
     def over(self, base: Options) -> Options:
         """These options where they were given, else `base`'s (a command's own options over
@@ -113,10 +115,9 @@ class Session:
         if options.coordinator:
             coordinator = _Place(options.coordinator)
         self._coordinator_place = coordinator
-        # One request ID for every call of the command (CSBS_REQUEST_ID, else a new one), so
-        # that one grep over the processes' logs finds all the command caused.
-        self.request_id = accepted(os.environ.get("CSBS_REQUEST_ID"))
-        traced = ((REQUEST_ID_METADATA, self.request_id),)
+        traced: tuple[tuple[str, str], ...] = (
+            ((REQUEST_ID_METADATA, options.request_id),) if options.request_id else ()
+        )
         self._metadata: tuple[tuple[str, str], ...] = (
             (bearer(options.token), *traced) if options.token else traced
         )

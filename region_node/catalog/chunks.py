@@ -26,8 +26,10 @@ def add(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int, int, int]]) -
 
 def totals(conn: sqlite3.Connection) -> tuple[int, int]:
     """(chunks indexed, their bytes of data)."""
-    count, data = conn.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks").fetchone()
-    return int(count), int(data)
+    row = conn.execute(
+        "SELECT COUNT(*) AS chunks, COALESCE(SUM(length), 0) AS data_bytes FROM chunks"
+    ).fetchone()
+    return int(row["chunks"]), int(row["data_bytes"])
 
 
 BATCH = 500  # hashes per IN (...) query

@@ -497,8 +497,8 @@ class ChunkStore:
         return freed
 
     def indexed(self) -> tuple[int, int]:
-        """(chunks indexed, their bytes of data)."""
-        with self._catalog.read() as conn:
+        """(chunks indexed, their bytes of data), from a snapshot: the scan holds up no write."""
+        with self._catalog.snapshot() as conn:
             return index_of_chunks.totals(conn)
 
     def stored_bytes(self) -> int:
