@@ -17,7 +17,7 @@ from csbs.config import (
     write_address_file,
 )
 from csbs.credentials import describe_issued, process_security
-from csbs.metrics import ProcessMetrics
+from csbs.metrics import ProcessMetrics, serve_metrics
 from csbs.rpc import serve_until_signal
 from csbs.tls import TlsError
 
@@ -40,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("issued (shown once): %s", line)
     config = CoordinatorConfig.from_cluster(cluster, security.secrets, security.tls)
     metrics = ProcessMetrics()
+    # Bound before anything starts, so that a metrics port in use ends the process at once.
+    metrics_address = serve_metrics(metrics, config.metrics_listen)
+    if metrics_address is None:
+        return 2
     server, address, domain, health_servicer = build_server(config, metrics)
     server.start()
     domain.policies.start()
     # Published before the gRPC address, which tells that the process is ready.
-    metrics_address = metrics.serve(config.metrics_listen)
     write_address_file(config.data_dir, metrics_address, METRICS_ADDRESS_FILE)
     write_address_file(config.data_dir, address)
     log.info(

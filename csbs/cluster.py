@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -501,7 +502,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT, metavar="SECONDS")
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS")
+    parser.add_argument(
+        "--stop-when-stdin-closes",
+        action="store_true",
+        help="stop the cluster when standard input ends: a program that starts the cluster "
+        "with a pipe as its stdin is sure it stops when that program ends, even killed",
+    )
     return parser.parse_args(argv)
+
+
+def _stop_when_stdin_closes() -> None:
+    """Asks this process to stop (SIGTERM) once standard input reaches its end."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while sys.stdin.buffer.read(4096):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
 def addresses_in_use(config: ClusterConfig) -> list[str]:
@@ -560,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         signal.signal(signal.SIGINT, _request_stop)
         signal.signal(signal.SIGTERM, _request_stop)
+        if args.stop_when_stdin_closes:
+            _stop_when_stdin_closes()
         # The nodes start side by side; the coordinator, which calls them, once they serve.
         for node in nodes:
             node.start()

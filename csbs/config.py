@@ -3,6 +3,7 @@ listens and keeps its data. Loaded once in each process's __main__ and passed do
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -334,6 +335,18 @@ def _quotas(raw: object, where: str, projects: list[ProjectConfig]) -> tuple[Quo
     return tuple(out)
 
 
+def _in_checkout() -> bool:
+    """The package runs from the repository (make install, pip install -e), not from a wheel."""
+    return (SHIPPED_CONFIG.parent.parent / "pyproject.toml").is_file()
+
+
+def installed_data_dir() -> Path:
+    """Where an installed csbs-sim keeps the shipped config's cluster (its data_dir, relative to
+    the config, would be inside site-packages): the user's state directory."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).resolve() / "csbs-sim"
+
+
 def load_cluster_config(path: Path | str) -> ClusterConfig:
     path = Path(path).resolve()
     try:
@@ -342,6 +355,8 @@ def load_cluster_config(path: Path | str) -> ClusterConfig:
         raise ConfigError(f"{path}: {exc}") from exc
     cluster = raw.get("cluster", {})
     data_dir = (path.parent / cluster.get("data_dir", "var")).resolve()
+    if path == SHIPPED_CONFIG and not _in_checkout():
+        data_dir = installed_data_dir()
     chunk_size = int(cluster.get("chunk_size", DEFAULT_CHUNK_SIZE))
     if chunk_size < 64 * 1024 or chunk_size > 4 << 20 or chunk_size & (chunk_size - 1):
         raise ConfigError("cluster.chunk_size: a power of two from 64 KiB to 4 MiB")

@@ -10,6 +10,7 @@ registry, never the global one:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -144,3 +145,13 @@ class ProcessMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def serve_metrics(metrics: ProcessMetrics, listen: str) -> str | None:
+    """`metrics.serve(listen)` for a process's start: None, with the reason on stderr, when the
+    address cannot be bound (a port in use), for the process to exit 2 before it starts."""
+    try:
+        return metrics.serve(listen)
+    except OSError as exc:
+        print(f"error: cannot serve metrics on {listen}: {exc.strerror or exc}", file=sys.stderr)
+        return None

@@ -125,7 +125,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServicer):
                 yield message.offset, message.data
 
         written = self._node.servers.write_disk(
-            self._project(context, first.project_id), first.server_id, first.disk_index, writes()
+            self._project(context, first.project_id),
+            required(first.server_id, "server_id"),
+            first.disk_index,
+            writes(),
         )
         return pb.WriteDiskResponse(bytes_written=written)
 
@@ -442,17 +445,16 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         self, request: pb.CreatePolicyBackupRequest, context: grpc.ServicerContext
     ) -> pb.Backup:
         b = request.backup
-        if not request.policy_id:
-            raise InvalidArgument("policy_id is required")
+        policy_id = required(request.policy_id, "policy_id")
         backup = self._node.backups.create(
             NewBackup(
                 project_id=b.project_id,
-                server_id=b.server_id,
+                server_id=required(b.server_id, "backup.server_id"),
                 name=b.name,
                 description=b.description,
                 disk_indexes=tuple(b.disk_indexes),
                 request_id=b.request_id,
-                policy_id=request.policy_id,
+                policy_id=policy_id,
             )
         )
         return convert.backup_to_proto(backup)

@@ -6,6 +6,9 @@ nodes' own, and the three processes' JSON logs are searched for the request ID."
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
 from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
-from tests.harness import Cluster, ProcessHandle
+from tests.harness import DEFAULT_REGIONS, Cluster, ProcessHandle, write_cluster_config
 from tests.node_helpers import (
     MIB,
     backup,
@@ -347,3 +350,28 @@ def test_a_job_resumed_after_a_coordinator_crash_still_carries_its_request_id(
         if e["request_id"] == request_id and "success" in str(e["message"])
     ]
     assert len(resumed) == 1 and job.job_id in str(resumed[0]["message"])
+
+
+@pytest.mark.parametrize("process", ["cn-north-4", "coordinator"])
+def test_a_metrics_port_in_use_ends_the_process_at_once_naming_it(
+    tmp_path: Path, process: str
+) -> None:
+    """Bound before the process starts anything: exit 2 and the address, not a process that
+    serves gRPC without its metrics (or hangs)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        regions = [{**r, "metrics_listen": listen} for r in DEFAULT_REGIONS]
+        config = write_cluster_config(tmp_path, regions, coordinator={"metrics_listen": listen})
+        module = ["-m", "coordinator"] if process == "coordinator" else ["-m", "region_node"]
+        region = [] if process == "coordinator" else ["--region", process]
+        done = subprocess.run(
+            [sys.executable, *module, "--config", str(config), *region],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on {listen}" in done.stderr
+    assert not any((tmp_path / "data").rglob("address"))  # never said it was ready

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,3 +110,37 @@ def test_ini_scope_config_and_marker_choose_the_cluster_and_a_wrong_clock_fails(
         "this test is marked csbs_clock('simulated') but its csbs_cluster (scope module) runs "
         "the wall clock"
     ) in done.stdout, done.stdout
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from csbs.testing import start_cluster
+
+with start_cluster(Path(sys.argv[1])) as cluster:
+    print(cluster.coordinator_address, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_cluster_whose_owner_is_killed_stops_itself(tmp_path: Path) -> None:
+    """The owner of a fresh cluster (a test run, the demo) killed with SIGKILL runs no clean-up:
+    the cluster sees its stdin pipe close and stops every process of its own."""
+    (tmp_path / "cluster.toml").write_text(CONFIG, encoding="utf-8")
+    (tmp_path / "owner.py").write_text(OWNER, encoding="utf-8")
+    owner = subprocess.Popen(
+        [sys.executable, str(tmp_path / "owner.py"), str(tmp_path / "cluster.toml")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip(), "the cluster did not start"
+        processes = psutil.Process(owner.pid).children(recursive=True)
+        # csbs-cluster, two nodes and the coordinator.
+        assert len(processes) >= 4, processes
+    finally:
+        owner.kill()
+        owner.wait()
+    _, alive = psutil.wait_procs(processes, timeout=40)
+    assert not alive, alive

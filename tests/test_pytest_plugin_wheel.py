@@ -107,6 +107,12 @@ def test_the_example_suite_passes_from_a_wheel_in_a_fresh_venv_and_leaves_nothin
     env = _inner_env(inner_tmp)
     where = _run([python, "-c", "import csbs; print(csbs.__file__)"], cwd=suite, env=env)
     assert where.stdout.startswith(str(venv)), where.stdout
+    # The shipped config's cluster, installed, keeps its data in the user's state directory,
+    # not in site-packages beside the config.
+    state = tmp_path / "state"
+    shipped = "from csbs.config import *; print(load_cluster_config(SHIPPED_CONFIG).data_dir)"
+    data_dir = _run([python, "-c", shipped], cwd=suite, env={**env, "XDG_STATE_HOME": str(state)})
+    assert data_dir.stdout.strip() == str(state / "csbs-sim"), data_dir.stdout
 
     done, seen = _run_watching_children(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], suite, env

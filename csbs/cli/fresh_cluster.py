@@ -27,6 +27,7 @@ from csbs.tls import TlsError, ca_path, read_ca
 ANY_PORT = "127.0.0.1:0"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+CLUSTER_STOP_TIMEOUT = 20.0  # the cluster's own wait for its children: well within
 POLL = 0.1
 
 
@@ -132,9 +133,22 @@ def fresh_cluster(
         with log.open("wb") as out:
             # A session of its own: Ctrl-C reaches only the demo, which then stops the cluster.
             # No console: the demo and the csbs_cluster fixture speak gRPC only.
+            # Its stdin is a pipe this process holds: when this process ends, killed too, the
+            # pipe closes and the cluster stops itself. It stops its children within
+            # CLUSTER_STOP_TIMEOUT, before this process gives up waiting (STOP_TIMEOUT).
             process = subprocess.Popen(
-                [sys.executable, "-m", "csbs.cluster", "--config", str(path), "--no-console"],
-                stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "csbs.cluster",
+                    "--config",
+                    str(path),
+                    "--no-console",
+                    "--stop-when-stdin-closes",
+                    "--stop-timeout",
+                    f"{CLUSTER_STOP_TIMEOUT:g}",
+                ],
+                stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -144,6 +158,8 @@ def fresh_cluster(
             yield path
         finally:
             process.terminate()
+            if process.stdin is not None:
+                process.stdin.close()
             try:
                 process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
