@@ -19,7 +19,9 @@ Locks, in the order they are taken (a lock is only ever taken while holding thos
    catalog is taken under it for its one setting, and the health servicer's (a leaf) to show it.
 6. Leaves, under which nothing is taken: the disks registry (`NodeParts._disks_lock`), the
    notifier, a progress counter, the reserved room, a disk's descriptor lock, the chunk
-   store's capacity count.
+   store's capacity count, the metrics' counters (`csbs.tally.Tally._lock` and
+   prometheus_client's own). A metrics scrape takes no lock of these: its scans read a
+   snapshot connection of their own (`Database.snapshot`).
 
 What keeps a chunk alive: see region_node.storage.chunk_store (a manifest row, a writer's pin,
 a pending record).
