@@ -62,9 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: region {config.region_id}: {exc}", file=sys.stderr)
         return 2
     server.start()
-    # Published before the gRPC address, which tells that the process is ready.
-    write_address_file(config.data_dir, metrics_address, METRICS_ADDRESS_FILE)
-    write_address_file(config.data_dir, address)
+    # Published before the gRPC address, which tells that the process is ready; on a full
+    # filesystem too (the reserved room is given back for it: a node restarted on a full disk
+    # must come up, so that room can be made through it).
+    node.parts.settle(
+        lambda: write_address_file(config.data_dir, metrics_address, METRICS_ADDRESS_FILE),
+        "publishing the metrics address",
+    )
+    node.parts.settle(
+        lambda: write_address_file(config.data_dir, address), "publishing the address"
+    )
     log.info(
         "region %s serving on %s%s, metrics on http://%s/metrics",
         config.region_id,

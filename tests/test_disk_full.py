@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from csbs.config import ADDRESS_FILE, METRICS_ADDRESS_FILE
 from csbs.v1 import quotas_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub, RegionNodeStub
@@ -240,3 +241,28 @@ def test_on_a_full_region_the_operator_can_still_put_it_out_and_back_and_change_
     assert not admin.GetRegionOutage(pb.GetRegionOutageRequest(), timeout=30).out
     got = admin.GetRegionCapacity(quotas_pb2.GetRegionCapacityRequest(), timeout=30)
     assert got.capacity_bytes == 64 * MIB
+
+
+def test_a_node_killed_on_a_full_disk_comes_back_and_publishes_where_it_listens(
+    full_region: tuple[RegionNodeStub, Cluster, Filler],
+) -> None:
+    """Found by the cluster soak (issue 14): a node restarted on a full filesystem could not
+    write its address files (the metrics address took the last page) and exited. It publishes
+    them with the reserved room, comes up, and room can then be made through it."""
+    stub, cluster, filler = full_region
+    server = make_server(stub, [8], name="kept")
+    write(stub, server.server_id, 0, 0, seeded_bytes(41, 2 * MIB))
+    filler.fill()
+    process = cluster.node(REGION)
+    process.kill()
+    # Not a page left: the old address files (which a start removes) are gone and their room
+    # taken, as the log lines of the start took it in the soak.
+    for name in (ADDRESS_FILE, METRICS_ADDRESS_FILE):
+        (process.data_dir / name).unlink(missing_ok=True)
+    filler.fill()
+    process.restart()
+    stub = node_with_deadline(cluster.channel(REGION), 60)
+    assert read(stub, server.server_id, 0, 0, 2 * MIB) == seeded_bytes(41, 2 * MIB)
+    assert cluster.node(REGION).metrics_address  # both addresses published
+    deleted = stub.DeleteServer(pb.DeleteServerRequest(server_id=server.server_id), timeout=60)
+    assert deleted.server_id == server.server_id
