@@ -109,13 +109,19 @@ class PolicyService:
         check_servers(self._nodes, policy, policy.server_ids)
         times = schedule_times(policy, now)
         with self._policies.transaction() as conn:
-            self._policies.insert(
-                conn,
-                policy,
-                times,
-                request_key if request_id else "",
-                json.dumps(request_parameters(policy)),
-            )
+            # Asked again in the write transaction: the same request sent twice at once (a
+            # double click, a client's retry racing its first try) makes one policy.
+            made = self._policies.request(request_key, conn) if request_id else None
+            if made is None:
+                self._policies.insert(
+                    conn,
+                    policy,
+                    times,
+                    request_key if request_id else "",
+                    json.dumps(request_parameters(policy)),
+                )
+        if made is not None:
+            return self._same_request(account_id, policy, request_id, *made)
         self._scheduler.wake()
         return self._load(policy.policy_id)
 

@@ -94,14 +94,18 @@ class PolicyStore:
         items = [_policy(r) for r in rows[:limit]]
         return items, (rows[limit - 1]["seq"] if len(rows) > limit else None)
 
-    def request(self, request_key: str) -> tuple[str, str] | None:
+    def request(
+        self, request_key: str, conn: sqlite3.Connection | None = None
+    ) -> tuple[str, str] | None:
         """The policy a request ID made and the parameters it was made with ('' if older)."""
-        with self._db.read() as conn:
-            row = _row(
-                conn,
-                "SELECT policy_id, parameters FROM policy_requests WHERE request_id = ?",
-                (request_key,),
-            )
+        if conn is None:
+            with self._db.read() as c:
+                return self.request(request_key, c)
+        row = _row(
+            conn,
+            "SELECT policy_id, parameters FROM policy_requests WHERE request_id = ?",
+            (request_key,),
+        )
         return None if row is None else (row["policy_id"], row["parameters"])
 
     def protector(self, server_id: str, conn: sqlite3.Connection | None = None) -> str | None:

@@ -7,6 +7,7 @@ parameter. Real region nodes and a real coordinator."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,20 @@ def test_a_policy_request_id_reused_with_another_parameter_is_invalid_naming_bot
         timeout=30,
     )
     assert again.policy_id == created.policy_id
+
+
+def test_the_same_policy_request_sent_at_once_from_many_threads_makes_one_policy(
+    cluster: Cluster, coordinator: CoordinatorStub
+) -> None:
+    """A client's retry racing its first try (or a double click in the console): every one of
+    the concurrent CreatePolicy calls with one request ID answers the one policy it made; none
+    fails on the request ID already being recorded."""
+    stub = node(cluster.channel(SOURCE))
+    server = make_server(stub, [1])
+    policy = _policy(server.server_id, name="raced")
+    request = cpb.CreatePolicyRequest(policy=policy, request_id="policy-request-raced")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = list(pool.map(lambda _: coordinator.CreatePolicy(request, timeout=30), range(8)))
+    assert len({p.policy_id for p in made}) == 1
+    listed = coordinator.ListPolicies(cpb.ListPoliciesRequest(region_id=SOURCE), timeout=30)
+    assert [p.policy_id for p in listed.policies if p.name == "raced"] == [made[0].policy_id]
