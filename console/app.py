@@ -4,6 +4,9 @@ resource_pages; a plain `def` handler runs in Starlette's thread pool (its gRPC 
 
 from __future__ import annotations
 
+import html
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -29,6 +32,7 @@ from console.config import ConsoleConfig
 from console.gateway import Gateway
 from console.sessions import SessionStore
 from console.web import Console, LoginRequired
+from csbs.request_ids import REQUEST_ID_METADATA, accepted, new_request_id
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
@@ -50,6 +54,7 @@ def _templates() -> Jinja2Templates:
     env.globals["run_kind"] = lambda v: formats.state(cpb.PolicyRunKind, v)
     env.globals["run_trigger"] = lambda v: formats.state(cpb.PolicyRunTrigger, v)
     env.globals["run_state"] = lambda v: formats.state(cpb.PolicyRunStatus, v)
+    env.globals["new_request_id"] = new_request_id  # one per rendered form (web.REQUEST_ID_FIELD)
     env.globals["pb"] = pb
     env.globals["cpb"] = cpb
     return templates
@@ -102,7 +107,8 @@ async def _login_required(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return HTMLResponse(f"<p class='refused'>{exc.detail}</p>", status_code=exc.status_code)
+    detail = html.escape(str(exc.detail))
+    return HTMLResponse(f"<p class='refused'>{detail}</p>", status_code=exc.status_code)
 
 
 # Never framed by another site (clickjacking), no sniffing, no full URLs sent elsewhere.
@@ -114,17 +120,30 @@ SECURITY_HEADERS = {
 }
 
 
-async def _security_headers(request: Request, call_next: RequestResponseEndpoint) -> Response:
+async def _every_answer(request: Request, call_next: RequestResponseEndpoint) -> Response:
+    """Every request gets an ID (the one the client sent, if acceptable), carried on every
+    gRPC call made for it and answered as X-Request-ID; every answer the security headers."""
+    request_id = accepted(request.headers.get(REQUEST_ID_METADATA))
+    request.scope["csbs_request_id"] = request_id
     response = await call_next(request)
     response.headers.update(SECURITY_HEADERS)
+    response.headers["X-Request-ID"] = request_id
     return response
 
 
 def build_app(config: ConsoleConfig) -> Starlette:
+    console = Console(Gateway(config), SessionStore(), _templates())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        console.gateway.close()  # the channels to the cluster, when the console stops
+
     app = Starlette(
         routes=ROUTES,
         exception_handlers={LoginRequired: _login_required, HTTPException: _http_error},
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=_security_headers)],
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=_every_answer)],
+        lifespan=lifespan,
     )
-    app.state.console = Console(Gateway(config), SessionStore(), _templates())
+    app.state.console = console
     return app

@@ -5,17 +5,18 @@ replication job's progress, live, until it ends."""
 
 from __future__ import annotations
 
-import secrets
 from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from console import formats
 from console.gateway import CliError
 from console.web import (
     User,
     current_project,
+    form_request_id,
     posted,
     redirect,
     region_info,
@@ -61,8 +62,7 @@ def backups(request: Request) -> Response:
         items = [b for b in items if name_filter.lower() in b.name.lower()]
     items.sort(key=lambda b: (b.created_at.seconds, b.created_at.nanos), reverse=True)
     pages = max(1, -(-len(items) // PAGE_SIZE))
-    page_text = query.get("page", "1")
-    page = min(max(1, int(page_text)) if page_text.isdigit() else 1, pages)
+    page = min(max(1, formats.whole_number(query.get("page", "1")) or 1), pages)
     shown = items[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     busy = any(b.status in BUSY_BACKUP for b in shown)
     keep = {"q": name_filter, "status": status_filter}
@@ -146,8 +146,10 @@ def target_projects(request: Request) -> Response:
     main project preselected when the region has several projects, else nothing to pick (P3)."""
     user = user_of(request)
     region_id = request.query_params.get("target_region", "")
+    source_region = request.query_params.get("source_region") or user.region_id
     try:
-        chosen = next((t for t in _targets(user) if t.region_id == region_id), None)
+        targets = user.api.coordinator().list_targets(source_region)
+        chosen = next((t for t in targets if t.region_id == region_id), None)
     except CliError:
         chosen = None
     return render(
@@ -186,7 +188,7 @@ def replicate(request: Request, form: FormData) -> Response:
         target_project_id=values["target_project"],
         name=values["name"],
         description=values["description"],
-        idempotency_token=secrets.token_urlsafe(24),
+        idempotency_token=form_request_id(form),
     )
     try:
         job = user.api.coordinator().replicate(wanted)

@@ -25,9 +25,26 @@ def when(stamp: Timestamp) -> str:
     return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
 
 
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def whole_number(text: str, most: int = UINT32_MAX) -> int | None:
+    """A form's or query's whole number from 0 to `most`, else None: ASCII digits only ("²" is
+    a digit to str.isdigit, not to int()), and never a string too long for int()."""
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= most:
+        return int(text)
+    return None
+
+
 def state(enum: Any, value: int) -> str:
-    """BACKUP_STATUS_AVAILABLE -> "available": the word the catalog keys by."""
-    name: str = enum.Name(value)
+    """BACKUP_STATUS_AVAILABLE -> "available": the word the catalog keys by. A value this
+    console does not know (a newer cluster's) reads "unknown", never an error page."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return "unknown"
     for prefix in (
         "BACKUP_STATUS_",
         "REPLICATION_JOB_STATUS_",

@@ -5,7 +5,10 @@ retries and one-line refusals in product words. One channel per process, shared 
 
 Only the coordinator's address comes from the cluster config: the regions, their nodes'
 addresses and the user's projects in each come from the coordinator's catalog (ListRegions),
-asked once per request with the user's token."""
+asked once per request with the user's token (its refusal too: a page whose coordinator does
+not answer waits for one call's deadline, not one per region it shows). Every call of one
+console request carries that request's ID (x-request-id), so one grep of the cluster's logs
+finds what a click caused."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from csbs.auth import bearer
 from csbs.cli.client import CoordinatorClient, Endpoint, RegionClient
 from csbs.cli.errors import CliError
 from csbs.config import ConfigError, resolve_address
+from csbs.request_ids import REQUEST_ID_METADATA, new_request_id
 from csbs.rpc import open_channel
 from csbs.v1 import coordinator_pb2 as cpb
 
@@ -48,9 +52,13 @@ class Gateway:
             raise CliError(f"cannot reach {what}: it has published no address") from None
 
     def as_user(
-        self, token: str, operator_token: str = "", catalog: RegionCatalog | None = None
+        self,
+        token: str,
+        operator_token: str = "",
+        catalog: RegionCatalog | None = None,
+        request_id: str = "",
     ) -> UserApi:
-        return UserApi(self, token, operator_token, catalog)
+        return UserApi(self, token, operator_token, catalog, request_id)
 
     def close(self) -> None:
         with self._lock:
@@ -94,20 +102,30 @@ class UserApi:
         token: str,
         operator_token: str = "",
         catalog: RegionCatalog | None = None,
+        request_id: str = "",
     ) -> None:
         self.gateway = gateway
+        self.request_id = request_id or new_request_id()
         self._catalog = catalog if catalog is not None else RegionCatalog(seconds=0.0)
         self.token = token
         # The operator credential, when the user gave one: only operator calls carry it.
         self.operator_token = operator_token
         self._regions: list[cpb.Region] | None = None
+        self._regions_refused: CliError | None = None
 
     def regions(self) -> list[cpb.Region]:
-        """Every region, with the user's projects there and its node's address (ListRegions)."""
+        """Every region, with the user's projects there and its node's address (ListRegions).
+        Asked once: a refusal is kept too, and raised again to every later caller."""
+        if self._regions_refused is not None:
+            raise self._regions_refused
         if self._regions is None:
             self._regions = self._catalog.get()
         if self._regions is None:
-            self._regions = self.coordinator().list_regions()
+            try:
+                self._regions = self.coordinator().list_regions()
+            except CliError as exc:
+                self._regions_refused = exc
+                raise
             self._catalog.put(self._regions)
         return self._regions
 
@@ -116,12 +134,14 @@ class UserApi:
 
     def _endpoint(self, what: str, address: str) -> Endpoint:
         channel = self.gateway.channel(address)
+        traced = ((REQUEST_ID_METADATA, self.request_id),)
+        operator = (bearer(self.operator_token), *traced) if self.operator_token else traced
         return Endpoint(
             what,
             address,
             channel,
-            (bearer(self.token),),
-            operator_metadata=(bearer(self.operator_token),) if self.operator_token else (),
+            (bearer(self.token), *traced),
+            operator_metadata=operator,
             tls=self.gateway.config.ca_pem is not None,
         )
 

@@ -87,6 +87,21 @@ CATALOG: dict[str, tuple[str, str]] = {
     "backup": ("备份", "Backup"),
     "view_in_target": ("切换到目标区域查看", "See it in the target region"),
     "not_found": ("资源不存在", "Not found"),
+    "operator_only": (
+        "仅运维人员可用：登录时请提供运维凭据。",
+        "operator only: log in with the operator credential.",
+    ),
+    "console_unreachable": (
+        "管理控制台未响应，请稍后重试。",
+        "The console did not answer; try again.",
+    ),
+    "description_count": ("已输入字符数", "characters"),
+    "not_listed": ("（未列出）", "(not listed)"),
+    "form_incomplete": (
+        "无法读取表单所需信息，暂不能提交：",
+        "The form could not be filled in, so it cannot be sent:",
+    ),
+    "status.unknown": ("未知", "unknown"),
     "csrf": ("请求已被拒绝：表单已过期，请刷新页面。", "Refused: the form has expired, reload."),
     # policies (the page's other two ways: M2, M3)
     "tab.policies": ("备份策略", "Policies"),

@@ -11,13 +11,13 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
+from console import formats, i18n
 from console.gateway import CliError
-from console.web import User, posted, redirect, render, user_of
-from csbs.cli.operator_client import FaultClient, OutageClient
+from console.web import User, form_number, language, posted, redirect, render, user_of
+from csbs.cli.operator_client import FaultClient, RegionAdminClient
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
 from csbs.v1 import region_node_pb2 as pb
-from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
 
 COORDINATOR = "coordinator"
 
@@ -31,7 +31,8 @@ class RegionRow:
 def _operator(request: Request) -> User | Response:
     user = user_of(request)
     if not user.session.operator_token:
-        return render(request, "message.html", user, status_code=403, message="operator only")
+        refused = i18n.translate(language(request), "operator_only")
+        return render(request, "message.html", user, status_code=403, message=refused)
     return user
 
 
@@ -49,7 +50,8 @@ def operator_page(request: Request) -> Response:
     rows: list[RegionRow] = []
     for region in user.api.regions():
         try:
-            outage: pb.RegionOutage | None = OutageClient(user.api.endpoint(region.region_id)).get()
+            admin = RegionAdminClient(user.api.endpoint(region.region_id))
+            outage: pb.RegionOutage | None = admin.outage()
         except CliError as exc:
             outage = None
             errors.append(exc.message)
@@ -81,32 +83,23 @@ def operator_page(request: Request) -> Response:
     )
 
 
-def _number(form: FormData, key: str) -> int:
-    text = str(form.get(key) or "").strip()
-    return int(text) if text.isdigit() else 0
-
-
 def _act(form: FormData, user: User, action: str, target: str) -> None:
     """One operator action, by the form's `action` field."""
     coordinator = user.api.coordinator()
     if action == "capability":
-        endpoint = user.api.endpoint(target)
-        request = pb.SetReplicationCapabilityRequest(
-            accepts_replication=form.get("accepts") == "yes"
-        )
-        admin = RegionNodeAdminStub(endpoint.channel)
-        endpoint.unary(admin.SetReplicationCapability, request, operator=True, retry=True)
+        admin = RegionAdminClient(user.api.endpoint(target))
+        admin.set_replication_capability(form.get("accepts") == "yes")
     elif action == "outage":
         out = form.get("out") == "yes"
         reason = str(form.get("reason") or "") if out else ""
-        OutageClient(user.api.endpoint(target)).set(out, reason)
+        RegionAdminClient(user.api.endpoint(target)).set_outage(out, reason)
     elif action == "link":
         coordinator.set_link(
             cpb.Link(
                 source_region_id=str(form.get("source") or ""),
                 target_region_id=str(form.get("target") or ""),
-                bandwidth_bytes_per_second=_number(form, "bandwidth"),
-                latency_ms=_number(form, "latency_ms"),
+                bandwidth_bytes_per_second=form_number(form, "bandwidth", formats.UINT64_MAX),
+                latency_ms=form_number(form, "latency_ms"),
                 cut=form.get("cut") == "on",
             )
         )
@@ -117,15 +110,17 @@ def _act(form: FormData, user: User, action: str, target: str) -> None:
         rule = fpb.FaultRule(
             method=str(form.get("method") or ""),
             code=str(form.get("code") or ""),
-            count=_number(form, "count"),
-            delay_ms=_number(form, "delay_ms"),
+            count=form_number(form, "count"),
+            delay_ms=form_number(form, "delay_ms"),
         )
         _faults(user, target).add(rule)
     elif action == "clear_fault":
         process, _, rule_id = target.partition(":")
         _faults(user, process).clear(rule_id)
     elif action == "advance":
-        coordinator.advance_clock(cpb.AdvanceClockRequest(by_seconds=_number(form, "seconds")))
+        coordinator.advance_clock(
+            cpb.AdvanceClockRequest(by_seconds=form_number(form, "seconds", formats.UINT64_MAX))
+        )
     else:
         raise CliError(f"unknown operator action {action!r}")
 

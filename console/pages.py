@@ -105,5 +105,9 @@ def switch_language(request: Request, form: FormData) -> Response:
 
 
 def _local(url: str) -> str:
-    """Only a path of this console: never a redirect elsewhere."""
-    return url if url.startswith("/") and not url.startswith("//") else "/backups"
+    """Only a path of this console (its query kept): never a redirect elsewhere. Browsers read a
+    backslash as a slash, so "/\\evil.example" is another site's address too."""
+    local = url.startswith("/") and not url.startswith("//")
+    if not local or "\\" in url or any(ord(c) < 0x20 for c in url):
+        return "/backups"
+    return url

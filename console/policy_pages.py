@@ -4,7 +4,6 @@ backed up, replicated, skipped or failed, and why)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from starlette.datastructures import FormData
@@ -12,7 +11,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from console.gateway import CliError
-from console.web import User, current_project, posted, redirect, region_info, render, user_of
+from console.web import (
+    User,
+    current_project,
+    form_number,
+    form_request_id,
+    posted,
+    redirect,
+    region_info,
+    render,
+    user_of,
+)
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb
 
@@ -51,19 +60,37 @@ def policy_detail(request: Request) -> Response:
 
 
 def _form_context(user: User, policy: cpb.Policy) -> dict[str, Any]:
-    """What the form offers: the project's ECS servers, and the regions that accept
-    replication (R5) with the user's projects there (P3)."""
-    info = region_info(user)
-    project_id = policy.project_id or current_project(info, user.project_id)
+    """What the form offers: the project's ECS servers in the policy's own region (not the one
+    the switcher shows), every server the policy holds even if no longer listed, and the regions
+    that accept replication from there (R5) with the user's projects in each (P3). A list that
+    cannot be read is said and the form cannot be sent: sent without its servers or its
+    targets, it would take them out of the policy."""
+    region_id = policy.region_id or user.region_id
+    project_id = policy.project_id
+    if not project_id:
+        chosen = user.project_id if region_id == user.region_id else ""
+        project_id = current_project(region_info(user, region_id), chosen)
     servers: list[pb.Server] = []
     targets: list[cpb.ReplicationTarget] = []
+    refusals: list[str] = []
     try:
-        servers = user.api.region(user.region_id).list_servers(project_id)
-        targets = user.api.coordinator().list_targets(user.region_id)
-    except CliError:
-        pass
+        servers = user.api.region(region_id).list_servers(project_id)
+    except CliError as exc:
+        refusals.append(exc.message)
+    try:
+        targets = user.api.coordinator().list_targets(region_id)
+    except CliError as exc:
+        refusals.append(exc.message)
     ecs = [s for s in servers if s.server_type in (0, 1)]  # unspecified reads as ECS
-    return {"info": info, "project_id": project_id, "servers": ecs, "targets": targets}
+    listed = {s.server_id for s in ecs}
+    held = [pb.Server(server_id=s) for s in policy.server_ids if s not in listed]
+    return {
+        "policy_region": region_id,
+        "policy_project": project_id,
+        "servers": ecs + held,
+        "targets": targets,
+        "load_error": "; ".join(refusals),
+    }
 
 
 def new_policy(request: Request) -> Response:
@@ -87,14 +114,17 @@ def edit_policy(request: Request) -> Response:
     return render(request, "policy_form.html", user, policy=policy, error="", **context)
 
 
-def _number(form: FormData, key: str) -> int:
-    text = str(form.get(key) or "").strip()
-    return int(text) if text.isdigit() else 0
+def _policy_of(
+    form: FormData, region_id: str, project_id: str, lenient: bool = False
+) -> cpb.Policy:
+    """The policy as the form gives it. `lenient`: a number that is not one reads 0 (to show
+    the form again), instead of being refused naming its field."""
 
+    def number(key: str) -> int:
+        return form_number(form, key, lenient=lenient)
 
-def _policy_of(form: FormData, user: User, project_id: str) -> cpb.Policy:
     policy = cpb.Policy(
-        region_id=user.region_id,
+        region_id=region_id,
         project_id=project_id,
         name=str(form.get("name") or ""),
         description=str(form.get("description") or ""),
@@ -107,9 +137,9 @@ def _policy_of(form: FormData, user: User, project_id: str) -> cpb.Policy:
     )
     retention = str(form.get("retention") or "")
     if retention == "count":
-        policy.retention.keep_count = _number(form, "retention_value")
+        policy.retention.keep_count = number("retention_value")
     elif retention == "days":
-        policy.retention.keep_days = _number(form, "retention_value")
+        policy.retention.keep_days = number("retention_value")
     else:
         policy.retention.SetInParent()  # keep forever
     if form.get("replication_enabled") == "on":
@@ -122,27 +152,31 @@ def _policy_of(form: FormData, user: User, project_id: str) -> cpb.Policy:
                     rrule=str(form.get("replication_rrule") or ""),
                     timezone=str(form.get("backup_timezone") or ""),
                 ),
-                replica_keep_count=_number(form, "replica_keep_count"),
+                replica_keep_count=number("replica_keep_count"),
             )
         )
     return policy
 
 
 def _save(form: FormData, user: User, policy_id: str) -> cpb.Policy:
-    """Creates a policy (no ID) or changes one: its fields, then its servers."""
+    """Creates a policy (no ID: in the switcher's region and project, once for the form's
+    request ID however often it is sent) or changes one, in its own region: its fields, then
+    its servers. Only the servers the form showed can be taken out: one added since, or not
+    shown, stays."""
     coordinator = user.api.coordinator()
     if not policy_id:
         project_id = current_project(region_info(user), user.project_id)
-        wanted = _policy_of(form, user, project_id)
-        create = cpb.CreatePolicyRequest(policy=wanted, request_id=secrets.token_urlsafe(24))
+        wanted = _policy_of(form, user.region_id, project_id)
+        create = cpb.CreatePolicyRequest(policy=wanted, request_id=form_request_id(form))
         return coordinator.create_policy(create)
     old = coordinator.get_policy(policy_id)
-    wanted = _policy_of(form, user, old.project_id)
+    wanted = _policy_of(form, old.region_id, old.project_id)
     wanted.policy_id = policy_id
+    shown = {str(s) for s in form.getlist("shown_server_ids")}
     # Replication absent from the form: the policy replicates no more.
     updated = coordinator.update_policy(wanted, EDITABLE)
     added = [s for s in wanted.server_ids if s not in old.server_ids]
-    removed = [s for s in old.server_ids if s not in wanted.server_ids]
+    removed = [s for s in old.server_ids if s in shown and s not in wanted.server_ids]
     if added:
         updated = coordinator.add_policy_servers(policy_id, added)
     if removed:
@@ -157,8 +191,11 @@ def save_policy(request: Request, form: FormData) -> Response:
     try:
         saved = _save(form, user, policy_id)
     except CliError as exc:
-        project_id = current_project(region_info(user), user.project_id)
-        shown = _policy_of(form, user, project_id)
+        region_id, project_id = user.region_id, user.project_id
+        if policy_id:
+            region_id = str(form.get("policy_region") or region_id)
+            project_id = str(form.get("policy_project") or project_id)
+        shown = _policy_of(form, region_id, project_id, lenient=True)
         shown.policy_id = policy_id
         context = _form_context(user, shown)
         return render(request, "policy_form.html", user, policy=shown, error=exc.message, **context)

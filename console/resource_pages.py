@@ -5,14 +5,22 @@ bytes streamed from its node, so that the user sees the copy is byte-identical t
 from __future__ import annotations
 
 import hashlib
-import secrets
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
 from console.gateway import CliError
-from console.web import User, current_project, posted, redirect, region_info, render, user_of
+from console.web import (
+    User,
+    current_project,
+    form_request_id,
+    posted,
+    redirect,
+    region_info,
+    render,
+    user_of,
+)
 from csbs.v1 import region_node_pb2 as pb
 
 BUSY_SERVER = (pb.SERVER_STATUS_CREATING, pb.SERVER_STATUS_RESTORING, pb.SERVER_STATUS_DELETING)
@@ -46,7 +54,7 @@ def create_image(request: Request, form: FormData) -> Response:
         project_id=_project(user),
         backup_id=backup_id,
         name=name,
-        request_id=secrets.token_urlsafe(24),
+        request_id=form_request_id(form),
     )
     try:
         image = user.api.region(user.region_id).create_image(create)
@@ -104,7 +112,7 @@ def create_server(request: Request, form: FormData) -> Response:
         project_id=_project(user),
         name=name,
         image_id=image_id,
-        request_id=secrets.token_urlsafe(24),
+        request_id=form_request_id(form),
     )
     try:
         server = user.api.region(user.region_id).create_server(create)

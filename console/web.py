@@ -16,13 +16,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from console import i18n
+from console import formats, i18n
 from console.gateway import CliError, Gateway, UserApi
 from console.sessions import COOKIE, Session, SessionStore
+from csbs.request_ids import accepted
 from csbs.v1 import coordinator_pb2 as cpb
 
 CSRF_FIELD = "csrf_token"
+# Every form that creates something carries a request ID made when it was rendered: sent twice
+# (a double click, a reload of the answer), it still creates once.
+REQUEST_ID_FIELD = "request_id"
 CSRF_HEADER = "x-csrf-token"
+# The forms a visitor posts before signing in; every other form needs a signed-in session.
+SIGNED_OUT_FORMS = ("/login", "/language")
 
 
 class LoginRequired(Exception):
@@ -51,6 +57,11 @@ def session_of(request: Request) -> Session | None:
     return console_of(request).sessions.get(request.cookies.get(COOKIE))
 
 
+def request_id_of(request: Request) -> str:
+    """This console request's ID (set by the app's middleware; every gRPC call carries it)."""
+    return str(request.scope.get("csbs_request_id", ""))
+
+
 @dataclass
 class User:
     """The signed-in user of one request: their session and the API with their token."""
@@ -73,7 +84,9 @@ def user_of(request: Request) -> User:
     if session is None or not session.signed_in:
         raise LoginRequired
     gateway = console_of(request).gateway
-    api = gateway.as_user(session.token, session.operator_token, session.catalog)
+    api = gateway.as_user(
+        session.token, session.operator_token, session.catalog, request_id_of(request)
+    )
     if not session.region_id:
         try:
             regions = api.regions()
@@ -85,11 +98,14 @@ def user_of(request: Request) -> User:
 
 async def checked_form(request: Request) -> FormData:
     """The posted form, once its CSRF token matches the session's (from the form field or the
-    header htmx sends); anything else is 403 and nothing is done."""
+    header htmx sends); a wrong or missing token is 403 and nothing is done. A visitor whose
+    session has ended (idle, logged out, console restarted) is sent to log in, not refused."""
     form = await request.form()
     session = session_of(request)
+    if session is None or not (session.signed_in or request.url.path in SIGNED_OUT_FORMS):
+        raise LoginRequired
     given = str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or "")
-    if session is None or not session.csrf_ok(given):
+    if not session.csrf_ok(given):
         raise HTTPException(403, i18n.translate(language(request), "csrf"))
     session.catalog.clear()  # the catalog as it is now, for what the form does
     return form
@@ -108,6 +124,27 @@ def posted(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
         return await run_in_threadpool(handler, request, form)
 
     return endpoint
+
+
+def form_number(
+    form: FormData, key: str, most: int = formats.UINT32_MAX, lenient: bool = False
+) -> int:
+    """A number field of a form: empty is 0; anything but a whole number from 0 to `most` is
+    refused, naming the field (or 0 when `lenient`: to show the form again as it was)."""
+    text = str(form.get(key) or "").strip()
+    if not text:
+        return 0
+    number = formats.whole_number(text, most)
+    if number is None:
+        if lenient:
+            return 0
+        raise CliError(f"{key}: expected a whole number from 0 to {most}, got {text[:40]!r}")
+    return number
+
+
+def form_request_id(form: FormData) -> str:
+    """The request ID the form was rendered with; a new one if it carries none (or an odd one)."""
+    return accepted(str(form.get(REQUEST_ID_FIELD) or ""))
 
 
 def set_session_cookie(response: Response, session: Session) -> None:

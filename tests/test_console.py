@@ -18,7 +18,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -27,14 +26,25 @@ from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select
 
 from console.backup_pages import PAGE_SIZE
-from console.process import ConsoleProcess, console_process
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
 from csbs.v1 import region_node_pb2 as pb
-from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
+from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
 from csbs.v1.faults_pb2_grpc import FaultInjectionStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
-from tests.browser import Page, chromium
+from tests.browser import Page
+from tests.console_world import (
+    DIALOG_WORDS,
+    DISKS_MIB,
+    P1_MESSAGE,
+    SOURCE,
+    TARGET,
+    TARGET_DR,
+    TARGET_MAIN,
+    World,
+    open_dialog,
+    world_in,
+)
 from tests.harness import (
     ACCOUNT_TOKENS,
     DEFAULT_ACCOUNT,
@@ -45,86 +55,15 @@ from tests.harness import (
     Cluster,
     write_cluster_config,
 )
-from tests.node_helpers import MIB, backup, disk_sha256, make_server, node, seeded_bytes, write
+from tests.node_helpers import backup, node
 from tests.replication_helpers import replicated
 
 pytestmark = pytest.mark.timeout(240)
 
-SOURCE = "cn-north-4"
-TARGET = "cn-east-3"
-TARGET_MAIN = "cn-east-3_default"
-TARGET_DR = "cn-east-3_dr"
-DISKS_MIB = [8, 4]
-# Slow enough that the job's progress is seen live for a moment, fast enough to keep it short.
-LINK_BYTES_PER_SECOND = 6 * MIB
-# The product page's own words in the dialog (Table 1).
-DIALOG_WORDS = {
-    "zh": ["创建复制", "名称", "描述", "目标区域", "确定"],
-    "en": ["Create Replication", "Name", "Description", "Target Region", "OK"],
-}
-P1_MESSAGE = {
-    "zh": "只能由中文字符、英文字母、数字、下划线、中划线组成",
-    "en": "Only Chinese characters, English letters, digits",
-}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A backup of a server made for one test, and its disks' SHA-256."""
-
-    server_id: str
-    backup_id: str
-    sha256: tuple[str, ...]
-
-
-@dataclass
-class World:
-    cluster: Cluster
-    console: ConsoleProcess
-    page: Page
-
-    def source(self, seed: int, account: str = DEFAULT_ACCOUNT) -> Source:
-        stub = node(self.cluster.channel(SOURCE, account))
-        server = make_server(stub, DISKS_MIB, name=f"console-source-{seed}")
-        for index, size in enumerate(DISKS_MIB):
-            write(stub, server.server_id, index, 0, seeded_bytes(seed * 10 + index, size * MIB))
-        taken = backup(stub, server.server_id)
-        hashes = tuple(disk_sha256(stub, server.server_id, i) for i in range(len(DISKS_MIB)))
-        return Source(server.server_id, taken.backup_id, hashes)
-
-    def log_in(self, account: str, lang: str, operator_token: str = "") -> None:
-        page = self.page
-        page.driver.delete_all_cookies()
-        page.open("/login")
-        page.find(f"#lang-{lang}").click()  # a no-op click on the language already shown
-        page.until(lambda: (page.find("html").get_attribute("lang") or "").startswith(lang[:2]))
-        page.find("#token").send_keys(ACCOUNT_TOKENS[account])
-        if operator_token:
-            page.find("#operator-token").send_keys(operator_token)
-        page.find("#login").click()
-        page.until(lambda: page.path.startswith("/backups"), why="the Backups tab after login")
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("console")
-    with Cluster(write_cluster_config(tmp / "cluster")) as cluster:
-        cluster.start(coordinator=True)
-        admin = CoordinatorAdminStub(cluster.coordinator_channel())
-        link = cpb.Link(
-            source_region_id=SOURCE,
-            target_region_id=TARGET,
-            bandwidth_bytes_per_second=LINK_BYTES_PER_SECOND,
-        )
-        admin.SetLink(cpb.SetLinkRequest(link=link), timeout=10)
-        console = console_process(cluster.config, ConsoleProcess)
-        console.start()
-        try:
-            console.wait_ready()
-            with chromium(tmp / "profile") as driver:
-                yield World(cluster, console, Page(driver, console.url, tmp / "screenshots"))
-        finally:
-            console.stop()
+    yield from world_in(tmp_path_factory.mktemp("console"))
 
 
 def _step(page: Page, lang: str, number: int, name: str) -> None:
@@ -366,7 +305,7 @@ def test_operator_pages_switch_r5_capability_set_a_link_and_add_a_fault_rule(wor
     world.log_in(DEFAULT_ACCOUNT, "en")
     assert not page.all("#tab-operator")
     page.open("/operator")
-    assert page.find("#message").text == "operator only"
+    assert page.find("#message").text == "operator only: log in with the operator credential."
     # A wrong operator credential does not sign in.
     page.open("/login")
     page.find("#token").send_keys(ACCOUNT_TOKENS[DEFAULT_ACCOUNT])
@@ -418,13 +357,6 @@ def test_operator_pages_switch_r5_capability_set_a_link_and_add_a_fault_rule(wor
     page.until(lambda: not page.all(f"tr.op-fault[data-rule-id='{rule_id}']"))
 
 
-def _open_dialog(page: Page, backup_id: str) -> None:
-    row = page.find(f"tr.backup[data-backup-id='{backup_id}']")
-    row.find_element("css selector", "summary.more-button").click()
-    row.find_element("css selector", "button.create-replication").click()
-    page.find("#replicate-dialog")
-
-
 def test_a_failed_job_shows_its_failure_reason(world: World) -> None:
     source = world.source(8)
     page = world.page
@@ -432,15 +364,19 @@ def test_a_failed_job_shows_its_failure_reason(world: World) -> None:
     rule = fpb.FaultRule(
         method="*/CreateReplica", code="FAILED_PRECONDITION", message="disk on fire", count=1
     )
-    FaultInjectionStub(world.cluster.channel(TARGET)).AddFaultRule(rule, timeout=10)
-    world.log_in(DEFAULT_ACCOUNT, "en")
-    _open_dialog(page, source.backup_id)
-    page.find("#replicate-ok").click()
-    page.until(
-        lambda: page.find("#job-progress").get_attribute("data-status") == "failed",
-        why="the job to fail",
-    )
-    assert "disk on fire" in page.find("#job-failure").text
+    faults = FaultInjectionStub(world.cluster.channel(TARGET))
+    faults.AddFaultRule(rule, timeout=10)
+    try:
+        world.log_in(DEFAULT_ACCOUNT, "en")
+        open_dialog(page, source.backup_id)
+        page.find("#replicate-ok").click()
+        page.until(
+            lambda: page.find("#job-progress").get_attribute("data-status") == "failed",
+            why="the job to fail",
+        )
+        assert "disk on fire" in page.find("#job-failure").text
+    finally:  # spent by the job; cleared if the test ended before it was
+        faults.ClearFaultRules(fpb.ClearFaultRulesRequest(), timeout=10)
     page.shot("job-failed")
 
 
@@ -456,7 +392,7 @@ def test_second_account_never_sees_the_first_accounts_resources(world: World) ->
     # A region where the account has one project: picking the region is enough (P3).
     own = world.source(9, SECOND_ACCOUNT)
     page.open("/backups")
-    _open_dialog(page, own.backup_id)
+    open_dialog(page, own.backup_id)
     assert not page.all("#target-project")
     hidden = page.find("#target-project-field input[name=target_project]")
     assert hidden.get_attribute("value") == f"{TARGET}_acme"

@@ -41,20 +41,21 @@ class FaultClient:
         return answer.cleared
 
 
-class OutageClient:
-    """A region's outage, on its node's admin service."""
+class RegionAdminClient:
+    """A region's own operator controls, on its node's admin service: its outage and whether it
+    accepts replication (R5)."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._stub = RegionNodeAdminStub(endpoint.channel)
 
-    def get(self) -> pb.RegionOutage:
+    def outage(self) -> pb.RegionOutage:
         outage: pb.RegionOutage = self.endpoint.unary(
             self._stub.GetRegionOutage, pb.GetRegionOutageRequest(), operator=True, retry=True
         )
         return outage
 
-    def set(self, out: bool, reason: str = "") -> pb.RegionOutage:
+    def set_outage(self, out: bool, reason: str = "") -> pb.RegionOutage:
         # Idempotent: the same state again changes nothing.
         outage: pb.RegionOutage = self.endpoint.unary(
             self._stub.SetRegionOutage,
@@ -63,3 +64,8 @@ class OutageClient:
             retry=True,
         )
         return outage
+
+    def set_replication_capability(self, accepts: bool) -> None:
+        """R5: whether the region accepts replication. Idempotent, so retried."""
+        request = pb.SetReplicationCapabilityRequest(accepts_replication=accepts)
+        self.endpoint.unary(self._stub.SetReplicationCapability, request, operator=True, retry=True)

@@ -11,7 +11,7 @@ import typer
 from csbs.cli.commands import command
 from csbs.cli.context import Session
 from csbs.cli.errors import UsageError
-from csbs.cli.operator_client import OutageClient
+from csbs.cli.operator_client import RegionAdminClient
 from csbs.cli.output import Printer, size, when
 from csbs.cli.server import parse_bytes
 from csbs.v1 import common_pb2
@@ -102,8 +102,8 @@ def outage(
         raise UsageError("give --out or --back, not both")
     if reason and not out:
         raise UsageError("--reason goes with --out")
-    outages = OutageClient(session.region(region_id).endpoint)
-    state = outages.get() if not (out or back) else outages.set(out, reason)
+    admin = RegionAdminClient(session.region(region_id).endpoint)
+    state = admin.outage() if not (out or back) else admin.set_outage(out, reason)
     session.out.show(state, lambda: print_outage(session.out, state))
     if state.out and not session.out.json:
         session.out.hint(f"Bring it back with: csbs region outage {region_id} --back")
