@@ -111,6 +111,7 @@ def _dialog(
     target_region: str = "",
     target_project: str = "",
     error: str = "",
+    request_id: str = "",
 ) -> Response:
     try:
         targets = _targets(user)
@@ -132,6 +133,7 @@ def _dialog(
         chosen=chosen,
         target_project=target_project,
         error=error,
+        request_id=request_id,
     )
 
 
@@ -193,7 +195,10 @@ def replicate(request: Request, form: FormData) -> Response:
     try:
         job = user.api.coordinator().replicate(wanted)
     except CliError as exc:
-        return _dialog(request, user, backup_id, error=exc.message, **values)
+        # Shown again with the same request ID: sent again, a replication the cluster made
+        # although its answer was lost (a deadline) is answered, not made twice.
+        request_id = wanted.idempotency_token
+        return _dialog(request, user, backup_id, error=exc.message, request_id=request_id, **values)
     return redirect(request, f"/jobs/{job.job_id}")
 
 

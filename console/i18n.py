@@ -96,6 +96,7 @@ CATALOG: dict[str, tuple[str, str]] = {
         "The console did not answer; try again.",
     ),
     "description_count": ("已输入字符数", "characters"),
+    "no_longer_accepts": ("已不具备复制能力", "no longer accepts replication"),
     "not_listed": ("（未列出）", "(not listed)"),
     "form_incomplete": (
         "无法读取表单所需信息，暂不能提交：",
@@ -201,6 +202,8 @@ def language_of(value: str | None) -> str:
 
 def translate(lang: str, key: str) -> str:
     words = CATALOG.get(key)
+    if words is None and key.endswith(".unknown"):  # a value this console does not know
+        words = CATALOG["status.unknown"]
     if words is None:
         return key
     return words[0] if lang == "zh" else words[1]

@@ -4,6 +4,7 @@ backed up, replicated, skipped or failed, and why)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import FormData
@@ -59,10 +60,14 @@ def policy_detail(request: Request) -> Response:
     return render(request, template, user, policy=policy, runs=runs[:50], busy=busy)
 
 
-def _form_context(user: User, policy: cpb.Policy) -> dict[str, Any]:
+def _form_context(
+    user: User, policy: cpb.Policy, held: Sequence[str] | None = None
+) -> dict[str, Any]:
     """What the form offers: the project's ECS servers in the policy's own region (not the one
-    the switcher shows), every server the policy holds even if no longer listed, and the regions
-    that accept replication from there (R5) with the user's projects in each (P3). A list that
+    the switcher shows), every server the policy holds (`held`: as stored) even if no longer
+    listed, and the regions that accept replication from there (R5) with the user's projects
+    in each (P3), and the policy's own target even if it no longer accepts replication or does
+    not answer: an unrelated edit never moves a policy's replication elsewhere. A list that
     cannot be read is said and the form cannot be sent: sent without its servers or its
     targets, it would take them out of the policy."""
     region_id = policy.region_id or user.region_id
@@ -83,12 +88,26 @@ def _form_context(user: User, policy: cpb.Policy) -> dict[str, Any]:
         refusals.append(exc.message)
     ecs = [s for s in servers if s.server_type in (0, 1)]  # unspecified reads as ECS
     listed = {s.server_id for s in ecs}
-    held = [pb.Server(server_id=s) for s in policy.server_ids if s not in listed]
+    unlisted = [pb.Server(server_id=s) for s in (held or policy.server_ids) if s not in listed]
+    current = policy.replication.target_region_id if policy.replication.enabled else ""
+    not_offered = ""  # the policy's target, no longer among the regions accepting replication
+    if current and not any(t.region_id == current for t in targets):
+        there = region_info(user, current)
+        targets.append(
+            cpb.ReplicationTarget(
+                region_id=current,
+                display_name=there.display_name if there else "",
+                projects=there.projects if there else [],
+            )
+        )
+        not_offered = current
     return {
         "policy_region": region_id,
         "policy_project": project_id,
-        "servers": ecs + held,
+        "servers": ecs + unlisted,
         "targets": targets,
+        "current_target": current,
+        "target_not_offered": not_offered,
         "load_error": "; ".join(refusals),
     }
 
@@ -159,14 +178,14 @@ def _policy_of(
 
 
 def _save(form: FormData, user: User, policy_id: str) -> cpb.Policy:
-    """Creates a policy (no ID: in the switcher's region and project, once for the form's
-    request ID however often it is sent) or changes one, in its own region: its fields, then
-    its servers. Only the servers the form showed can be taken out: one added since, or not
-    shown, stays."""
+    """Creates a policy (no ID: in the region and project the form showed, whatever the
+    switcher shows now, once for the form's request ID however often it is sent) or changes
+    one, in its own region: its fields, then its servers. Only the servers the form showed can
+    be taken out: one added since, or not shown, stays."""
     coordinator = user.api.coordinator()
     if not policy_id:
-        project_id = current_project(region_info(user), user.project_id)
-        wanted = _policy_of(form, user.region_id, project_id)
+        region_id, project_id = _shown_place(form, user)
+        wanted = _policy_of(form, region_id, project_id)
         create = cpb.CreatePolicyRequest(policy=wanted, request_id=form_request_id(form))
         return coordinator.create_policy(create)
     old = coordinator.get_policy(policy_id)
@@ -184,6 +203,15 @@ def _save(form: FormData, user: User, policy_id: str) -> cpb.Policy:
     return updated
 
 
+def _shown_place(form: FormData, user: User) -> tuple[str, str]:
+    """The region and project a new policy's form showed (one of the user's regions), else the
+    switcher's."""
+    region_id = str(form.get("policy_region") or "")
+    if region_id not in {r.region_id for r in user.api.regions()}:
+        return user.region_id, current_project(region_info(user), user.project_id)
+    return region_id, str(form.get("policy_project") or "")
+
+
 @posted
 def save_policy(request: Request, form: FormData) -> Response:
     user = user_of(request)
@@ -191,14 +219,26 @@ def save_policy(request: Request, form: FormData) -> Response:
     try:
         saved = _save(form, user, policy_id)
     except CliError as exc:
-        region_id, project_id = user.region_id, user.project_id
+        held: list[str] | None = None
+        region_id, project_id = _shown_place(form, user)
         if policy_id:
-            region_id = str(form.get("policy_region") or region_id)
-            project_id = str(form.get("policy_project") or project_id)
+            try:
+                old = user.api.coordinator().get_policy(policy_id)
+                region_id, project_id, held = old.region_id, old.project_id, list(old.server_ids)
+            except CliError:
+                pass
         shown = _policy_of(form, region_id, project_id, lenient=True)
         shown.policy_id = policy_id
-        context = _form_context(user, shown)
-        return render(request, "policy_form.html", user, policy=shown, error=exc.message, **context)
+        context = _form_context(user, shown, held)
+        return render(
+            request,
+            "policy_form.html",
+            user,
+            policy=shown,
+            error=exc.message,
+            request_id=form_request_id(form),
+            **context,
+        )
     return redirect(request, f"/policies/{saved.policy_id}")
 
 

@@ -68,6 +68,7 @@ def create_image(request: Request, form: FormData) -> Response:
             action=f"/backups/{backup_id}/image",
             name=name,
             error=exc.message,
+            request_id=create.request_id,
         )
     return redirect(request, f"/images#{image.image_id}")
 
@@ -126,6 +127,7 @@ def create_server(request: Request, form: FormData) -> Response:
             action=f"/images/{image_id}/server",
             name=name,
             error=exc.message,
+            request_id=create.request_id,
         )
     return redirect(request, f"/servers/{server.server_id}")
 

@@ -4,12 +4,14 @@ CSRF token, which every form carries and every POST is checked against. A sessio
 after it has been idle for IDLE_SECONDS, and on logout; signing in gives a new session ID.
 
 A session not signed in (the login page's) costs nothing to make, so those are bounded: idle
-for SIGNED_OUT_IDLE_SECONDS they are dropped, and past MAX_SIGNED_OUT the oldest goes, so a
+for SIGNED_OUT_IDLE_SECONDS they are dropped, and past MAX_SIGNED_OUT the one least recently
+seen goes, so a
 visitor who asks for the login page a million times cannot fill the console's memory. Signed-in
 sessions are bounded by the tokens the cluster issued."""
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import secrets
 import threading
@@ -59,7 +61,7 @@ class SessionStore:
         signed_out_idle_seconds: float = SIGNED_OUT_IDLE_SECONDS,
         max_signed_out: int = MAX_SIGNED_OUT,
     ) -> None:
-        self._sessions: dict[str, Session] = {}  # in the order made: the oldest first
+        self._sessions: dict[str, Session] = {}
         self._idle = idle_seconds
         self._signed_out_idle = signed_out_idle_seconds
         self._max_signed_out = max_signed_out
@@ -91,9 +93,11 @@ class SessionStore:
         session = Session(session_id=_new_id(), csrf_token=_new_id())
         with self._lock:
             self._drop_idle()
-            signed_out = [s.session_id for s in self._sessions.values() if not s.signed_in]
-            for session_id in signed_out[: max(0, len(signed_out) - self._max_signed_out + 1)]:
-                del self._sessions[session_id]
+            signed_out = [s for s in self._sessions.values() if not s.signed_in]
+            over = len(signed_out) - self._max_signed_out + 1
+            if over > 0:  # the least recently seen go first
+                for gone in heapq.nsmallest(over, signed_out, key=lambda s: s.last_seen):
+                    del self._sessions[gone.session_id]
             self._sessions[session.session_id] = session
         return session
 

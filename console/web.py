@@ -19,7 +19,9 @@ from starlette.templating import Jinja2Templates
 from console import formats, i18n
 from console.gateway import CliError, Gateway, UserApi
 from console.sessions import COOKIE, Session, SessionStore
-from csbs.request_ids import accepted
+from csbs.errors import CsbsError
+from csbs.names import validate_request_id
+from csbs.request_ids import new_request_id
 from csbs.v1 import coordinator_pb2 as cpb
 
 CSRF_FIELD = "csrf_token"
@@ -143,8 +145,13 @@ def form_number(
 
 
 def form_request_id(form: FormData) -> str:
-    """The request ID the form was rendered with; a new one if it carries none (or an odd one)."""
-    return accepted(str(form.get(REQUEST_ID_FIELD) or ""))
+    """The request ID the form was rendered with; a new one if it carries none, or one the
+    cluster would not take as an idempotency key (1-64 of A-Z, a-z, 0-9, '_', '-')."""
+    sent = str(form.get(REQUEST_ID_FIELD) or "")
+    try:
+        return validate_request_id(sent) or new_request_id()
+    except CsbsError:
+        return new_request_id()
 
 
 def set_session_cookie(response: Response, session: Session) -> None:

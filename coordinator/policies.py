@@ -44,6 +44,7 @@ from coordinator.replication import ReplicationService
 from coordinator.store import Store
 from csbs.clients import RegionNodes
 from csbs.errors import (
+    CsbsError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -97,6 +98,7 @@ class PolicyService:
             made = self._policies.request(request_key)
             if made is not None:
                 return self._same_request(account_id, policy, request_id, *made)
+        asked = policy
         now = self._clock.now()
         policy = replace(
             policy,
@@ -105,8 +107,16 @@ class PolicyService:
             updated_at=now,
             account_id=account_id,
         )
-        policy = check_definition(self._nodes, policy)
-        check_servers(self._nodes, policy, policy.server_ids)
+        try:
+            policy = check_definition(self._nodes, policy)
+            check_servers(self._nodes, policy, policy.server_ids)
+        except CsbsError:
+            # The same request, made meanwhile by a call that raced this one, has taken its
+            # servers: the answer is that policy, as for any later retry.
+            made = self._policies.request(request_key) if request_id else None
+            if made is None:
+                raise
+            return self._same_request(account_id, asked, request_id, *made)
         times = schedule_times(policy, now)
         with self._policies.transaction() as conn:
             # Asked again in the write transaction: the same request sent twice at once (a
@@ -121,7 +131,7 @@ class PolicyService:
                     json.dumps(request_parameters(policy)),
                 )
         if made is not None:
-            return self._same_request(account_id, policy, request_id, *made)
+            return self._same_request(account_id, asked, request_id, *made)
         self._scheduler.wake()
         return self._load(policy.policy_id)
 

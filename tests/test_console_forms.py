@@ -25,8 +25,10 @@ from console.gateway import CATALOG_SECONDS
 from console.sessions import COOKIE
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
+from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorStub
 from csbs.v1.faults_pb2_grpc import FaultInjectionStub
+from csbs.v1.region_node_pb2_grpc import RegionNodeAdminStub
 from tests.console_world import SOURCE, TARGET, TARGET_DR, World, open_dialog, world_in
 from tests.harness import DEFAULT_ACCOUNT, OPERATOR_TOKEN
 
@@ -178,6 +180,36 @@ def test_a_policy_edited_while_another_region_is_shown_keeps_its_servers_and_tar
         faults.ClearFaultRules(fpb.ClearFaultRulesRequest(), timeout=10)
     assert list(_get_policy(world, policy.policy_id).server_ids) == [source.server_id]
 
+    # The target stops accepting replication (R5): the form still shows it, chosen, and an
+    # unrelated edit never moves the policy's replication to another region.
+    _set_capability(world, TARGET, False)
+    try:
+        page.open(f"/policies/{policy.policy_id}/edit")
+        chosen = Select(page.find("#target-region")).first_selected_option
+        assert chosen.get_attribute("value") == TARGET
+        assert "no longer accepts replication" in chosen.text
+        page.find("#policy-description").send_keys("edited")
+        page.find("#policy-ok").click()
+        page.until(
+            lambda: page.path == f"/policies/{policy.policy_id}" or page.all("#policy-error"),
+            why="saved or refused",
+        )
+    finally:
+        _set_capability(world, TARGET, True)
+    assert _get_policy(world, policy.policy_id).replication.target_region_id == TARGET
+    # A server the form showed, unchecked, is taken out.
+    page.open(f"/policies/{policy.policy_id}/edit")
+    page.find(f"input[name='server_ids'][value='{source.server_id}']").click()
+    page.find("#policy-ok").click()
+    page.until(lambda: page.path == f"/policies/{policy.policy_id}", why="the policy saved")
+    assert list(_get_policy(world, policy.policy_id).server_ids) == []
+
+
+def _set_capability(world: World, region_id: str, accepts: bool) -> None:
+    admin = RegionNodeAdminStub(world.cluster.channel(region_id))
+    request = pb.SetReplicationCapabilityRequest(accepts_replication=accepts)
+    admin.SetReplicationCapability(request, timeout=10)
+
 
 def test_a_form_sent_after_the_session_ended_goes_to_the_login_page(world: World) -> None:
     source = world.source(22)
@@ -204,7 +236,7 @@ def test_a_refused_htmx_form_shows_why(world: World) -> None:
         document.querySelector('#replicate-form input[name=csrf_token]').value = 'stale';"""
     )
     page.find("#replicate-ok").click()
-    assert page.find("#flash .refused").text == CSRF_REFUSED
+    page.until(lambda: page.find("#flash").text == CSRF_REFUSED, why="the refusal shown")
     assert _jobs_of(world, source.backup_id) == []
 
 

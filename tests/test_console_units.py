@@ -10,20 +10,23 @@ from console.sessions import SessionStore
 from csbs.v1 import region_node_pb2 as pb
 
 
-def test_sessions_not_signed_in_are_bounded_and_the_oldest_go_first() -> None:
+def test_sessions_not_signed_in_are_bounded_and_the_least_recently_seen_go_first() -> None:
     store = SessionStore(max_signed_out=3)
     signed_in = store.sign_in(store.new(), "csbs_token")
-    made = [store.new() for _ in range(5)]
+    made = [store.new() for _ in range(3)]
+    assert store.get(made[0].session_id) is made[0]  # seen again: now the most recent
+    more = [store.new() for _ in range(2)]
     assert len(store) == 4  # three not signed in, and the signed-in one
     assert store.get(signed_in.session_id) is signed_in
-    assert [store.get(s.session_id) for s in made[:2]] == [None, None]
-    assert all(store.get(s.session_id) is s for s in made[2:])
+    assert [store.get(s.session_id) for s in made[1:]] == [None, None]
+    assert all(store.get(s.session_id) is s for s in (made[0], *more))
 
 
 def test_a_session_not_signed_in_expires_sooner_than_a_signed_in_one() -> None:
-    store = SessionStore(idle_seconds=60.0, signed_out_idle_seconds=0.0)
-    visitor = store.new()
-    user = store.sign_in(store.new(), "csbs_token")
+    store = SessionStore(idle_seconds=60.0, signed_out_idle_seconds=-1.0)
+    user = store.sign_in(SessionStore().new(), "csbs_token")
+    visitor = store.new()  # made after: nothing dropped it but its own expiry on get
+    assert len(store) == 2
     assert store.get(visitor.session_id) is None
     assert store.get(user.session_id) is user
 

@@ -6,6 +6,7 @@ parameter. Real region nodes and a real coordinator."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -209,8 +210,15 @@ def test_the_same_policy_request_sent_at_once_from_many_threads_makes_one_policy
     server = make_server(stub, [1])
     policy = _policy(server.server_id, name="raced")
     request = cpb.CreatePolicyRequest(policy=policy, request_id="policy-request-raced")
+    start = threading.Barrier(8)
+
+    def create(_: int) -> cpb.Policy:
+        start.wait()  # all eight calls leave at once
+        made: cpb.Policy = coordinator.CreatePolicy(request, timeout=30)
+        return made
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        made = list(pool.map(lambda _: coordinator.CreatePolicy(request, timeout=30), range(8)))
+        made = list(pool.map(create, range(8)))
     assert len({p.policy_id for p in made}) == 1
     listed = coordinator.ListPolicies(cpb.ListPoliciesRequest(region_id=SOURCE), timeout=30)
     assert [p.policy_id for p in listed.policies if p.name == "raced"] == [made[0].policy_id]
