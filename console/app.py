@@ -32,6 +32,7 @@ from console.config import ConsoleConfig
 from console.gateway import Gateway
 from console.sessions import SessionStore
 from console.web import Console, LoginRequired
+from csbs.bandwidth import format_bandwidth
 from csbs.request_ids import REQUEST_ID_METADATA, accepted, new_request_id
 from csbs.v1 import common_pb2
 from csbs.v1 import coordinator_pb2 as cpb
@@ -45,6 +46,7 @@ def _templates() -> Jinja2Templates:
     env = templates.env
     env.filters["size"] = formats.size
     env.filters["when"] = formats.when
+    env.filters["bandwidth"] = format_bandwidth
     env.globals["percent"] = formats.percent
     env.globals["backup_state"] = lambda v: formats.state(pb.BackupStatus, v)
     env.globals["job_state"] = lambda v: formats.state(cpb.ReplicationJobStatus, v)

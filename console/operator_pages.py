@@ -14,6 +14,7 @@ from starlette.responses import Response
 from console import formats, i18n
 from console.gateway import CliError
 from console.web import User, form_number, language, posted, redirect, render, user_of
+from csbs.bandwidth import parse_bandwidth
 from csbs.cli.operator_client import FaultClient, RegionAdminClient
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import faults_pb2 as fpb
@@ -83,6 +84,19 @@ def operator_page(request: Request) -> Response:
     )
 
 
+def _bandwidth(form: FormData) -> int:
+    """The link form's bandwidth as people write it ("100 Mbit/s", "12.5 MB/s", bytes a
+    second), read as the config and `csbs link set` read it; empty is unlimited."""
+    text = str(form.get("bandwidth") or "").strip()
+    try:
+        value = parse_bandwidth(text) if text else 0
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if value > formats.UINT64_MAX:
+        raise CliError(f"bandwidth {text!r}: more than this cluster can count")
+    return value
+
+
 def _act(form: FormData, user: User, action: str, target: str) -> None:
     """One operator action, by the form's `action` field."""
     coordinator = user.api.coordinator()
@@ -98,7 +112,7 @@ def _act(form: FormData, user: User, action: str, target: str) -> None:
             cpb.Link(
                 source_region_id=str(form.get("source") or ""),
                 target_region_id=str(form.get("target") or ""),
-                bandwidth_bytes_per_second=form_number(form, "bandwidth", formats.UINT64_MAX),
+                bandwidth_bytes_per_second=_bandwidth(form),
                 latency_ms=form_number(form, "latency_ms"),
                 cut=form.get("cut") == "on",
             )

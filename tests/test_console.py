@@ -337,9 +337,10 @@ def test_operator_pages_switch_r5_capability_set_a_link_and_add_a_fault_rule(wor
     Select(link.find_element("css selector", "select[name=source]")).select_by_value(TARGET)
     Select(link.find_element("css selector", "select[name=target]")).select_by_value(SOURCE)
     link.find_element("css selector", "input[name=latency_ms]").send_keys("25")
+    link.find_element("css selector", "input[name=bandwidth]").send_keys("100 Mbit/s")
     link.find_element("css selector", "button").click()
     pair = f"tr.op-link[data-pair='{TARGET}>{SOURCE}']"
-    assert "25 ms" in page.find(pair).text
+    assert "25 ms" in page.find(pair).text and "12.5 MB/s" in page.find(pair).text
     page.find(f"{pair} button").click()
     page.until(lambda: not page.all(pair), why="the link cleared")
     # A fault rule on the coordinator, added and cleared.
