@@ -320,16 +320,21 @@ class RegionNodeClient:
 
         def requests() -> Iterator[pb.CreateReplicaRequest]:
             yield pb.CreateReplicaRequest(header=header_to_proto(header))
+            sent = 0
             try:
                 for part in manifest:
                     guard.touch()
+                    sent += len(part.entries)
                     yield pb.CreateReplicaRequest(manifest=part)
             except grpc.RpcError as exc:
                 source_error.append(exc)
                 # Cancelled before the stream ends: an incomplete manifest must never count.
+                # (The node also refuses a stream without its end, should gRPC end the
+                # cancelled stream as if it were complete.)
                 call_made.wait()
                 calls[0].cancel()
                 return
+            yield pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=sent))
             guard.sending_done()
 
         with guard:

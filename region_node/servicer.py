@@ -379,10 +379,29 @@ class RegionNodeInternalServicer(region_node_pb2_grpc.RegionNodeInternalServicer
         spec = convert.replica_spec_from_proto(first.header)
 
         def entries() -> Iterator[ManifestEntry]:
+            """The manifest, whole: a stream that ends before its ManifestEnd, or holds other
+            than the count it announces, is refused before anything is stored (gRPC may end
+            a cancelled caller's stream as if it were complete: grpc/grpc#33038)."""
+            sent = 0
             for message in request_iterator:
+                if message.HasField("end"):
+                    if next(request_iterator, None) is not None:
+                        raise InvalidArgument("CreateReplica: nothing follows the manifest's end")
+                    if message.end.entries != sent:
+                        raise InvalidArgument(
+                            f"CreateReplica: the manifest's end announces {message.end.entries} "
+                            f"entries, {sent} came"
+                        )
+                    return
                 if not message.HasField("manifest"):
                     raise InvalidArgument("CreateReplica: only the first message is a header")
-                yield from convert.manifest_entries_from_proto(message.manifest)
+                for entry in convert.manifest_entries_from_proto(message.manifest):
+                    sent += 1
+                    yield entry
+            raise InvalidArgument(
+                "CreateReplica: the stream ended before the manifest's end (ManifestEnd); "
+                "no replica is made from part of a manifest"
+            )
 
         return convert.backup_to_proto(self._node.replicas.create(spec, entries()))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -260,3 +260,8 @@ def settled_backup(node: RegionNode, backup_id: str, timeout: float = 60.0) -> A
         assert time.monotonic() < deadline, "the backup never ended"
         time.sleep(0.01)
     return node.backups.get("", backup_id)
+
+
+def manifest_end(parts: Iterable[pb.ManifestPart]) -> pb.CreateReplicaRequest:
+    """CreateReplica's last message: the count of the entries the parts held."""
+    return pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=sum(len(p.entries) for p in parts)))

@@ -45,7 +45,7 @@ from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 from tests.harness import Cluster, write_cluster_config
-from tests.node_helpers import MIB
+from tests.node_helpers import MIB, manifest_end
 from tests.soak_model import (
     PAGE,
     BackupModel,
@@ -463,6 +463,7 @@ class _Soak:
         header.origin.CopyFrom(origin)
         messages = [pb.CreateReplicaRequest(header=header)]
         messages += [pb.CreateReplicaRequest(manifest=p) for p in parts]
+        messages.append(manifest_end(parts))
         rid = self.answered("CreateReplica", messages).backup_id
         model = BackupModel(rid, "", source.disks, self.epoch, replica=True, status=REPLICATING)
         with self.lock:

@@ -889,6 +889,11 @@ def calls(draw: st.DrawFn, rpc: Rpc, mutation: Mutation | None = None) -> Call:
             _build(pb.CreateReplicaRequest, {"header": header}),
             *(_build(pb.CreateReplicaRequest, {"manifest": part}) for part in parts),
         ]
+        entries = 0
+        for part in requests[1:]:
+            assert isinstance(part, pb.CreateReplicaRequest)
+            entries += len(part.manifest.entries)
+        requests.append(pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=entries)))
     else:
         requests = draw(st.lists(one, max_size=MAX_STREAM))
     if rpc.method.name == "WriteDisk" and len(requests) > 1 and (sane or draw(st.booleans())):
@@ -1356,6 +1361,7 @@ class Fuzzer:
                 [
                     pb.CreateReplicaRequest(header=header),
                     pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries)),
+                    pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=len(entries))),
                 ]
             ),
             timeout=DEADLINE,

@@ -69,7 +69,9 @@ def _run_watching_children(
         while inner.poll() is None and time.monotonic() < deadline:
             try:
                 for child in parent.children(recursive=True):
-                    seen.setdefault(child.pid, " ".join(child.cmdline()))
+                    # The latest: a child just forked shows its parent's command line until
+                    # it execs its own (seen by CI once: csbs.cluster counted twice).
+                    seen[child.pid] = " ".join(child.cmdline())
             except psutil.Error:
                 pass  # a process that ended while being looked at
             time.sleep(0.1)

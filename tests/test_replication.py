@@ -22,6 +22,7 @@ from tests.node_helpers import (
     backup,
     disk_sha256,
     make_server,
+    manifest_end,
     node,
     refusal,
     seeded_bytes,
@@ -323,6 +324,7 @@ def test_p4_a_replica_being_copied_is_visible_but_unusable(coordinated: Cluster)
         iter(
             [pb.CreateReplicaRequest(header=header)]
             + [pb.CreateReplicaRequest(manifest=p) for p in parts]
+            + [manifest_end(parts)]
         )
     )
     east = node(coordinated.channel(TARGET))

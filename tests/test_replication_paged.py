@@ -123,6 +123,7 @@ def test_pages_of_missing_chunks_cover_the_manifest_once_and_bad_pages_are_refus
             [
                 pb.CreateReplicaRequest(header=_replica_header("job-pages", 1 << 20)),
                 pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries)),
+                pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=len(entries))),
             ]
         ),
         timeout=30,
@@ -202,6 +203,7 @@ def test_a_manifest_out_of_order_or_with_an_entry_twice_is_refused_and_makes_no_
                     pb.CreateReplicaRequest(header=_replica_header(job_id, 1 << 20)),
                     pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[:1])),
                     pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[1:])),
+                    pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=len(entries))),
                 ]
             ),
             timeout=30,
@@ -213,6 +215,45 @@ def test_a_manifest_out_of_order_or_with_an_entry_twice_is_refused_and_makes_no_
         assert "in order of disk_index, then chunk_index" in message
         removed = internal.RemoveReplica(pb.RemoveReplicaRequest(job_id=job_id), timeout=30)
         assert not removed.removed  # nothing was made for that job
+
+
+def test_a_manifest_stream_that_ends_before_its_end_makes_no_replica(
+    small_chunks: Cluster,
+) -> None:
+    """What the node sees when the coordinator's CreateReplica is cancelled or its connection
+    lost mid-manifest: gRPC may end the stream as if it were complete (grpc/grpc#33038). Found
+    by the cluster soak (seed 20261294): such a replica was made from part of its manifest,
+    completed, and listed available. Now only a stream closed by ManifestEnd with the count
+    of the entries sent makes a replica."""
+    internal = RegionNodeInternalStub(small_chunks.channel(TARGET))
+    datas = [seeded_bytes(3000 + i, CHUNK) for i in range(3)]
+    entries = [_entry(i, d) for i, d in enumerate(datas)]
+    header = pb.CreateReplicaRequest(header=_replica_header("job-cut", 1 << 20))
+    first = pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[:2]))
+    rest = pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=entries[2:]))
+    cases = [
+        ("ended before the manifest's end", [header]),
+        ("ended before the manifest's end", [header, first]),
+        ("announces 3 entries, 2 came", [header, first, _end(3)]),
+        ("nothing follows the manifest's end", [header, first, rest, _end(3), rest]),
+    ]
+    for expected, messages in cases:
+        code, message = refusal(
+            lambda m=messages: internal.CreateReplica(iter(m), timeout=30)  # type: ignore[misc]
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and expected in message, message
+        removed = internal.RemoveReplica(pb.RemoveReplicaRequest(job_id="job-cut"), timeout=30)
+        assert not removed.removed  # nothing was made for that job
+    # Whole, with its end: the replica holds every entry, in order.
+    replica = internal.CreateReplica(iter([header, first, rest, _end(3)]), timeout=30)
+    parts = internal.GetBackupManifest(
+        pb.GetBackupManifestRequest(backup_id=replica.backup_id), timeout=30
+    )
+    assert [e.hash for p in parts for e in p.entries] == [e.hash for e in entries]
+
+
+def _end(entries: int) -> pb.CreateReplicaRequest:
+    return pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=entries))
 
 
 def test_read_chunks_sends_small_chunks_several_a_message_in_order(small_chunks: Cluster) -> None:

@@ -135,6 +135,7 @@ def test_verify_backup_refuses_a_replica_still_being_copied_and_an_unknown_backu
             [
                 pb.CreateReplicaRequest(header=header),
                 pb.CreateReplicaRequest(manifest=pb.ManifestPart(entries=[entry])),
+                pb.CreateReplicaRequest(end=pb.ManifestEnd(entries=1)),
             ]
         ),
         timeout=30,
