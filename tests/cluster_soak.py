@@ -41,7 +41,7 @@ from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.coordinator_pb2_grpc import CoordinatorAdminStub, CoordinatorStub
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
 from tests.filesystems import Filler, small_filesystem
-from tests.harness import Cluster, write_cluster_config
+from tests.harness import Cluster, stop_cleanly_on_sigterm, write_cluster_config
 from tests.node_helpers import MIB, node_with_deadline
 from tests.soak_world import SLOW_LINK, WORLD_FAULTS, World
 
@@ -417,6 +417,8 @@ def run_cluster_soak(seed: int, days: int, workdir: Path) -> ClusterSoakReport:
             soak.finish_advance(soak.advance(end), end)  # everything due has run and ended
             soak.check_runs(first, end)
             soak.check_jobs_and_replicas()
+        except SystemExit:
+            raise  # stopped from outside (SIGTERM): not a failure of this seed
         except BaseException as exc:
             raise AssertionError(
                 f"seed {seed}: python -m tests.cluster_soak --seed {seed} --days {days} "
@@ -435,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=0, help="go on with the next seeds for this long"
     )
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     until = time.monotonic() + args.seconds
     seed = args.seed
     while True:

@@ -44,7 +44,7 @@ from csbs.rpc import replaced, rewrite_calls
 from csbs.v1 import common_pb2
 from csbs.v1 import region_node_pb2 as pb
 from csbs.v1.region_node_pb2_grpc import RegionNodeInternalStub, RegionNodeStub
-from tests.harness import Cluster, write_cluster_config
+from tests.harness import Cluster, stop_cleanly_on_sigterm, write_cluster_config
 from tests.node_helpers import MIB, manifest_end
 from tests.soak_model import (
     PAGE,
@@ -756,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(1_000_000))
     parser.add_argument("--seconds", type=float, default=1800.0)
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     replay = f"make soak SEED={args.seed} SECONDS={args.seconds:g}"
     print(f"node soak: seed {args.seed}, {args.seconds:g}s ({replay})", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="csbs-soak-"))
