@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from csbs.cluster import ProcessFailed
+from csbs.processes import ProcessFailed
 from csbs.v1 import common_pb2, region_node_pb2_grpc
 from csbs.v1 import region_node_pb2 as pb
 

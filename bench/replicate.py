@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 
-from csbs.cluster import ProcessFailed
+from csbs.processes import ProcessFailed
 from csbs.v1 import common_pb2, coordinator_pb2_grpc
 from csbs.v1 import coordinator_pb2 as cpb
 from csbs.v1 import region_node_pb2 as pb

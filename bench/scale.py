@@ -64,7 +64,7 @@ from scale_support import (
     size_text,
 )
 
-from csbs.cluster import ProcessFailed
+from csbs.processes import ProcessFailed
 
 FIGURES = (
     "replication",

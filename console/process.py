@@ -10,8 +10,8 @@ import urllib.request
 from typing import TypeVar
 
 from console.config import console_data_dir
-from csbs.cluster import READY_TIMEOUT, ChildProcess, ProcessNotReady
 from csbs.config import ClusterConfig
+from csbs.processes import READY_TIMEOUT, ChildProcess, ProcessNotReady
 
 C = TypeVar("C", bound="ConsoleProcess")
 _POLL_INTERVAL = 0.05

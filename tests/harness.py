@@ -16,7 +16,9 @@ from typing import Any
 import grpc
 
 from csbs.auth import Metadata, bearer, with_metadata
-from csbs.cluster import (
+from csbs.config import ClusterConfig, load_cluster_config
+from csbs.credentials import ClusterSecrets, ensure_cluster_secrets
+from csbs.processes import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
     ChildProcess,
@@ -26,8 +28,6 @@ from csbs.cluster import (
     region_node_process,
     stop_all,
 )
-from csbs.config import ClusterConfig, load_cluster_config
-from csbs.credentials import ClusterSecrets, ensure_cluster_secrets
 from csbs.rpc import open_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from typing import Any
 import tomli_w
 
 from csbs.cli.errors import Unreachable
-from csbs.cluster import COORDINATOR_SERVICE, REGION_NODE_READY_SERVICE, check_health
 from csbs.config import ADDRESS_FILE, ClusterConfig, load_cluster_config
+from csbs.processes import COORDINATOR_SERVICE, REGION_NODE_READY_SERVICE, check_health
 from csbs.rpc import open_channel
 from csbs.tls import TlsError, ca_path, read_ca
 
